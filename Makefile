@@ -1,0 +1,32 @@
+# Two entry points for a newcomer on a fresh machine (see README.md):
+#   make demo   - set everything up, run a short Fashion-MNIST simulation (results + plot in runs/demo)
+#   make test   - set everything up, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/fedprune simulate --rounds 5 --out $(DEMO_OUT)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""ClientApp: local data, local training and evaluation on each edge client."""

@@ -1,0 +1,79 @@
+"""The fedprune ClientApp: answers discovery, trains and evaluates on the node's local data."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.local_data import load_local_data, partition_of
+from client.local_training import local_seed, train_sgd
+from data import load_dataset
+from data.sources import DatasetSplits
+from models import build_model
+from models.evaluation import evaluate as evaluate_model
+from server.run_config import RunSettings, settings_from_run_config
+
+app = ClientApp()
+
+
+def _settings(context: Context) -> RunSettings:
+    return settings_from_run_config(context.run_config)
+
+
+def _setup_threads() -> None:
+    # One Ray actor per CPU: more intra-op threads only oversubscribe the cores.
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds, so sampling can be seeded by partition."""
+    settings = _settings(context)
+    pid, count = partition_of(context.node_config, settings)
+    return Message(RecordDict({"node": MetricRecord({"partition-id": pid, "num-partitions": count})}),
+                   reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Load the global model, run local SGD, return the model and the example count."""
+    _setup_threads()
+    settings = _settings(context)
+    local = load_local_data(context.node_config, settings)
+    config = msg.content.config_records.get("config", {})
+    server_round = int(config.get("server-round", 0))
+    data = load_dataset_shape(settings)
+    model = build_model(settings.model, data.input_shape, data.num_classes)
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    stats = train_sgd(
+        model, local.train,
+        epochs=int(config.get("local-epochs", settings.local_epochs)),
+        lr=float(config.get("lr", settings.lr)),
+        momentum=float(config.get("momentum", settings.momentum)),
+        batch_size=int(config.get("batch-size", settings.batch_size)),
+        seed=local_seed(settings.seed, server_round, local.partition_id),
+    )
+    metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,
+                            "partition-id": local.partition_id})
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this node's local test split."""
+    _setup_threads()
+    settings = _settings(context)
+    local = load_local_data(context.node_config, settings)
+    data = load_dataset_shape(settings)
+    model = build_model(settings.model, data.input_shape, data.num_classes)
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    loss, accuracy = evaluate_model(model, local.test.x, local.test.y, settings.eval_batch_size)
+    metrics = MetricRecord({"num-examples": len(local.test), "loss": loss, "accuracy": accuracy})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def load_dataset_shape(settings: RunSettings) -> DatasetSplits:
+    """The dataset's splits (cached per process) for input shape and class count."""
+    return load_dataset(settings.dataset, settings.dataset_path or None)

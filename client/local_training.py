@@ -1,0 +1,48 @@
+"""Local SGD on a client's data: the training step of dense and masked FedAvg."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from data import LabeledArrays
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What one local training call did."""
+
+    num_examples: int
+    steps: int
+    mean_loss: float
+
+
+def local_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """Seed for one client's round: differs per client and round, fixed by the run seed."""
+    return (seed * 1_000_003 + server_round * 10_007 + partition_id) % (2**31)
+
+
+def train_sgd(model: nn.Module, data: LabeledArrays, *, epochs: int, lr: float, momentum: float,
+              batch_size: int, seed: int) -> TrainStats:
+    """Plain minibatch SGD with momentum over ``epochs`` passes, shuffled with ``seed``."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    model.train()
+    losses, steps = [], 0
+    for _ in range(epochs):
+        order = rng.permutation(len(data))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            xb, yb = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            steps += 1
+    return TrainStats(len(data) * epochs, steps, float(np.mean(losses)) if losses else float("nan"))

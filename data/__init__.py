@@ -1,0 +1,15 @@
+"""Datasets both sides need: loaders for real data on disk and federated partitions."""
+
+from data.partition import PARTITIONERS, ClientSplit, partition_indices, split_local
+from data.sources import DATASETS, DatasetMissingError, LabeledArrays, load_dataset
+
+__all__ = [
+    "DATASETS",
+    "PARTITIONERS",
+    "ClientSplit",
+    "DatasetMissingError",
+    "LabeledArrays",
+    "load_dataset",
+    "partition_indices",
+    "split_local",
+]

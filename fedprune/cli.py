@@ -1,0 +1,149 @@
+"""The ``fedprune`` command: ``simulate`` a federation on Ray, ``report`` a finished run.
+
+Every option is validated before anything starts; a bad value prints one line
+naming the option and what is allowed, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from server.run_config import ConfigError, RunSettings
+
+EXIT_USAGE = 2
+
+
+def _simulate_parser(sub: argparse._SubParsersAction) -> None:
+    defaults = RunSettings()
+    p = sub.add_parser("simulate", help="run a simulated federation on Ray and write results.json + report.png",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--strategy", default=defaults.strategy, help="fedavg | flwr-fedavg")
+    p.add_argument("--dataset", default=defaults.dataset, help="fashion-mnist | digits | cifar10")
+    p.add_argument("--dataset-path", default="", help="dataset directory (default: the dataset's standard place)")
+    p.add_argument("--model", default=None, help="architecture (default: the dataset's usual model)")
+    p.add_argument("--partition", default=defaults.partition, help="iid | dirichlet | pathological")
+    p.add_argument("--alpha", type=float, default=defaults.alpha, help="Dirichlet concentration")
+    p.add_argument("--classes-per-client", type=int, default=defaults.classes_per_client,
+                   help="classes per client for the pathological partition")
+    p.add_argument("--min-partition-size", type=int, default=defaults.min_partition_size,
+                   help="smallest partition the Dirichlet partitioner may produce")
+    p.add_argument("--local-test-fraction", type=float, default=defaults.local_test_fraction,
+                   help="share of each client's data held out for personalized evaluation")
+    p.add_argument("--num-clients", type=int, default=defaults.num_clients)
+    p.add_argument("--clients-per-round", type=int, default=defaults.clients_per_round)
+    p.add_argument("--min-train-nodes", type=int, default=defaults.min_train_nodes,
+                   help="valid replies a round needs to update the model")
+    p.add_argument("--rounds", type=int, default=defaults.rounds)
+    p.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--momentum", type=float, default=defaults.momentum)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--density", type=float, default=defaults.density, help="kept fraction of prunable weights")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--out", default=defaults.out, help="directory for results.json, report.png, checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (e.g. 127.0.0.1:6379)")
+    p.add_argument("--cpus-per-client", type=int, default=1, help="CPUs per Ray actor (integer)")
+
+
+def _settings_from_args(args: argparse.Namespace) -> RunSettings:
+    from models import default_model_for
+
+    model = args.model
+    if model is None:
+        try:
+            model = default_model_for(args.dataset)
+        except KeyError:
+            model = RunSettings().model  # the dataset error below names the problem
+    settings = RunSettings(
+        strategy=args.strategy, dataset=args.dataset, dataset_path=args.dataset_path, model=model,
+        partition=args.partition, alpha=args.alpha, classes_per_client=args.classes_per_client,
+        min_partition_size=args.min_partition_size, local_test_fraction=args.local_test_fraction,
+        num_clients=args.num_clients, clients_per_round=args.clients_per_round,
+        min_train_nodes=args.min_train_nodes, rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr,
+        momentum=args.momentum, batch_size=args.batch_size, density=args.density, seed=args.seed,
+        out=str(Path(args.out).expanduser().resolve()), resume=args.resume,
+    )
+    settings.validate()
+    if args.cpus_per_client < 1:
+        raise ConfigError("cpus-per-client", f"{args.cpus_per_client} must be a positive integer")
+    if args.resume and not (Path(settings.out) / "checkpoint.pt").is_file():
+        raise ConfigError("resume", f"no checkpoint in {settings.out} to resume from")
+    return settings
+
+
+def _check_dataset(settings: RunSettings) -> None:
+    from data import DatasetMissingError, load_dataset
+
+    try:
+        load_dataset(settings.dataset, settings.dataset_path or None)
+    except DatasetMissingError as exc:
+        raise ConfigError("dataset", str(exc)) from None
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulation.launcher import SimulationError, run_simulation
+    from simulation.report import plot_report
+
+    settings = _settings_from_args(args)
+    _check_dataset(settings)
+    print(f"fedprune: {settings.strategy} on {settings.dataset}/{settings.model}, {settings.num_clients} clients "
+          f"({settings.clients_per_round}/round, {settings.partition}), {settings.rounds} rounds -> {settings.out}",
+          flush=True)
+    try:
+        document = run_simulation(settings, num_cpus_per_client=args.cpus_per_client, ray_address=args.ray_address,
+                                  progress=lambda line: print(line, flush=True))
+    except SimulationError as exc:
+        print(f"fedprune simulate: {exc}", file=sys.stderr)
+        return 1
+    out = Path(settings.out)
+    plot_report({settings.strategy: document}, out / "report.png")
+    s = document["summary"]
+    print(f"final accuracy {s['final_accuracy']:.4f} (last-5 mean {s['final_accuracy_last5']:.4f}), "
+          f"uplink {s['total_uplink_bytes']:,} B, downlink {s['total_downlink_bytes']:,} B, "
+          f"median round {s['median_round_seconds']:.1f}s")
+    print(f"wrote {out / 'results.json'} and {out / 'report.png'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from simulation.report import plot_report
+
+    documents = {}
+    for item in args.results:
+        path = Path(item)
+        path = path / "results.json" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError("results", f"{path} does not exist")
+        document = json.loads(path.read_text())
+        documents[f"{document['config'].get('strategy')} ({path.parent.name})"] = document
+    print(f"wrote {plot_report(documents, Path(args.out))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedprune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _simulate_parser(sub)
+    report = sub.add_parser("report", help="plot one or more results.json files into one PNG")
+    report.add_argument("results", nargs="+", help="results.json files or run directories")
+    report.add_argument("--out", default="report.png")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"simulate": cmd_simulate, "report": cmd_report}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"fedprune {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Wire format: what goes between server and clients, and how many bytes it really takes."""

@@ -1,0 +1,1 @@
+"""ServerApp: run settings, model init, strategy choice, the round loop, checkpoints, results."""

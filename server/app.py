@@ -1,0 +1,18 @@
+"""The fedprune ServerApp (``[tool.flwr.app.components] serverapp``)."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.run_config import RunSettings
+from server.runner import run_federation
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Validate the run config, then run the federation it describes."""
+    settings = RunSettings.from_run_config(context.run_config)
+    run_federation(grid, settings)

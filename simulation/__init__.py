@@ -1,0 +1,1 @@
+"""Ray-backed simulation: a private local SuperLink, `flwr run`, progress, reports."""

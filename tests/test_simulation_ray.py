@@ -1,0 +1,110 @@
+"""Real runs: a private SuperLink in simulation mode, Ray actors, `flwr run`, an attached Ray cluster.
+
+Each test stops what it started (SuperLink process group, Ray head) by PID.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from server.results import validate_results
+from server.run_config import RunSettings
+from simulation.launcher import APP_DIR, LocalSuperLink, _bin, free_port, run_simulation
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_ray_simulation_smoke_20_clients_2_rounds(tmp_path):
+    settings = RunSettings(dataset="digits", model="digits-cnn", partition="dirichlet", alpha=1.0,
+                           num_clients=20, clients_per_round=5, rounds=2, out=str(tmp_path / "run"),
+                           min_partition_size=5)
+    lines = []
+    document = run_simulation(settings, progress=lines.append)
+    validate_results(document)
+    assert document["status"] == "completed"
+    assert [r["round"] for r in document["rounds"]] == [1, 2]
+    assert all(r["clients_sampled"] == 5 and r["clients_failed"] == 0 for r in document["rounds"])
+    assert document["setup"]["nodes"] == 20
+    assert len(lines) == 2 and lines[0].startswith("round   1/2 | acc ")
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk["summary"] == document["summary"]
+
+
+def test_flwr_run_dot_against_local_simulation_superlink(tmp_path):
+    link = LocalSuperLink.start(home=tmp_path / "flwr-home")
+    try:
+        out = tmp_path / "flwr-run"
+        overrides = (f'dataset="digits" model="digits-cnn" partition="iid" num-clients=10 clients-per-round=3 '
+                     f'rounds=2 out="{out}"')
+        started = subprocess.run(
+            [_bin("flwr"), "run", ".", "fedprune", "--run-config", overrides,
+             "--federation-config", "num-supernodes=10 client-resources-num-cpus=1", "--format", "json"],
+            cwd=APP_DIR, env={**os.environ, "FLWR_HOME": str(link.home)}, capture_output=True, text=True, timeout=120)
+        run_id = json.loads(started.stdout)["run-id"]
+        deadline = time.monotonic() + 300
+        status = ""
+        while time.monotonic() < deadline:
+            listing = json.loads(link.flwr("ls", "fedprune", "--run-id", str(run_id), "--format", "json").stdout)
+            status = listing["runs"][0]["status"]
+            if status.startswith("finished"):
+                break
+            time.sleep(1)
+        assert status == "finished:completed"
+        document = json.loads((out / "results.json").read_text())
+        validate_results(document)
+        assert document["status"] == "completed" and len(document["rounds"]) == 2
+    finally:
+        link.stop()
+    assert not _alive(link.process.pid)
+
+
+def test_attach_to_existing_ray_cluster(tmp_path):
+    port = free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            probe = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], capture_output=True)
+            ready = probe.returncode == 0
+            time.sleep(1)
+        assert ready, "ray head did not come up"
+        settings = RunSettings(dataset="digits", model="digits-cnn", partition="iid", num_clients=10,
+                               clients_per_round=3, rounds=1, out=str(tmp_path / "attached"))
+        document = run_simulation(settings, ray_address=f"127.0.0.1:{port}", progress=lambda _: None)
+        assert document["status"] == "completed"
+        # The simulation's driver registered as a job in *this* cluster (not a private Ray instance).
+        probe = (f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR'); "
+                 "print(len(ray._private.state.jobs()))")
+        jobs = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True, text=True, timeout=120)
+        assert int(jobs.stdout.strip().splitlines()[-1]) >= 2, jobs.stderr
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=10)
+    assert not _alive(head.pid)
