@@ -124,6 +124,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "wire":
+        from protos.wire_benchmark import run
+
+        run(Path(args.json) if args.json else None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedprune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,13 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="plot one or more results.json files into one PNG")
     report.add_argument("results", nargs="+", help="results.json files or run directories")
     report.add_argument("--out", default="report.png")
+    bench = sub.add_parser("bench", help="measure: `wire` (codec sizes vs entropy, throughput, bytes per round)")
+    bench.add_argument("what", choices=["wire"])
+    bench.add_argument("--json", default=None, help="also save the figures as JSON here")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"simulate": cmd_simulate, "report": cmd_report}
+    handlers = {"simulate": cmd_simulate, "report": cmd_report, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

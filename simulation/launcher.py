@@ -121,8 +121,9 @@ def _env(home: Path, ray_address: str | None) -> dict[str, str]:
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     env.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray_address:
-        env["RAY_ADDRESS"] = ray_address
+    # Without --ray-address, always start a private Ray instance: never attach implicitly to a
+    # cluster some other program started (or one that died and left /tmp/ray/ray_current_cluster).
+    env["RAY_ADDRESS"] = ray_address or "local"
     return env
 
 
@@ -146,7 +147,8 @@ def _run_status(link: LocalSuperLink, run_id: int) -> str:
 
 
 def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_address: str | None = None,
-                   progress: Callable[[str], None] = print, poll_seconds: float = 1.0) -> dict[str, Any]:
+                   progress: Callable[[str], None] = print, poll_seconds: float = 0.5,
+                   status_poll_seconds: float = 15.0) -> dict[str, Any]:
     """Run ``settings`` as a Ray simulation of ``settings.num_clients`` SuperNodes; return results.json."""
     out_dir = Path(settings.out).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,13 +169,16 @@ def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_a
             raise SimulationError(f"flwr run did not start the run:\n{started.stdout}\n{started.stderr}") from None
         printed = 0
         status = "pending"
+        last_check = 0.0
         while True:
-            printed = _print_new_rounds(results_path, printed, settings.rounds, progress)
-            status = _run_status(link, run_id)
-            if status.startswith("finished"):
-                break
+            printed, finished_here = _print_new_rounds(results_path, printed, settings.rounds, progress)
+            # `flwr ls` costs a second of CPU; ask it rarely while rounds progress, often once done.
+            if finished_here or time.monotonic() - last_check > status_poll_seconds:
+                status, last_check = _run_status(link, run_id), time.monotonic()
+                if status.startswith("finished"):
+                    break
             time.sleep(poll_seconds)
-        printed = _print_new_rounds(results_path, printed, settings.rounds, progress)
+        _print_new_rounds(results_path, printed, settings.rounds, progress)
         document = json.loads(results_path.read_text()) if results_path.exists() else None
         if status != "finished:completed" or document is None or document.get("status") != "completed":
             raise SimulationError(
@@ -184,13 +189,16 @@ def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_a
         link.stop()
 
 
-def _print_new_rounds(path: Path, printed: int, total: int, progress: Callable[[str], None]) -> int:
+def _print_new_rounds(path: Path, printed: int, total: int,
+                      progress: Callable[[str], None]) -> tuple[int, bool]:
+    """Print rounds not printed yet; also say whether the ServerApp marked the run completed."""
     if not path.exists():
-        return printed
+        return printed, False
     try:
-        rounds = json.loads(path.read_text()).get("rounds", [])
+        document = json.loads(path.read_text())
     except (json.JSONDecodeError, OSError):
-        return printed
+        return printed, False
+    rounds = document.get("rounds", [])
     for entry in rounds[printed:]:
         progress(format_progress(entry, total))
-    return max(printed, len(rounds))
+    return max(printed, len(rounds)), document.get("status") == "completed"

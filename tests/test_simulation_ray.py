@@ -107,4 +107,7 @@ def test_attach_to_existing_ray_cluster(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=10)
+        marker = Path("/tmp/ray/ray_current_cluster")  # the head's address file outlives it
+        if marker.exists() and str(port) in marker.read_text():
+            marker.unlink()
     assert not _alive(head.pid)
