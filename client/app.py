@@ -8,11 +8,13 @@ from flwr.clientapp import ClientApp
 
 from client.local_data import load_local_data, partition_of
 from client.local_training import local_seed, train_sgd
+from client.masked_training import train_masked
 from data import load_dataset
 from data.sources import DatasetSplits
 from models import build_model
 from models.evaluation import evaluate as evaluate_model
 from server.run_config import RunSettings, settings_from_run_config
+from strategies.static_mask import TASK as MASKED_TASK
 
 app = ClientApp()
 
@@ -46,6 +48,8 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config.get("server-round", 0))
     data = load_dataset_shape(settings)
     model = build_model(settings.model, data.input_shape, data.num_classes)
+    if config.get("task") == MASKED_TASK:
+        return train_masked(msg, context, settings, local, model)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     stats = train_sgd(
         model, local.train,

@@ -80,6 +80,8 @@ def run_federation(grid: Grid, settings: RunSettings, progress: Callable[[str], 
     arrays = ArrayRecord(model.state_dict())
     param_count = sum(p.numel() for p in model.parameters())
     strategy = build_strategy(settings)
+    if hasattr(strategy, "initialize_arrays"):
+        arrays = strategy.initialize_arrays(arrays)
     metered = MeteredGrid(grid)
 
     t_setup = time.perf_counter()

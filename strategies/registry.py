@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from strategies.fedavg import DenseFedAvg
+from strategies.static_mask import StaticMaskFedAvg
 
 if TYPE_CHECKING:
     from server.run_config import RunSettings
@@ -28,9 +29,26 @@ def _flower_fedavg(settings: RunSettings) -> Strategy:
     )
 
 
+def _static_mask(score: str):
+    def build(settings: RunSettings) -> Strategy:
+        from data import load_dataset
+        from models import build_model
+        from strategies.scores import SCORES, global_topk_mask
+
+        splits = load_dataset(settings.dataset, settings.dataset_path or None)
+        model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
+        mask = global_topk_mask(SCORES[score](model, settings.seed), settings.density)
+        return StaticMaskFedAvg(mask=mask, architecture=settings.model, model_seed=settings.seed, score=score,
+                                clients_per_round=settings.clients_per_round,
+                                min_train_nodes=settings.min_train_nodes, seed=settings.seed)
+    return build
+
+
 STRATEGIES = {
     "fedavg": _dense_fedavg,
     "flwr-fedavg": _flower_fedavg,
+    "static-magnitude": _static_mask("magnitude"),
+    "static-random": _static_mask("random"),
 }
 
 

@@ -24,7 +24,8 @@ class InProcessGrid(Grid):
     """Routes messages to ``client_app`` for ``num_nodes`` simulated nodes."""
 
     def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict,
-                 fail_nodes: Callable[[int, Message], bool] | None = None) -> None:
+                 fail_nodes: Callable[[int, Message], bool] | None = None,
+                 tamper: Callable[[int, Message], Message] | None = None) -> None:
         self.client_app = client_app
         self.node_ids = [1000 + 7 * i for i in range(num_nodes)]
         self.contexts = {
@@ -33,6 +34,7 @@ class InProcessGrid(Grid):
             for i, node in enumerate(self.node_ids)
         }
         self.fail_nodes = fail_nodes or (lambda node, message: False)
+        self.tamper = tamper or (lambda node, reply: reply)
         self._run = Run.create_empty(run_id=1)
         self._pending: dict[str, Message] = {}
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
@@ -64,7 +66,7 @@ class InProcessGrid(Grid):
             except Exception as exc:
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=wire)
         TaskIdentity.node_id = 0
-        return message_from_proto(message_to_proto(reply))
+        return self.tamper(node, message_from_proto(message_to_proto(reply)))
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []

@@ -1,0 +1,73 @@
+"""Client side of static-mask FedAvg: decode kept values, train on the mask, return kept values.
+
+The mask arrives coded on first contact and is kept in ``Context.state``; later
+payloads are relative to its digest. A node that lost its mask cannot decode
+them and says so (an error reply), and the server sends the mask again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
+
+from client.local_data import LocalData
+from client.local_training import TrainStats, local_seed, train_sgd
+from protos.codec import Manifest, decode, encode
+from protos.flower_records import content_with_payload, payload_of
+from server.run_config import RunSettings
+from strategies.static_mask import MASK_SUFFIX, join_kept, split_kept
+
+STATE_KEY = "fedprune-mask"
+
+
+def _stored_mask(context: Context) -> dict[str, np.ndarray] | None:
+    record = context.state.config_records.get(STATE_KEY)
+    if record is None:
+        return None
+    return decode(record["payload"]).tensors
+
+
+def receive_masked_model(msg: Message, context: Context) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                                                                   Manifest]:
+    """(full state with zeros at pruned positions, mask, manifest) from a server payload."""
+    blob = payload_of(msg)
+    mask = _stored_mask(context)
+    decoded = decode(blob, reference=mask) if mask is not None else decode(blob)
+    carried = {k[: -len(MASK_SUFFIX)]: v for k, v in decoded.tensors.items() if k.endswith(MASK_SUFFIX)}
+    if carried:
+        mask = carried
+        context.state[STATE_KEY] = ConfigRecord({"payload": encode(mask)})
+    if mask is None:
+        raise ValueError("payload is relative to a mask this node does not hold")
+    return decoded.tensors, mask, decoded.manifest
+
+
+def train_masked(msg: Message, context: Context, settings: RunSettings, local: LocalData,
+                 model: torch.nn.Module) -> Message:
+    """One round of masked SGD: pruned weights stay exactly zero (their gradients are masked)."""
+    tensors, mask, manifest = receive_masked_model(msg, context)
+    template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    state = join_kept(tensors, mask, template)
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    params = dict(model.named_parameters())
+    gates = {name: torch.from_numpy(m.astype(np.float32)) for name, m in mask.items()}
+    hooks = [params[name].register_hook(lambda g, gate=gate: g * gate) for name, gate in gates.items()]
+    config = msg.content.config_records.get("config", ConfigRecord())
+    try:
+        stats: TrainStats = train_sgd(
+            model, local.train,
+            epochs=int(config.get("local-epochs", settings.local_epochs)),
+            lr=float(config.get("lr", settings.lr)), momentum=float(config.get("momentum", settings.momentum)),
+            batch_size=int(config.get("batch-size", settings.batch_size)),
+            seed=local_seed(settings.seed, int(config.get("server-round", 0)), local.partition_id),
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    blob = encode(split_kept(trained, mask), reference=mask, manifest=Manifest(
+        manifest.architecture, manifest.model_seed, manifest.density, manifest.round, "static-mask-update"))
+    metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,
+                            "partition-id": local.partition_id})
+    return Message(content_with_payload(blob, metrics=metrics), reply_to=msg)

@@ -1,0 +1,69 @@
+"""Data-free importance scores for pruning and the global top-k rule that turns scores into a mask.
+
+Scores say how much each prunable weight matters; ``global_topk_mask`` decides
+what to keep. Keeping them apart lets any score be combined with any schedule
+or strategy (Torch-Pruning's importance/pruner split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from models import prunable_names
+
+Scores = dict[str, torch.Tensor]
+
+
+def magnitude_scores(model: nn.Module, seed: int = 0) -> Scores:
+    """|w| of each prunable weight."""
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().abs().double() for name in prunable_names(model)}
+
+
+def random_scores(model: nn.Module, seed: int = 0) -> Scores:
+    """Uniform random scores from ``seed``: the baseline any informed score must beat."""
+    generator = torch.Generator().manual_seed(seed + 7919)
+    params = dict(model.named_parameters())
+    return {name: torch.rand(params[name].shape, generator=generator, dtype=torch.float64)
+            for name in prunable_names(model)}
+
+
+SCORES: dict[str, Callable[[nn.Module, int], Scores]] = {
+    "magnitude": magnitude_scores,
+    "random": random_scores,
+}
+
+
+def global_topk_mask(scores: Scores, density: float) -> dict[str, np.ndarray]:
+    """Keep exactly round(density x total) highest-scoring weights over all layers, at least one per layer.
+
+    Ties break by position (stable), so the same scores always give the same mask.
+    """
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density {density} is outside (0, 1]")
+    names = list(scores)
+    flat = torch.cat([scores[n].reshape(-1).double() for n in names])
+    total = flat.numel()
+    keep = max(len(names), min(total, int(round(density * total))))
+    order = torch.sort(flat, descending=True, stable=True).indices
+    kept = torch.zeros(total, dtype=torch.bool)
+    kept[order[:keep]] = True
+    offsets = np.cumsum([0] + [scores[n].numel() for n in names])
+    # Every layer keeps at least its best weight; the globally weakest kept weights make room.
+    for i in range(len(names)):
+        start, stop = int(offsets[i]), int(offsets[i + 1])
+        if not kept[start:stop].any():
+            best = start + int(torch.argmax(flat[start:stop]))
+            ranked = order[:keep].flip(0)
+            for candidate in ranked.tolist():
+                layer = int(np.searchsorted(offsets, candidate, side="right") - 1)
+                if kept[int(offsets[layer]):int(offsets[layer + 1])].sum() > 1:
+                    kept[candidate] = False
+                    break
+            kept[best] = True
+    return {name: kept[int(offsets[i]):int(offsets[i + 1])].reshape(scores[name].shape).numpy()
+            for i, name in enumerate(names)}

@@ -1,0 +1,145 @@
+"""FedAvg restricted to a fixed mask chosen on the server without data (static-mask baselines).
+
+The server scores the seeded initial model (magnitude, random, ...), keeps the
+top ``density`` fraction, and from then on only kept values travel, through
+the wire codec: a node gets the coded mask the first time it is sampled (or
+again after it lost it), and every message after that is encoded relative to
+the mask's digest, so a node holding another mask cannot be misread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from protos.codec import Manifest, decode, encode, reference_digest
+from protos.flower_records import content_with_payload, payload_of
+from strategies.aggregation import weighted_mean
+from strategies.base import FederatedStrategy
+
+KEPT_SUFFIX = "/kept"
+MASK_SUFFIX = "/mask"
+TASK = "masked-sgd"
+
+
+def split_kept(state: dict[str, np.ndarray], mask: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Kept values of masked tensors (1-D, in flat index order) and every other tensor whole."""
+    out = {}
+    for name, value in state.items():
+        if name in mask:
+            out[name + KEPT_SUFFIX] = np.ascontiguousarray(value.reshape(-1)[mask[name].reshape(-1)], np.float32)
+        else:
+            out[name] = value
+    return out
+
+
+def join_kept(tensors: dict[str, np.ndarray], mask: dict[str, np.ndarray],
+              template: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inverse of ``split_kept``: scatter kept values into zero tensors shaped like ``template``."""
+    out = {}
+    for name, like in template.items():
+        if name in mask:
+            kept = tensors[name + KEPT_SUFFIX]
+            if kept.shape != (int(mask[name].sum()),):
+                raise ValueError(f"'{name}': {kept.shape[0]} kept values for {int(mask[name].sum())} kept positions")
+            full = np.zeros(like.size, dtype=np.float32)
+            full[mask[name].reshape(-1)] = kept
+            out[name] = full.reshape(like.shape)
+        else:
+            if tensors[name].shape != like.shape:
+                raise ValueError(f"'{name}' has shape {tensors[name].shape}, expected {like.shape}")
+            out[name] = tensors[name]
+    return out
+
+
+class StaticMaskFedAvg(FederatedStrategy):
+    """Sparse FedAvg over a server-chosen fixed mask; only kept values (and the mask once) travel."""
+
+    def __init__(self, *, mask: dict[str, np.ndarray], architecture: str, model_seed: int, score: str,
+                 clients_per_round: int, min_train_nodes: int = 1, seed: int = 0) -> None:
+        super().__init__(clients_per_round=clients_per_round, min_train_nodes=min_train_nodes, seed=seed)
+        self.mask = {k: np.asarray(v, dtype=bool) for k, v in mask.items()}
+        self.mask_digest = reference_digest(self.mask)
+        self.architecture, self.model_seed, self.score = architecture, model_seed, score
+        total = sum(m.size for m in self.mask.values())
+        self.density = sum(int(m.sum()) for m in self.mask.values()) / total
+        self.nodes_with_mask: set[int] = set()
+        self._template: dict[str, np.ndarray] = {}
+        self._decoded: dict[int, dict[str, np.ndarray]] = {}
+
+    def summary(self) -> None:
+        """Log the mask and sampling settings."""
+        log(INFO, "StaticMaskFedAvg: %s mask at density %.4f, %d clients/round", self.score, self.density,
+            self.clients_per_round)
+
+    def initialize_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Zero the pruned weights of the initial model: the global model lives on the mask."""
+        state = {k: arrays[k].numpy() for k in arrays.keys()}
+        return ArrayRecord({k: Array(v * self.mask[k] if k in self.mask else v) for k, v in state.items()})
+
+    def _manifest(self, server_round: int) -> Manifest:
+        return Manifest(self.architecture, self.model_seed, self.density, server_round, "static-mask")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Send each sampled node the kept values; the coded mask too if it does not hold it."""
+        self._template = {k: arrays[k].numpy() for k in arrays.keys()}
+        kept = split_kept(self._template, self.mask)
+        config = ConfigRecord({**dict(config), "server-round": server_round, "task": TASK})
+        messages = []
+        for node in self.sample_nodes(server_round, grid):
+            if node in self.nodes_with_mask:
+                blob = encode(kept, reference=self.mask, manifest=self._manifest(server_round))
+            else:
+                masks = {name + MASK_SUFFIX: m for name, m in self.mask.items()}
+                blob = encode({**kept, **masks}, manifest=self._manifest(server_round))
+            messages.append(Message(content=content_with_payload(blob, config=config), dst_node_id=node,
+                                    message_type=MessageType.TRAIN))
+        return messages
+
+    def check_reply(self, server_round: int, reply: Message) -> str | None:
+        """Decode the reply against the mask (digest must match) and check every tensor."""
+        reason = super().check_reply(server_round, reply)
+        if reason:
+            return reason
+        node = reply.metadata.src_node_id
+        try:
+            decoded = decode(payload_of(reply), reference=self.mask)
+            join_kept(decoded.tensors, self.mask, self._template)
+        except ValueError as exc:  # WireFormatError is a ValueError
+            self.nodes_with_mask.discard(node)  # resend the full mask next time: never a silent desync
+            return f"payload rejected: {exc}"
+        self.nodes_with_mask.add(node)
+        self._decoded[node] = decoded.tensors
+        return None
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Weighted mean of kept values (and dense tensors) from the valid replies."""
+        self._decoded = {}
+        replies = list(replies)
+        for reply in replies:  # a node that failed may have lost its state: send the mask again
+            if reply.has_error():
+                self.nodes_with_mask.discard(reply.metadata.src_node_id)
+        valid = self.screen_replies(server_round, replies)
+        if not self.enough_replies(server_round, valid):
+            return None, None
+        weights = [self.weight_of(m) for m in valid]
+        records = [ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in
+                                self._decoded[m.metadata.src_node_id].items()}) for m in valid]
+        mean = weighted_mean(records, weights)
+        joined = join_kept({k: mean[k].numpy() for k in mean.keys()}, self.mask, self._template)
+        losses = [float(next(iter(m.content.metric_records.values())).get("train-loss", 0.0)) for m in valid]
+        self._decoded = {}
+        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in joined.items()}), MetricRecord(
+            {"train-loss": float(np.average(losses, weights=weights)), "num-examples": int(sum(weights))})
+
+    def round_report(self, server_round: int) -> dict[str, Any]:
+        """Adds the mask's density and score to the round entry."""
+        return {**super().round_report(server_round), "density": self.density, "score": self.score}
