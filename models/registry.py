@@ -35,10 +35,13 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int =
     if name in ("fl-cnn", "fl-cnn-bn") and input_shape[1] % 4:
         raise ValueError(f"model '{name}' needs an input side divisible by 4, got {input_shape}")
     if seed is None:
-        return MODELS[name](input_shape, num_classes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return MODELS[name](input_shape, num_classes)
+        model = MODELS[name](input_shape, num_classes)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MODELS[name](input_shape, num_classes)
+    model.synflow_input_shape = tuple(input_shape)  # data-free scores feed an all-ones input of this shape
+    return model
 
 
 def prunable_names(model: nn.Module) -> list[str]:

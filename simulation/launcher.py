@@ -117,6 +117,8 @@ class LocalSuperLink:
 
 def _env(home: Path, ray_address: str | None) -> dict[str, str]:
     env = dict(os.environ)
+    # The SuperLink spawns flower-superexec / flwr-simulation by name: put this venv's scripts first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["FLWR_HOME"] = str(home)
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     env.setdefault("RAY_DISABLE_USAGE_STATS", "1")

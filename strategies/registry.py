@@ -33,11 +33,11 @@ def _static_mask(score: str):
     def build(settings: RunSettings) -> Strategy:
         from data import load_dataset
         from models import build_model
-        from strategies.scores import SCORES, global_topk_mask
+        from strategies.scores import data_free_mask
 
         splits = load_dataset(settings.dataset, settings.dataset_path or None)
         model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
-        mask = global_topk_mask(SCORES[score](model, settings.seed), settings.density)
+        mask = data_free_mask(model, score, settings.density, settings.seed)
         return StaticMaskFedAvg(mask=mask, architecture=settings.model, model_seed=settings.seed, score=score,
                                 clients_per_round=settings.clients_per_round,
                                 min_train_nodes=settings.min_train_nodes, seed=settings.seed)
@@ -49,6 +49,7 @@ STRATEGIES = {
     "flwr-fedavg": _flower_fedavg,
     "static-magnitude": _static_mask("magnitude"),
     "static-random": _static_mask("random"),
+    "static-synflow": _static_mask("synflow"),
 }
 
 

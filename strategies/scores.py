@@ -18,13 +18,13 @@ from models import prunable_names
 Scores = dict[str, torch.Tensor]
 
 
-def magnitude_scores(model: nn.Module, seed: int = 0) -> Scores:
+def magnitude_scores(model: nn.Module, seed: int = 0, mask: dict[str, np.ndarray] | None = None) -> Scores:
     """|w| of each prunable weight."""
     params = dict(model.named_parameters())
     return {name: params[name].detach().abs().double() for name in prunable_names(model)}
 
 
-def random_scores(model: nn.Module, seed: int = 0) -> Scores:
+def random_scores(model: nn.Module, seed: int = 0, mask: dict[str, np.ndarray] | None = None) -> Scores:
     """Uniform random scores from ``seed``: the baseline any informed score must beat."""
     generator = torch.Generator().manual_seed(seed + 7919)
     params = dict(model.named_parameters())
@@ -32,10 +32,28 @@ def random_scores(model: nn.Module, seed: int = 0) -> Scores:
             for name in prunable_names(model)}
 
 
-SCORES: dict[str, Callable[[nn.Module, int], Scores]] = {
+def _synflow(model: nn.Module, seed: int = 0, mask: dict[str, np.ndarray] | None = None) -> Scores:
+    from strategies.synflow import synflow_scores
+
+    return synflow_scores(model, seed, mask)
+
+
+SCORES: dict[str, Callable[..., Scores]] = {
     "magnitude": magnitude_scores,
     "random": random_scores,
+    "synflow": _synflow,
 }
+# Scores that change as weights are pruned are applied iteratively (DESIGN §4: 100 steps).
+ITERATIONS = {"magnitude": 1, "random": 1, "synflow": 100}
+
+
+def data_free_mask(model: nn.Module, score: str, density: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """The mask a score gives at ``density``, with that score's schedule (one-shot or iterative)."""
+    from strategies.schedules import prune_iteratively
+
+    if score not in SCORES:
+        raise ValueError(f"unknown score '{score}'; choose one of {sorted(SCORES)}")
+    return prune_iteratively(model, SCORES[score], density, ITERATIONS[score], seed)
 
 
 def global_topk_mask(scores: Scores, density: float) -> dict[str, np.ndarray]:

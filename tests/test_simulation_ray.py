@@ -56,7 +56,9 @@ def test_flwr_run_dot_against_local_simulation_superlink(tmp_path):
         started = subprocess.run(
             [_bin("flwr"), "run", ".", "fedprune", "--run-config", overrides,
              "--federation-config", "num-supernodes=10 client-resources-num-cpus=1", "--format", "json"],
-            cwd=APP_DIR, env={**os.environ, "FLWR_HOME": str(link.home)}, capture_output=True, text=True, timeout=120)
+            cwd=APP_DIR, env={**os.environ, "FLWR_HOME": str(link.home),
+                              "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+            capture_output=True, text=True, timeout=120)
         run_id = json.loads(started.stdout)["run-id"]
         deadline = time.monotonic() + 300
         status = ""
@@ -78,9 +80,10 @@ def test_flwr_run_dot_against_local_simulation_superlink(tmp_path):
 def test_attach_to_existing_ray_cluster(tmp_path):
     port = free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
-    head = subprocess.Popen(
+    head = subprocess.Popen(  # ray start --block spawns its daemons by name from PATH
         [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+         "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     try:
         deadline = time.monotonic() + 60
         ready = False
