@@ -38,6 +38,16 @@ def _synflow(model: nn.Module, seed: int = 0, mask: dict[str, np.ndarray] | None
     return synflow_scores(model, seed, mask)
 
 
+def _scorer_for(model: nn.Module, score: str) -> Callable[[nn.Module, int, dict | None], Scores]:
+    """A score function that may cache per-model work across iterations (SynFlow's linearized copy)."""
+    if score == "synflow":
+        from strategies.synflow import SynFlowScorer
+
+        scorer = SynFlowScorer(model)
+        return lambda _model, _seed, mask: scorer(mask)
+    return SCORES[score]
+
+
 SCORES: dict[str, Callable[..., Scores]] = {
     "magnitude": magnitude_scores,
     "random": random_scores,
@@ -53,7 +63,21 @@ def data_free_mask(model: nn.Module, score: str, density: float, seed: int = 0) 
 
     if score not in SCORES:
         raise ValueError(f"unknown score '{score}'; choose one of {sorted(SCORES)}")
-    return prune_iteratively(model, SCORES[score], density, ITERATIONS[score], seed)
+    return prune_iteratively(model, _scorer_for(model, score), density, ITERATIONS[score], seed)
+
+
+def _top_k(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean vector marking the k largest entries; ties at the threshold go to the lowest positions."""
+    kept = torch.zeros(flat.numel(), dtype=torch.bool)
+    if k <= 0:
+        return kept
+    if k >= flat.numel():
+        return ~kept
+    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values  # O(n) selection, no full sort
+    kept = flat > threshold
+    ties = torch.nonzero(flat == threshold).reshape(-1)
+    kept[ties[: k - int(kept.sum())]] = True
+    return kept
 
 
 def global_topk_mask(scores: Scores, density: float) -> dict[str, np.ndarray]:
@@ -67,21 +91,19 @@ def global_topk_mask(scores: Scores, density: float) -> dict[str, np.ndarray]:
     flat = torch.cat([scores[n].reshape(-1).double() for n in names])
     total = flat.numel()
     keep = max(len(names), min(total, int(round(density * total))))
-    order = torch.sort(flat, descending=True, stable=True).indices
-    kept = torch.zeros(total, dtype=torch.bool)
-    kept[order[:keep]] = True
+    kept = _top_k(flat, keep)
     offsets = np.cumsum([0] + [scores[n].numel() for n in names])
     # Every layer keeps at least its best weight; the globally weakest kept weights make room.
     for i in range(len(names)):
         start, stop = int(offsets[i]), int(offsets[i + 1])
         if not kept[start:stop].any():
             best = start + int(torch.argmax(flat[start:stop]))
-            ranked = order[:keep].flip(0)
-            for candidate in ranked.tolist():
-                layer = int(np.searchsorted(offsets, candidate, side="right") - 1)
-                if kept[int(offsets[layer]):int(offsets[layer + 1])].sum() > 1:
-                    kept[candidate] = False
-                    break
+            layer_of = np.repeat(np.arange(len(names)), np.diff(offsets))
+            counts = np.bincount(layer_of[kept.numpy()], minlength=len(names))
+            donors = torch.from_numpy(counts[layer_of] > 1) & kept
+            candidates = torch.nonzero(donors).reshape(-1)
+            weakest = candidates[torch.argmin(flat[candidates])]
+            kept[weakest] = False
             kept[best] = True
     return {name: kept[int(offsets[i]):int(offsets[i + 1])].reshape(scores[name].shape).numpy()
             for i, name in enumerate(names)}
