@@ -6,6 +6,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.hidenseek import evaluate_hidenseek, train_hidenseek
 from client.local_data import load_local_data, partition_of
 from client.local_training import local_seed, train_sgd
 from client.masked_training import train_masked
@@ -14,6 +15,7 @@ from data.sources import DatasetSplits
 from models import build_model
 from models.evaluation import evaluate as evaluate_model
 from server.run_config import RunSettings, settings_from_run_config
+from strategies.hidenseek import TASK as HIDENSEEK_TASK
 from strategies.static_mask import TASK as MASKED_TASK
 
 app = ClientApp()
@@ -50,6 +52,8 @@ def train(msg: Message, context: Context) -> Message:
     model = build_model(settings.model, data.input_shape, data.num_classes)
     if config.get("task") == MASKED_TASK:
         return train_masked(msg, context, settings, local, model)
+    if config.get("task") == HIDENSEEK_TASK:
+        return train_hidenseek(msg, context, settings, local, data.input_shape, data.num_classes)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     stats = train_sgd(
         model, local.train,
@@ -71,6 +75,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     settings = _settings(context)
     local = load_local_data(context.node_config, settings)
     data = load_dataset_shape(settings)
+    config = msg.content.config_records.get("config", {})
+    if config.get("task") == HIDENSEEK_TASK:
+        return evaluate_hidenseek(msg, context, settings, local, data.input_shape, data.num_classes)
     model = build_model(settings.model, data.input_shape, data.num_classes)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     loss, accuracy = evaluate_model(model, local.test.x, local.test.y, settings.eval_batch_size)

@@ -29,9 +29,15 @@ def local_seed(seed: int, server_round: int, partition_id: int) -> int:
 def train_sgd(model: nn.Module, data: LabeledArrays, *, epochs: int, lr: float, momentum: float,
               batch_size: int, seed: int) -> TrainStats:
     """Plain minibatch SGD with momentum over ``epochs`` passes, shuffled with ``seed``."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    return train_epochs(model, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed)
+
+
+def train_epochs(model: nn.Module, data: LabeledArrays, optimizer: torch.optim.Optimizer, *, epochs: int,
+                 batch_size: int, seed: int) -> TrainStats:
+    """Minibatch cross-entropy training with ``optimizer`` over ``epochs`` shuffled passes."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     model.train()
     losses, steps = [], 0
     for _ in range(epochs):

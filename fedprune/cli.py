@@ -20,7 +20,8 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     defaults = RunSettings()
     p = sub.add_parser("simulate", help="run a simulated federation on Ray and write results.json + report.png",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--strategy", default=defaults.strategy, help="fedavg | flwr-fedavg")
+    p.add_argument("--strategy", default=defaults.strategy,
+                   help="fedavg | flwr-fedavg | hidenseek | static-synflow | static-magnitude | static-random")
     p.add_argument("--dataset", default=defaults.dataset, help="fashion-mnist | digits | cifar10")
     p.add_argument("--dataset-path", default="", help="dataset directory (default: the dataset's standard place)")
     p.add_argument("--model", default=None, help="architecture (default: the dataset's usual model)")
@@ -42,6 +43,18 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float, default=defaults.momentum)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--density", type=float, default=defaults.density, help="kept fraction of prunable weights")
+    p.add_argument("--score", default=defaults.score, help="hidenseek mask score: synflow | magnitude | random")
+    p.add_argument("--aggregation", default=defaults.aggregation,
+                   help="hidenseek: tally (1 bit/weight, confidence kept on the server) | vote | score-average")
+    p.add_argument("--dense-params", default=defaults.dense_params,
+                   help="hidenseek biases/BatchNorm: averaged | personal")
+    p.add_argument("--mask-transfer", default=defaults.mask_transfer,
+                   help="hidenseek: send (coded mask to new nodes) | recompute (clients rebuild it, digest checked)")
+    p.add_argument("--score-lr", type=float, default=defaults.score_lr, help="hidenseek client Adam lr on scores")
+    p.add_argument("--server-lr", type=float, default=defaults.server_lr,
+                   help="hidenseek tally: step size of the server's tally update")
+    p.add_argument("--personal-eval-every", type=int, default=defaults.personal_eval_every,
+                   help="hidenseek: rounds between personalized evaluations (0 = never)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--out", default=defaults.out, help="directory for results.json, report.png, checkpoint")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -65,6 +78,9 @@ def _settings_from_args(args: argparse.Namespace) -> RunSettings:
         num_clients=args.num_clients, clients_per_round=args.clients_per_round,
         min_train_nodes=args.min_train_nodes, rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr,
         momentum=args.momentum, batch_size=args.batch_size, density=args.density, seed=args.seed,
+        score=args.score, aggregation=args.aggregation, dense_params=args.dense_params,
+        mask_transfer=args.mask_transfer, score_lr=args.score_lr, server_lr=args.server_lr,
+        personal_eval_every=args.personal_eval_every,
         out=str(Path(args.out).expanduser().resolve()), resume=args.resume,
     )
     settings.validate()

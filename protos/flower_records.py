@@ -15,6 +15,7 @@ from protos.codec import WireFormatError
 
 PAYLOAD_RECORD = "fedprune"
 PAYLOAD_KEY = "payload"
+SETUP_KEY = "setup"
 WIRE_STYPE = "fedprune.wire.v1"
 
 
@@ -42,3 +43,20 @@ def payload_as_array(blob: bytes) -> ArrayRecord:
 def content_with_payload(blob: bytes, **records) -> RecordDict:
     """A message content holding ``blob`` plus any other records (config, metrics)."""
     return RecordDict({PAYLOAD_RECORD: payload_record(blob), **records})
+
+
+def setup_record(blob: bytes, setup: bytes | None, **records) -> RecordDict:
+    """Content with a round payload and, for a node's first contact, a setup payload decoded first."""
+    values = {PAYLOAD_KEY: blob}
+    if setup is not None:
+        values[SETUP_KEY] = setup
+    return RecordDict({PAYLOAD_RECORD: ConfigRecord(values), **records})
+
+
+def setup_of(message: Message) -> bytes | None:
+    """The setup payload of a first-contact message, if it carries one."""
+    record = message.content.config_records.get(PAYLOAD_RECORD)
+    blob = record.get(SETUP_KEY) if record is not None else None
+    if blob is not None and not isinstance(blob, bytes):
+        raise WireFormatError("setup payload is not bytes")
+    return blob

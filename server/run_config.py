@@ -45,6 +45,13 @@ class RunSettings:
     batch_size: int = 32
     seed: int = 0
     density: float = 1.0
+    score: str = "synflow"
+    aggregation: str = "tally"
+    dense_params: str = "averaged"
+    mask_transfer: str = "send"
+    score_lr: float = 0.001
+    server_lr: float = 1.0
+    personal_eval_every: int = 5
     out: str = "runs/latest"
     resume: bool = False
     eval_batch_size: int = 1000
@@ -117,6 +124,19 @@ class RunSettings:
             raise ConfigError("min-partition-size", "must be >= 0")
         if self.round_timeout <= 0:
             raise ConfigError("round-timeout", "must be > 0")
+        from strategies.hidenseek import AGGREGATIONS, DENSE_PARAMS, MASK_TRANSFER
+        from strategies.scores import SCORES
+
+        allowed("score", self.score, SCORES)
+        allowed("aggregation", self.aggregation, AGGREGATIONS)
+        allowed("dense-params", self.dense_params, DENSE_PARAMS)
+        allowed("mask-transfer", self.mask_transfer, MASK_TRANSFER)
+        if self.score_lr <= 0:
+            raise ConfigError("score-lr", f"{self.score_lr} must be > 0")
+        if self.server_lr <= 0:
+            raise ConfigError("server-lr", f"{self.server_lr} must be > 0")
+        if self.personal_eval_every < 0:
+            raise ConfigError("personal-eval-every", "must be >= 0 (0 = never)")
         if self.strategy in ("fedavg", "flwr-fedavg") and self.density != 1.0:
             raise ConfigError("density", f"strategy '{self.strategy}' is dense; density must be 1.0")
         if check_out_dir:

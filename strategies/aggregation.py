@@ -30,3 +30,34 @@ def weighted_mean(records: Sequence[ArrayRecord], weights: Sequence[float]) -> A
             acc += record[key].numpy().astype(np.float64) * (weight / total)
         out[key] = Array(acc.astype(first.dtype, copy=False))
     return out
+
+
+def sign_vote(signs: Sequence[np.ndarray], weights: Sequence[float], current: np.ndarray) -> np.ndarray:
+    """Sample-weighted majority vote over ±1 sign vectors; a tie keeps ``current``."""
+    tally = np.zeros(current.shape, dtype=np.float64)
+    for vote, weight in zip(signs, weights, strict=True):
+        tally += weight * vote
+    return np.where(tally > 0, 1, np.where(tally < 0, -1, current)).astype(np.int8)
+
+
+def tally_update(tally: np.ndarray, bits: Sequence[np.ndarray], weights: Sequence[float], signs: np.ndarray,
+                 magnitude: np.ndarray, reaches: Sequence[float], server_lr: float = 1.0) -> np.ndarray:
+    """Carry vote confidence across rounds: add the mean score change the clients' bits encode.
+
+    Client c started from z = σ·(|θ0| + r_c), where r_c bounds how far its optimizer
+    can move a score in one round, and sent one stochastic bit per weight with
+    E[bit] = z_c / (|θ0| + r_c). So (|θ0| + r_c)·(bit − σ) is an unbiased estimate of
+    its score change, and adding the weighted mean to the server's real-valued tally
+    is score averaging (FedAvg on z) at one bit per weight. Bits that equal σ cost
+    almost nothing to code, so the uplink is well under one bit per weight.
+    """
+    total = float(sum(weights))
+    change = np.zeros(tally.shape, dtype=np.float64)
+    for bit, weight, reach in zip(bits, weights, reaches, strict=True):
+        change += (weight / total) * (magnitude + reach) * (bit - signs)
+    return (tally + server_lr * change).astype(np.float32)
+
+
+def signs_of(tally: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """σ = sign(tally); exact zeros keep the current sign."""
+    return np.where(tally > 0, 1, np.where(tally < 0, -1, current)).astype(np.int8)

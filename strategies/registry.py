@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from strategies.fedavg import DenseFedAvg
+from strategies.hidenseek import HideNseek
 from strategies.static_mask import StaticMaskFedAvg
 
 if TYPE_CHECKING:
@@ -44,12 +45,29 @@ def _static_mask(score: str):
     return build
 
 
+def _hidenseek(settings: RunSettings) -> Strategy:
+    from data import load_dataset
+    from models import build_model
+    from strategies.scores import data_free_mask
+
+    splits = load_dataset(settings.dataset, settings.dataset_path or None)
+    model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
+    theta0 = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    mask = data_free_mask(model, settings.score, settings.density, settings.seed)
+    return HideNseek(theta0=theta0, mask=mask, architecture=settings.model, model_seed=settings.seed,
+                     score=settings.score, density=settings.density, clients_per_round=settings.clients_per_round,
+                     min_train_nodes=settings.min_train_nodes, seed=settings.seed, aggregation=settings.aggregation,
+                     dense_params=settings.dense_params, mask_transfer=settings.mask_transfer,
+                     personal_eval_every=settings.personal_eval_every, server_lr=settings.server_lr)
+
+
 STRATEGIES = {
     "fedavg": _dense_fedavg,
     "flwr-fedavg": _flower_fedavg,
     "static-magnitude": _static_mask("magnitude"),
     "static-random": _static_mask("random"),
     "static-synflow": _static_mask("synflow"),
+    "hidenseek": _hidenseek,
 }
 
 

@@ -114,3 +114,21 @@ def test_attach_to_existing_ray_cluster(tmp_path):
         if marker.exists() and str(port) in marker.read_text():
             marker.unlink()
     assert not _alive(head.pid)
+
+
+def test_hidenseek_ray_simulation_3_rounds_on_digits(tmp_path):
+    settings = RunSettings(strategy="hidenseek", dataset="digits", model="digits-cnn", partition="iid",
+                           num_clients=10, clients_per_round=4, rounds=3, density=0.3, score="synflow",
+                           personal_eval_every=3, out=str(tmp_path / "hns"))
+    document = run_simulation(settings, progress=lambda _: None)
+    validate_results(document)
+    assert document["status"] == "completed"
+    for entry in document["rounds"]:
+        assert entry["clients_failed"] == 0
+        assert entry["flip_rate"] is not None
+        payloads = entry["uplink_payload_bytes"]
+        assert len(payloads) == 4
+        # measured uplink per client = the codec's coded payload + fixed framing of the record and metrics
+        for client in entry["clients"]:
+            assert 0 < client["uplink_bytes"] - payloads[str(client["node_id"])] < 400
+    assert "federated_evaluation" in document["rounds"][2]

@@ -1,0 +1,197 @@
+"""Client side of HideNseek: rebuild θ0 from the seed, train sign scores, send one bit per kept weight.
+
+What a node keeps in ``Context.state`` across rounds: the setup payload (mask
+or its digest, θ0 digest), the last σ it received (the reference the next σ is
+coded against), its own latent scores z (its personalized model) and, with
+``dense-params = personal``, its own biases/BatchNorm parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from client.local_data import LocalData
+from client.local_training import local_seed, train_epochs
+from client.sign_supermask import apply_sign_supermask, fold
+from models import build_model
+from models.evaluation import evaluate
+from protos.codec import Manifest, decode, encode, reference_digest
+from protos.flower_records import content_with_payload, payload_of, setup_of
+from server.run_config import RunSettings
+from strategies.hidenseek import MASK, SCORES, SIGMA, theta0_digest
+
+STATE_SETUP, STATE_SIGMA, STATE_SCORES, STATE_DENSE = "hns-setup", "hns-sigma", "hns-scores", "hns-dense"
+
+
+@functools.lru_cache(maxsize=4)
+def _theta0(architecture: str, seed: int, input_shape: tuple, num_classes: int) -> dict[str, np.ndarray]:
+    model = build_model(architecture, input_shape, num_classes, seed=seed)
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _recomputed_mask(architecture: str, seed: int, input_shape: tuple, num_classes: int, score: str,
+                     density: float) -> dict[str, np.ndarray]:
+    from strategies.scores import data_free_mask
+
+    model = build_model(architecture, input_shape, num_classes, seed=seed)
+    return data_free_mask(model, score, density, seed)
+
+
+def _stored(context: Context, key: str) -> bytes | None:
+    record = context.state.config_records.get(key)
+    return record["payload"] if record is not None else None
+
+
+def _store(context: Context, key: str, blob: bytes) -> None:
+    context.state[key] = ConfigRecord({"payload": blob})
+
+
+class Setup:
+    """What a node derives from the setup payload: mask, |θ0| and sign(θ0) over kept weights, θ0 itself."""
+
+    def __init__(self, blob: bytes, input_shape: tuple, num_classes: int) -> None:
+        decoded = decode(blob)
+        m = decoded.manifest
+        self.manifest = m
+        self.theta0 = _theta0(m.architecture, m.model_seed, input_shape, num_classes)
+        masks = {k[len(MASK):]: v for k, v in decoded.tensors.items() if k.startswith(MASK)}
+        if not masks:
+            score = m.kind.rsplit("/", 1)[-1]
+            masks = _recomputed_mask(m.architecture, m.model_seed, input_shape, num_classes, score, m.density)
+            expected = decoded.tensors["mask-digest"].tobytes()
+            if reference_digest(masks) != expected:
+                raise ValueError("the mask recomputed here differs from the server's (digest mismatch)")
+        self.mask = masks
+        self.magnitude = {k: np.abs(self.theta0[k][v]).astype(np.float32) for k, v in masks.items()}
+        self.initial_signs = {k: np.where(self.theta0[k][v] >= 0, 1, -1).astype(np.int8) for k, v in masks.items()}
+        if theta0_digest(self.magnitude, self.initial_signs) != decoded.tensors["theta0-digest"].tobytes():
+            raise ValueError("θ0 rebuilt from the seed differs from the server's (torch version or model drift)")
+
+
+def _setup(msg: Message, context: Context, input_shape: tuple, num_classes: int) -> tuple[Setup, bool]:
+    blob = setup_of(msg)
+    first_contact = blob is not None
+    if blob is None:
+        blob = _stored(context, STATE_SETUP)
+        if blob is None:
+            raise ValueError("message is relative to a setup this node does not hold")
+    setup = Setup(blob, input_shape, num_classes)
+    if first_contact:
+        _store(context, STATE_SETUP, blob)
+    return setup, first_contact
+
+
+def _receive(msg: Message, context: Context, setup: Setup, first_contact: bool) -> dict[str, np.ndarray]:
+    """Decode the round payload against the σ this node holds; remember the new σ."""
+    if first_contact:
+        reference = setup.initial_signs
+    else:
+        stored = _stored(context, STATE_SIGMA)
+        if stored is None:
+            raise ValueError("σ is coded against a copy this node does not hold")
+        reference = {k[len(SIGMA):]: v for k, v in decode(stored).tensors.items()}
+    tensors = decode(payload_of(msg), reference={SIGMA + k: v for k, v in reference.items()}).tensors
+    sigma = {k: tensors[SIGMA + k] for k in setup.mask}
+    _store(context, STATE_SIGMA, encode({SIGMA + k: v for k, v in sigma.items()}))
+    return tensors
+
+
+def _dense_params(tensors: dict[str, np.ndarray], context: Context, setup: Setup, mode: str) -> dict[str, np.ndarray]:
+    dense = {k: v for k, v in setup.theta0.items() if k not in setup.mask}
+    if mode == "averaged":
+        dense.update({k: tensors[k] for k in dense if k in tensors})
+    else:
+        stored = _stored(context, STATE_DENSE)
+        if stored is not None:
+            dense.update(decode(stored).tensors)
+    return dense
+
+
+def _model(settings: RunSettings, input_shape: tuple, num_classes: int, setup: Setup,
+           dense: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> tuple[torch.nn.Module, dict]:
+    model = build_model(setup.manifest.architecture, input_shape, num_classes)
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dense.items()}
+    model.load_state_dict({**model.state_dict(), **state})
+    latent = apply_sign_supermask(model, setup.mask, setup.magnitude, scores)
+    return model, latent
+
+
+def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local: LocalData,
+                    input_shape: tuple, num_classes: int) -> Message:
+    """One local round: start z from σ·|θ0| (or the global scores), train, send bits coded against σ."""
+    config = msg.content.config_records.get("config", ConfigRecord())
+    aggregation, dense_mode = str(config.get("aggregation")), str(config.get("dense-params"))
+    setup, first_contact = _setup(msg, context, input_shape, num_classes)
+    tensors = _receive(msg, context, setup, first_contact)
+    sigma = {k: tensors[SIGMA + k] for k in setup.mask}
+    lr = float(config.get("score-lr", settings.score_lr))
+    epochs = int(config.get("local-epochs", settings.local_epochs))
+    batch_size = int(config.get("batch-size", settings.batch_size))
+    # Tally: start far enough from zero that one round of Adam (<= lr per step) cannot flip a sign
+    # locally, so each uploaded bit is an unbiased 1-bit estimate of the score change.
+    reach = lr * epochs * -(-len(local.train) // batch_size)
+    if aggregation == "score-average":
+        start = {k: tensors[SCORES + k] for k in setup.mask}
+    elif aggregation == "tally":
+        start = {k: sigma[k] * (setup.magnitude[k] + reach) for k in setup.mask}
+    else:
+        start = {k: sigma[k] * setup.magnitude[k] for k in setup.mask}
+    dense = _dense_params(tensors, context, setup, dense_mode)
+    model, latent = _model(settings, input_shape, num_classes, setup, dense, start)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    server_round = int(config.get("server-round", 0))
+    seed = local_seed(settings.seed, server_round, local.partition_id)
+    stats = train_epochs(model, local.train, optimizer, epochs=epochs, batch_size=batch_size, seed=seed)
+    scores = {k: v.detach().numpy().copy() for k, v in latent.items()}
+    trained_dense = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()
+                     if "parametrizations" not in k}
+    _store(context, STATE_SCORES, encode(scores))
+    _store(context, STATE_DENSE, encode(trained_dense))
+
+    if aggregation == "score-average":
+        upload = {SCORES + k: v.astype(np.float32) for k, v in scores.items()}
+    elif aggregation == "tally":
+        rng = np.random.default_rng(seed + 1)
+        upload = {}
+        for k, z in scores.items():
+            p_plus = (1.0 + np.clip(z / (setup.magnitude[k] + reach), -1.0, 1.0)) / 2.0
+            upload[SIGMA + k] = np.where(rng.random(z.shape) < p_plus, 1, -1).astype(np.int8)
+    else:
+        upload = {SIGMA + k: np.where(z >= 0, 1, -1).astype(np.int8) for k, z in scores.items()}
+    if dense_mode == "averaged":
+        upload.update(trained_dense)
+    m = setup.manifest
+    blob = encode(upload, reference={SIGMA + k: v for k, v in sigma.items()},
+                  manifest=Manifest(m.architecture, m.model_seed, m.density, server_round, "hidenseek-update"))
+    local_flips = sum(int(((scores[k] >= 0) != (sigma[k] > 0)).sum()) for k in scores)
+    metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,
+                            "partition-id": local.partition_id, "tally-reach": reach,
+                            "local-flip-rate": local_flips / max(1, sum(v.size for v in scores.values()))})
+    return Message(content_with_payload(blob, metrics=metrics), reply_to=msg)
+
+
+def evaluate_hidenseek(msg: Message, context: Context, settings: RunSettings, local: LocalData,
+                       input_shape: tuple, num_classes: int) -> Message:
+    """Accuracy on the local test split of the personal model (own z, own dense) and of the global one."""
+    config = msg.content.config_records.get("config", ConfigRecord())
+    setup, first_contact = _setup(msg, context, input_shape, num_classes)
+    tensors = _receive(msg, context, setup, first_contact)
+    sigma = {k: tensors[SIGMA + k] for k in setup.mask}
+    global_dense = _dense_params(tensors, context, setup, str(config.get("dense-params", "averaged")))
+    global_model, _ = _model(settings, input_shape, num_classes, setup, global_dense,
+                             {k: sigma[k] * setup.magnitude[k] for k in setup.mask})
+    _, global_acc = evaluate(fold(global_model), local.test.x, local.test.y, settings.eval_batch_size)
+    scores_blob, dense_blob = _stored(context, STATE_SCORES), _stored(context, STATE_DENSE)
+    personal_acc = global_acc
+    if scores_blob is not None and dense_blob is not None:
+        own = {**global_dense, **decode(dense_blob).tensors}
+        personal, _ = _model(settings, input_shape, num_classes, setup, own, decode(scores_blob).tensors)
+        _, personal_acc = evaluate(fold(personal), local.test.x, local.test.y, settings.eval_batch_size)
+    return Message(RecordDict({"metrics": MetricRecord({
+        "num-examples": len(local.test), "personal-accuracy": personal_acc, "global-accuracy": global_acc})}),
+        reply_to=msg)

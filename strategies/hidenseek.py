@@ -1,0 +1,277 @@
+"""HideNseek: a server-pruned random network whose clients learn only a sign supermask.
+
+Round by round (DESIGN §4):
+
+* once, on the server: θ0 from the run seed, mask m = score(θ0, density) without data;
+* ``configure_train``: each sampled node gets the global signs σ over kept weights, coded
+  against the copy that node last received (per-node copies are kept here); a node that
+  never took part also gets the setup (seed, architecture, coded mask or only its digest,
+  and a digest of θ0 to check its rebuild against). The frozen weights never travel;
+* clients train latent scores z from z = σ·|θ0| (``client.hidenseek``) and send back one
+  bit per kept weight, coded against σ;
+* ``aggregate_train``: the bits become the new σ by the configured rule —
+  ``vote`` (sample-weighted majority of hard signs, ties keep σ), ``tally`` (stochastic
+  bits whose mean is an unbiased estimate of the clients' score change, accumulated in
+  a server-side real-valued tally: score averaging at one bit per weight), or
+  ``score-average`` (clients send float32 scores and get the global scores back; the
+  reference point, 32 bits per weight, recorded honestly).
+
+Biases and BatchNorm parameters are trained locally and averaged (``dense-params =
+averaged``) or stay on the client (``personal``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from protos.codec import Manifest, decode, encode, reference_digest
+from protos.flower_records import payload_of, setup_record
+from strategies.aggregation import sign_vote, signs_of, tally_update, weighted_mean
+from strategies.base import FederatedStrategy
+
+TASK = "hidenseek"
+AGGREGATIONS = ("vote", "tally", "score-average")
+DENSE_PARAMS = ("averaged", "personal")
+MASK_TRANSFER = ("send", "recompute")
+SIGMA = "sigma/"
+SCORES = "scores/"
+MASK = "mask/"
+
+
+def theta0_digest(magnitudes: dict[str, np.ndarray], signs: dict[str, np.ndarray]) -> bytes:
+    """Digest of the kept initial weights, so a client can prove it rebuilt the same θ0."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(magnitudes):
+        h.update(name.encode())
+        h.update((magnitudes[name] * signs[name]).astype("<f4").tobytes())
+    return h.digest()
+
+
+class HideNseek(FederatedStrategy):
+    """Sign-supermask federated training over a data-free mask (see module docstring)."""
+
+    def __init__(self, *, theta0: dict[str, np.ndarray], mask: dict[str, np.ndarray], architecture: str,
+                 model_seed: int, score: str, density: float, clients_per_round: int, min_train_nodes: int = 1,
+                 seed: int = 0, aggregation: str = "tally", dense_params: str = "averaged",
+                 mask_transfer: str = "send", personal_eval_every: int = 5, server_lr: float = 1.0) -> None:
+        super().__init__(clients_per_round=clients_per_round, min_train_nodes=min_train_nodes, seed=seed)
+        for option, value, allowed in (("aggregation", aggregation, AGGREGATIONS),
+                                       ("dense-params", dense_params, DENSE_PARAMS),
+                                       ("mask-transfer", mask_transfer, MASK_TRANSFER)):
+            if value not in allowed:
+                raise ValueError(f"hidenseek {option} '{value}' is not one of {allowed}")
+        self.mask = {k: np.asarray(v, dtype=bool) for k, v in mask.items()}
+        self.magnitude = {k: np.abs(theta0[k][self.mask[k]]).astype(np.float32) for k in self.mask}
+        initial_signs = {k: np.where(theta0[k][self.mask[k]] >= 0, 1, -1).astype(np.int8) for k in self.mask}
+        self.initial_signs = initial_signs
+        self.sigma = dict(initial_signs)
+        self.tally = {k: (self.magnitude[k] * initial_signs[k]).astype(np.float32) for k in self.mask}
+        self.theta0_digest = theta0_digest(self.magnitude, initial_signs)
+        self.mask_digest = reference_digest(self.mask)
+        self.architecture, self.model_seed, self.score, self.density = architecture, model_seed, score, density
+        self.aggregation, self.dense_params, self.mask_transfer = aggregation, dense_params, mask_transfer
+        self.personal_eval_every, self.server_lr = personal_eval_every, server_lr
+        self.sent: dict[int, dict[str, np.ndarray]] = {}  # per node: the σ it last received
+        self.flip_rates: dict[int, float] = {}
+        self._dense: dict[str, np.ndarray] = {}
+        self._decoded: dict[int, dict[str, np.ndarray]] = {}
+        self._sampled: list[int] = []
+        self._order: list[str] = []
+        self.payload_bytes: dict[int, dict[int, int]] = {}  # round -> node -> codec payload bytes received
+
+    def summary(self) -> None:
+        """Log the mask and aggregation settings."""
+        log(INFO, "HideNseek: %s mask, density %.4f, aggregation %s, dense params %s, mask %s",
+            self.score, self.density, self.aggregation, self.dense_params, self.mask_transfer)
+
+    # -- the global model --------------------------------------------------------
+
+    def folded_arrays(self, dense: dict[str, np.ndarray]) -> ArrayRecord:
+        """m ⊙ |θ0| ⊙ σ for masked weights plus the global dense parameters: what the server evaluates."""
+        from client.sign_supermask import folded_weights
+
+        weights = {**dense, **folded_weights(self.mask, self.magnitude, self.sigma)}
+        return ArrayRecord({k: Array(np.ascontiguousarray(weights[k])) for k in self._order})
+
+    def initialize_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The initial global model is θ0 restricted to the mask (σ = sign(θ0))."""
+        self._order = list(arrays.keys())
+        self._dense = {k: arrays[k].numpy() for k in arrays.keys() if k not in self.mask}
+        return self.folded_arrays(self._dense)
+
+    # -- train -------------------------------------------------------------------
+
+    def _round_tensors(self) -> dict[str, np.ndarray]:
+        tensors = {SIGMA + k: v for k, v in self.sigma.items()}
+        if self.aggregation == "score-average":
+            tensors.update({SCORES + k: v for k, v in self.tally.items()})
+        if self.dense_params == "averaged":
+            tensors.update(self._dense)
+        return tensors
+
+    def _setup_blob(self) -> bytes:
+        tensors: dict[str, np.ndarray] = {"theta0-digest": np.frombuffer(self.theta0_digest, dtype=np.uint8)}
+        if self.mask_transfer == "send":
+            tensors.update({MASK + k: v for k, v in self.mask.items()})
+        else:
+            tensors["mask-digest"] = np.frombuffer(self.mask_digest, dtype=np.uint8)
+        return encode(tensors, manifest=Manifest(self.architecture, self.model_seed, self.density, 0,
+                                                 f"hidenseek-setup/{self.score}"))
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Send σ (coded against each node's last copy) and, to new nodes, the setup."""
+        self._dense = {k: arrays[k].numpy() for k in arrays.keys() if k not in self.mask}
+        config = ConfigRecord({**dict(config), "server-round": server_round, "task": TASK,
+                               "aggregation": self.aggregation, "dense-params": self.dense_params})
+        tensors = self._round_tensors()
+        manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, "hidenseek-round")
+        messages = []
+        self._sampled = self.sample_nodes(server_round, grid)
+        for node in self._sampled:
+            setup = None
+            if node in self.sent:
+                reference = self.sent[node]
+            else:  # first contact: setup + σ coded against sign(θ0), which the client rebuilds itself
+                reference, setup = self.initial_signs, self._setup_blob()
+            blob = encode(tensors, reference={SIGMA + k: v for k, v in reference.items()}, manifest=manifest)
+            self.sent[node] = dict(self.sigma)
+            messages.append(Message(content=setup_record(blob, setup, config=config), dst_node_id=node,
+                                    message_type=MessageType.TRAIN))
+        return messages
+
+    def check_reply(self, server_round: int, reply: Message) -> str | None:
+        """Decode the client's bits (or scores) against the σ this node was sent; check every tensor."""
+        reason = super().check_reply(server_round, reply)
+        if reason:
+            return reason
+        node = reply.metadata.src_node_id
+        sent = self.sent.get(node)
+        try:
+            if sent is None:
+                raise ValueError("reply from a node that was not sent σ this run")
+            blob = payload_of(reply)
+            decoded = decode(blob, reference={SIGMA + k: v for k, v in sent.items()}).tensors
+            self._check_tensors(decoded, next(iter(reply.content.metric_records.values())))
+        except ValueError as exc:  # includes WireFormatError
+            self.sent.pop(node, None)  # never a silent desync: the node gets everything again next time
+            return f"payload rejected: {exc}"
+        self._decoded[node] = decoded
+        self.payload_bytes.setdefault(server_round, {})[node] = len(blob)
+        return None
+
+    def _check_tensors(self, decoded: dict[str, np.ndarray], metrics: MetricRecord) -> None:
+        prefix = SCORES if self.aggregation == "score-average" else SIGMA
+        if self.aggregation == "tally":
+            reach = metrics.get("tally-reach")
+            if not isinstance(reach, float) or not 0 <= reach < 1e3:
+                raise ValueError("tally reply lacks a valid 'tally-reach'")
+        for name, kept in self.magnitude.items():
+            value = decoded.get(prefix + name)
+            if value is None or value.shape != kept.shape:
+                raise ValueError(f"'{prefix + name}' missing or not {kept.shape}")
+            if prefix == SIGMA and value.dtype != np.int8:
+                raise ValueError(f"'{prefix + name}' is not a sign vector")
+        if self.dense_params == "averaged":
+            for name, value in self._dense.items():
+                if name not in decoded or decoded[name].shape != value.shape:
+                    raise ValueError(f"dense parameter '{name}' missing or misshapen")
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Update σ by the configured rule, average dense parameters, report the flip rate."""
+        self._decoded = {}
+        replies = list(replies)
+        for reply in replies:
+            if reply.has_error():
+                self.sent.pop(reply.metadata.src_node_id, None)
+        valid = self.screen_replies(server_round, replies)
+        if not self.enough_replies(server_round, valid):
+            return None, None
+        weights = [self.weight_of(m) for m in valid]
+        decoded = [self._decoded.pop(m.metadata.src_node_id) for m in valid]
+        previous = self.sigma
+        if self.aggregation == "vote":
+            self.sigma = {k: sign_vote([d[SIGMA + k] for d in decoded], weights, previous[k]) for k in self.mask}
+        elif self.aggregation == "tally":
+            reaches = [float(next(iter(m.content.metric_records.values()))["tally-reach"]) for m in valid]
+            self.tally = {k: tally_update(self.tally[k], [d[SIGMA + k] for d in decoded], weights, previous[k],
+                                          self.magnitude[k], reaches, self.server_lr) for k in self.mask}
+            self.sigma = {k: signs_of(self.tally[k], previous[k]) for k in self.mask}
+        else:
+            mean = weighted_mean([ArrayRecord({k: Array(d[SCORES + k]) for k in self.mask}) for d in decoded],
+                                 weights)
+            self.tally = {k: mean[k].numpy() for k in self.mask}
+            self.sigma = {k: signs_of(self.tally[k], previous[k]) for k in self.mask}
+        if self.dense_params == "averaged":
+            mean = weighted_mean([ArrayRecord({k: Array(d[k]) for k in self._dense}) for d in decoded], weights)
+            self._dense = {k: mean[k].numpy() for k in self._dense}
+        flipped = sum(int((self.sigma[k] != previous[k]).sum()) for k in self.mask)
+        self.flip_rates[server_round] = flipped / sum(v.size for v in self.sigma.values())
+        losses = [float(next(iter(m.content.metric_records.values())).get("train-loss", 0.0)) for m in valid]
+        metrics = MetricRecord({"train-loss": float(np.average(losses, weights=weights)),
+                                "num-examples": int(sum(weights))})
+        return self.folded_arrays(self._dense), metrics
+
+    # -- personalized evaluation ---------------------------------------------------
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Every few rounds, this round's clients evaluate their personal model and the global one locally."""
+        if not self.personal_eval_every or server_round % self.personal_eval_every:
+            return []
+        config = ConfigRecord({**dict(config), "server-round": server_round, "task": TASK})
+        messages = []
+        tensors = self._round_tensors()
+        manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, "hidenseek-eval")
+        for node in self._sampled:
+            if node not in self.sent:
+                continue
+            blob = encode(tensors, reference={SIGMA + k: v for k, v in self.sent[node].items()}, manifest=manifest)
+            self.sent[node] = dict(self.sigma)
+            messages.append(Message(content=setup_record(blob, None, config=config), dst_node_id=node,
+                                    message_type=MessageType.EVALUATE))
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Example-weighted mean of personal and global accuracy on the clients' local test splits."""
+        valid = [m for m in replies if not m.has_error() and m.content.metric_records]
+        for reply in replies:
+            if reply.has_error():
+                self.sent.pop(reply.metadata.src_node_id, None)
+        rows = [next(iter(m.content.metric_records.values())) for m in valid]
+        rows = [r for r in rows if r.get("num-examples", 0) > 0]
+        if not rows:
+            return None
+        total = sum(float(r["num-examples"]) for r in rows)
+        return MetricRecord({key: sum(float(r[key]) * float(r["num-examples"]) for r in rows) / total
+                             for key in ("personal-accuracy", "global-accuracy")} | {"clients": len(rows)})
+
+    # -- state ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """σ and the tally (what a resumed run continues from); per-node copies are not kept."""
+        return {**super().state_dict(), "sigma": self.sigma, "tally": self.tally,
+                "flip_rates": self.flip_rates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore σ and the tally; every node gets the full state again after a restart."""
+        super().load_state_dict(state)
+        self.sigma, self.tally = state["sigma"], state["tally"]
+        self.flip_rates = {int(k): v for k, v in state.get("flip_rates", {}).items()}
+        self.sent = {}
+
+    def round_report(self, server_round: int) -> dict[str, Any]:
+        """Adds density, score, aggregation rule and the measured flip rate of σ this round."""
+        return {**super().round_report(server_round), "density": self.density, "score": self.score,
+                "aggregation": self.aggregation, "flip_rate": self.flip_rates.get(server_round),
+                "uplink_payload_bytes": {str(node): size for node, size in
+                                         self.payload_bytes.pop(server_round, {}).items()}}

@@ -1,0 +1,78 @@
+import numpy as np
+import torch
+
+from client.sign_supermask import apply_sign_supermask, fold, folded_weights
+from models import build_model
+from strategies.aggregation import sign_vote, signs_of, tally_update
+from strategies.scores import data_free_mask
+
+
+def _setup(seed=0, density=0.3):
+    model = build_model("digits-cnn", (1, 8, 8), seed=seed)
+    theta0 = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    mask = data_free_mask(model, "magnitude", density, seed)
+    magnitude = {k: np.abs(theta0[k][m]) for k, m in mask.items()}
+    return model, theta0, mask, magnitude
+
+
+def test_parametrized_forward_equals_the_explicit_weight():
+    model, theta0, mask, magnitude = _setup()
+    rng = np.random.default_rng(0)
+    z = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in magnitude.items()}
+    apply_sign_supermask(model, mask, magnitude, z)
+    explicit = build_model("digits-cnn", (1, 8, 8), seed=0)
+    state = {k: torch.from_numpy(v) for k, v in theta0.items()}
+    for name, m in mask.items():
+        weight = np.where(m, np.abs(theta0[name]) * np.sign(np.where(m, 1, 0)), 0).astype(np.float32)
+        weight[m] = magnitude[name] * np.where(z[name] >= 0, 1, -1)
+        state[name] = torch.from_numpy(weight)
+    explicit.load_state_dict(state)
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.allclose(model(x), explicit(x), atol=1e-6)
+    signs = {k: np.where(v >= 0, 1, -1) for k, v in z.items()}
+    folded = folded_weights(mask, magnitude, signs)
+    fold(model)
+    for name in mask:
+        assert np.array_equal(model.state_dict()[name].numpy(), folded[name])
+        assert np.array_equal(folded[name], state[name].numpy())
+
+
+def test_straight_through_gradient_reaches_scores_and_not_pruned_positions():
+    model, _, mask, magnitude = _setup()
+    latent = apply_sign_supermask(model, mask, magnitude, {k: v.copy() for k, v in magnitude.items()})
+    loss = model(torch.randn(8, 1, 8, 8)).pow(2).sum()
+    loss.backward()
+    for name, z in latent.items():
+        assert z.shape == (int(mask[name].sum()),)
+        assert z.grad is not None and float(z.grad.abs().sum()) > 0
+    # frozen magnitudes are buffers, not parameters: only scores and dense params train
+    names = {n for n, _ in model.named_parameters()}
+    assert not any(n.endswith(".weight") and "parametrizations" not in n and n in mask for n in names)
+
+
+def test_vote_weights_and_ties():
+    current = np.array([1, 1, -1, -1], dtype=np.int8)
+    votes = [np.array([1, -1, 1, -1], np.int8), np.array([-1, -1, 1, 1], np.int8)]
+    assert sign_vote(votes, [1.0, 1.0], current).tolist() == [1, -1, 1, -1]  # ties keep current
+    assert sign_vote(votes, [3.0, 1.0], current).tolist() == [1, -1, 1, -1]
+    assert sign_vote(votes, [1.0, 3.0], current).tolist() == [-1, -1, 1, 1]
+
+
+def test_tally_update_is_an_unbiased_estimate_of_the_mean_score_change():
+    rng = np.random.default_rng(0)
+    n, clients, reach = 20000, 10, 0.02
+    magnitude = rng.uniform(0, 0.05, n)
+    sigma = np.where(rng.random(n) < 0.5, 1, -1).astype(np.int8)
+    tally = sigma * magnitude
+    changes = rng.uniform(-reach, reach, (clients, n))
+    weights = rng.integers(50, 500, clients).astype(float)
+    bits = []
+    for c in range(clients):
+        z = sigma * (magnitude + reach) + changes[c]
+        p_plus = (1 + z / (magnitude + reach)) / 2
+        bits.append(np.where(rng.random(n) < p_plus, 1, -1))
+    new = tally_update(tally.astype(np.float32), bits, weights, sigma, magnitude, [reach] * clients)
+    expected = tally + np.average(changes, axis=0, weights=weights)
+    error = new - expected
+    assert abs(error.mean()) < 3e-4  # unbiased
+    assert signs_of(np.array([0.0, 1.0, -2.0]), np.array([-1, -1, 1])).tolist() == [-1, 1, -1]
