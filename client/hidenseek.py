@@ -132,8 +132,9 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
     lr = float(config.get("score-lr", settings.score_lr))
     epochs = int(config.get("local-epochs", settings.local_epochs))
     batch_size = int(config.get("batch-size", settings.batch_size))
-    # Tally: start far enough from zero that one round of Adam (<= lr per step) cannot flip a sign
-    # locally, so each uploaded bit is an unbiased 1-bit estimate of the score change.
+    # Tally: start at σ·(|θ0| + reach), where reach bounds one round of Adam (~lr per step), so no sign
+    # flips locally; bits then round z stochastically between ±(|θ0| + 2·reach), which z cannot leave,
+    # so each bit is an unbiased 1-bit estimate of the score change (no clipping, no drift).
     reach = lr * epochs * -(-len(local.train) // batch_size)
     if aggregation == "score-average":
         start = {k: tensors[SCORES + k] for k in setup.mask}
@@ -159,7 +160,7 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
         rng = np.random.default_rng(seed + 1)
         upload = {}
         for k, z in scores.items():
-            p_plus = (1.0 + np.clip(z / (setup.magnitude[k] + reach), -1.0, 1.0)) / 2.0
+            p_plus = (1.0 + np.clip(z / (setup.magnitude[k] + 2.0 * reach), -1.0, 1.0)) / 2.0
             upload[SIGMA + k] = np.where(rng.random(z.shape) < p_plus, 1, -1).astype(np.int8)
     else:
         upload = {SIGMA + k: np.where(z >= 0, 1, -1).astype(np.int8) for k, z in scores.items()}

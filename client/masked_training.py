@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord
 
 from client.local_data import LocalData
 from client.local_training import TrainStats, local_seed, train_sgd
+from kernels.convert import export_dense_state, sparsify
 from protos.codec import Manifest, decode, encode
 from protos.flower_records import content_with_payload, payload_of
 from server.run_config import RunSettings
@@ -45,27 +46,23 @@ def receive_masked_model(msg: Message, context: Context) -> tuple[dict[str, np.n
 
 def train_masked(msg: Message, context: Context, settings: RunSettings, local: LocalData,
                  model: torch.nn.Module) -> Message:
-    """One round of masked SGD: pruned weights stay exactly zero (their gradients are masked)."""
+    """One round of masked SGD through compact sparse layers (``kernels``): only kept weights exist,
+    train and carry optimizer state; the dispatcher picks each layer's backend."""
     tensors, mask, manifest = receive_masked_model(msg, context)
     template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     state = join_kept(tensors, mask, template)
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
-    params = dict(model.named_parameters())
-    gates = {name: torch.from_numpy(m.astype(np.float32)) for name, m in mask.items()}
-    hooks = [params[name].register_hook(lambda g, gate=gate: g * gate) for name, gate in gates.items()]
     config = msg.content.config_records.get("config", ConfigRecord())
-    try:
-        stats: TrainStats = train_sgd(
-            model, local.train,
-            epochs=int(config.get("local-epochs", settings.local_epochs)),
-            lr=float(config.get("lr", settings.lr)), momentum=float(config.get("momentum", settings.momentum)),
-            batch_size=int(config.get("batch-size", settings.batch_size)),
-            seed=local_seed(settings.seed, int(config.get("server-round", 0)), local.partition_id),
-        )
-    finally:
-        for hook in hooks:
-            hook.remove()
-    trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    batch_size = int(config.get("batch-size", settings.batch_size))
+    sparsify(model, mask, batch=batch_size, training=True)
+    stats: TrainStats = train_sgd(
+        model, local.train,
+        epochs=int(config.get("local-epochs", settings.local_epochs)),
+        lr=float(config.get("lr", settings.lr)), momentum=float(config.get("momentum", settings.momentum)),
+        batch_size=batch_size,
+        seed=local_seed(settings.seed, int(config.get("server-round", 0)), local.partition_id),
+    )
+    trained = {k: v.detach().numpy() for k, v in export_dense_state(model).items()}
     blob = encode(split_kept(trained, mask), reference=mask, manifest=Manifest(
         manifest.architecture, manifest.model_seed, manifest.density, manifest.round, "static-mask-update"))
     metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,

@@ -145,6 +145,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from protos.wire_benchmark import run
 
         run(Path(args.json) if args.json else None)
+    else:
+        from kernels.benchmark import run as run_kernels
+
+        run_kernels(Path(args.json) if args.json else None, Path(args.markdown) if args.markdown else None,
+                    quick=args.quick, threads=args.threads)
     return 0
 
 
@@ -155,9 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="plot one or more results.json files into one PNG")
     report.add_argument("results", nargs="+", help="results.json files or run directories")
     report.add_argument("--out", default="report.png")
-    bench = sub.add_parser("bench", help="measure: `wire` (codec sizes vs entropy, throughput, bytes per round)")
-    bench.add_argument("what", choices=["wire"])
+    bench = sub.add_parser("bench", help="measure: `wire` (codec sizes, throughput, bytes/round) or `kernels`")
+    bench.add_argument("what", choices=["wire", "kernels"])
     bench.add_argument("--json", default=None, help="also save the figures as JSON here")
+    bench.add_argument("--markdown", default=None, help="kernels: also save the Markdown table here")
+    bench.add_argument("--quick", action="store_true", help="kernels: Linear layers and FL CNNs only")
+    bench.add_argument("--threads", type=int, default=None, help="kernels: torch intra-op threads")
     return parser
 
 

@@ -46,15 +46,15 @@ def tally_update(tally: np.ndarray, bits: Sequence[np.ndarray], weights: Sequenc
 
     Client c started from z = σ·(|θ0| + r_c), where r_c bounds how far its optimizer
     can move a score in one round, and sent one stochastic bit per weight with
-    E[bit] = z_c / (|θ0| + r_c). So (|θ0| + r_c)·(bit − σ) is an unbiased estimate of
-    its score change, and adding the weighted mean to the server's real-valued tally
-    is score averaging (FedAvg on z) at one bit per weight. Bits that equal σ cost
-    almost nothing to code, so the uplink is well under one bit per weight.
+    E[bit] = z_c / (|θ0| + 2 r_c) (z_c cannot leave that range, so nothing is clipped).
+    So (|θ0| + 2 r_c)·bit − σ·(|θ0| + r_c) is an unbiased estimate of its score change,
+    and adding the weighted mean to the server's real-valued tally is score averaging
+    (FedAvg on z) at one bit per weight. Bits that equal σ are cheap to code.
     """
     total = float(sum(weights))
     change = np.zeros(tally.shape, dtype=np.float64)
     for bit, weight, reach in zip(bits, weights, reaches, strict=True):
-        change += (weight / total) * (magnitude + reach) * (bit - signs)
+        change += (weight / total) * ((magnitude + 2 * reach) * bit - signs * (magnitude + reach))
     return (tally + server_lr * change).astype(np.float32)
 
 

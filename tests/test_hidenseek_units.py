@@ -69,7 +69,7 @@ def test_tally_update_is_an_unbiased_estimate_of_the_mean_score_change():
     bits = []
     for c in range(clients):
         z = sigma * (magnitude + reach) + changes[c]
-        p_plus = (1 + z / (magnitude + reach)) / 2
+        p_plus = (1 + z / (magnitude + 2 * reach)) / 2
         bits.append(np.where(rng.random(n) < p_plus, 1, -1))
     new = tally_update(tally.astype(np.float32), bits, weights, sigma, magnitude, [reach] * clients)
     expected = tally + np.average(changes, axis=0, weights=weights)
