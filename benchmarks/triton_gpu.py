@@ -55,8 +55,8 @@ def main() -> int:
                         mask = tiles.repeat_interleave(32, 0).repeat_interleave(32, 1)
                     weight = torch.randn(n, n, device=device) * mask
                     row_ptr, cols = tile_index(weight, 32, 32)
-                    t_dense = _time(lambda w=weight: x @ w.t())
-                    t_triton = _time(lambda w=weight, r=row_ptr, c=cols: blocksparse_linear(x, w, r, c))
+                    t_dense = _time(lambda w=weight, a=x: a @ w.t())
+                    t_triton = _time(lambda w=weight, r=row_ptr, c=cols, a=x: blocksparse_linear(a, w, r, c))
                     row = {"n": n, "batch": batch, "density": density, "structure": structure,
                            "dense_s": t_dense, "triton_s": t_triton, "speedup": t_dense / t_triton}
                     rows.append(row)
