@@ -16,7 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.local_data import LocalData
 from client.local_training import local_seed, train_epochs
-from client.sign_supermask import apply_sign_supermask, fold
+from kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse, fold
 from models import build_model
 from models.evaluation import evaluate
 from protos.codec import Manifest, decode, encode, reference_digest
@@ -113,12 +113,15 @@ def _dense_params(tensors: dict[str, np.ndarray], context: Context, setup: Setup
 
 
 def _model(settings: RunSettings, input_shape: tuple, num_classes: int, setup: Setup,
-           dense: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> tuple[torch.nn.Module, dict]:
+           dense: dict[str, np.ndarray], scores: dict[str, np.ndarray],
+           train_batch: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """The sign-supermask model; for training, Linear layers the dispatcher prices as CSR run compact."""
     model = build_model(setup.manifest.architecture, input_shape, num_classes)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dense.items()}
     model.load_state_dict({**model.state_dict(), **state})
-    latent = apply_sign_supermask(model, setup.mask, setup.magnitude, scores)
-    return model, latent
+    if train_batch is None:
+        return model, apply_sign_supermask(model, setup.mask, setup.magnitude, scores)
+    return model, apply_sign_supermask_sparse(model, setup.mask, setup.magnitude, scores, batch=train_batch)
 
 
 def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local: LocalData,
@@ -143,14 +146,14 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
     else:
         start = {k: sigma[k] * setup.magnitude[k] for k in setup.mask}
     dense = _dense_params(tensors, context, setup, dense_mode)
-    model, latent = _model(settings, input_shape, num_classes, setup, dense, start)
+    model, latent = _model(settings, input_shape, num_classes, setup, dense, start, train_batch=batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     server_round = int(config.get("server-round", 0))
     seed = local_seed(settings.seed, server_round, local.partition_id)
     stats = train_epochs(model, local.train, optimizer, epochs=epochs, batch_size=batch_size, seed=seed)
     scores = {k: v.detach().numpy().copy() for k, v in latent.items()}
-    trained_dense = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()
-                     if "parametrizations" not in k}
+    state = model.state_dict()
+    trained_dense = {k: state[k].detach().numpy().copy() for k in setup.theta0 if k not in setup.mask}
     _store(context, STATE_SCORES, encode(scores))
     _store(context, STATE_DENSE, encode(trained_dense))
 

@@ -96,7 +96,7 @@ class HideNseek(FederatedStrategy):
 
     def folded_arrays(self, dense: dict[str, np.ndarray]) -> ArrayRecord:
         """m ⊙ |θ0| ⊙ σ for masked weights plus the global dense parameters: what the server evaluates."""
-        from client.sign_supermask import folded_weights
+        from kernels.sign_supermask import folded_weights
 
         weights = {**dense, **folded_weights(self.mask, self.magnitude, self.sigma)}
         return ArrayRecord({k: Array(np.ascontiguousarray(weights[k])) for k in self._order})

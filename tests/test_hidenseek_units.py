@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from client.sign_supermask import apply_sign_supermask, fold, folded_weights
+from kernels.sign_supermask import apply_sign_supermask, fold, folded_weights
 from models import build_model
 from strategies.aggregation import sign_vote, signs_of, tally_update
 from strategies.scores import data_free_mask

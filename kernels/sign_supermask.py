@@ -82,3 +82,60 @@ def folded_weights(mask: dict[str, np.ndarray], magnitudes: dict[str, np.ndarray
         weight[layer_mask.reshape(-1)] = magnitudes[name] * signs[name]
         out[name] = weight.reshape(layer_mask.shape)
     return out
+
+
+class SignCSRLinear(nn.Module):
+    """A sign-supermask Linear on the CSR kernel: values = |θ0| ⊙ sign(z) over kept positions only.
+
+    Scores z, their gradient and optimizer state are kept-size; the weight is
+    never materialized dense (the dispatcher's CSR choice for HideNseek layers).
+    """
+
+    def __init__(self, mask: np.ndarray, magnitude: np.ndarray, scores: np.ndarray,
+                 bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        from kernels.csr import CSRLinear
+
+        mask_t = torch.from_numpy(np.asarray(mask, dtype=bool))
+        structure = CSRLinear(torch.zeros(mask_t.shape), mask_t, None)
+        self.out_features, self.in_features = structure.out_features, structure.in_features
+        for name in ("crow", "col", "crow_t", "col_t", "perm_t"):
+            self.register_buffer(name, getattr(structure, name))
+        self.register_buffer("magnitude", torch.as_tensor(np.asarray(magnitude, dtype=np.float32)))
+        self.scores = nn.Parameter(torch.as_tensor(np.asarray(scores, dtype=np.float32)).clone())
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from kernels.csr import _CSRMatmul
+
+        values = self.magnitude * StraightThroughSign.apply(self.scores)
+        lead = x.shape[:-1]
+        out = _CSRMatmul.apply(values, x.reshape(-1, self.in_features).contiguous(), self.crow, self.col,
+                               self.crow_t, self.col_t, self.perm_t, (self.out_features, self.in_features))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*lead, self.out_features)
+
+
+def apply_sign_supermask_sparse(model: nn.Module, mask: dict[str, np.ndarray], magnitudes: dict[str, np.ndarray],
+                                scores: dict[str, np.ndarray], *, batch: int) -> dict[str, nn.Parameter]:
+    """Like ``apply_sign_supermask``, but Linear layers the dispatcher prices as CSR become
+    ``SignCSRLinear`` (kept-size compute and memory); the rest use the parametrization."""
+    from kernels.dispatch import Backend, choose_backend
+
+    modules = dict(model.named_modules())
+    latent, rest = {}, {}
+    for name, layer_mask in mask.items():
+        module_name = name.rsplit(".", 1)[0]
+        module = modules[module_name]
+        if isinstance(module, nn.Linear) and choose_backend(
+                torch.from_numpy(np.asarray(layer_mask, dtype=bool)), batch=batch, training=True) == Backend.CSR:
+            bias = module.bias.detach() if module.bias is not None else None
+            layer = SignCSRLinear(layer_mask, magnitudes[name], scores[name], bias)
+            parent_name, _, attr = module_name.rpartition(".")
+            setattr(modules[parent_name] if parent_name else model, attr, layer)
+            latent[name] = layer.scores
+        else:
+            rest[name] = layer_mask
+    latent.update(apply_sign_supermask(model, rest, {k: magnitudes[k] for k in rest}, {k: scores[k] for k in rest}))
+    return latent
