@@ -67,6 +67,7 @@ def write_results(out_dir: Path, document: dict[str, Any]) -> Path:
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(document, handle, indent=1)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for everyone who can read the run dir
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

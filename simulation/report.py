@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_report(documents: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -25,6 +26,7 @@ def plot_report(documents: dict[str, dict[str, Any]], path: Path) -> Path:
         by_round.plot(xs, acc, marker=".", label=label)
         by_bytes.plot(uplink, acc, marker=".", label=label)
     by_round.set(xlabel="round", ylabel="test accuracy", title="Accuracy per round")
+    by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_bytes.set(xlabel="cumulative uplink (MiB, measured)", ylabel="test accuracy",
                  title="Accuracy per uplink byte")
     if any(len(d["rounds"]) and max(r["uplink_bytes"] for r in d["rounds"]) > 0 for d in documents.values()):
