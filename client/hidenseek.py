@@ -160,11 +160,15 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
     if aggregation == "score-average":
         upload = {SCORES + k: v.astype(np.float32) for k, v in scores.items()}
     elif aggregation == "tally":
-        rng = np.random.default_rng(seed + 1)
+        slot, slots = int(config.get("tally-slot", 0)), max(1, int(config.get("tally-slots", 1)))
         upload = {}
-        for k, z in scores.items():
+        for index, (k, z) in enumerate(sorted(scores.items())):
             p_plus = (1.0 + np.clip(z / (setup.magnitude[k] + 2.0 * reach), -1.0, 1.0)) / 2.0
-            upload[SIGMA + k] = np.where(rng.random(z.shape) < p_plus, 1, -1).astype(np.int8)
+            # Shared draw (same for every client this round) shifted by the client's slot: each client's
+            # threshold is uniform (unbiased bits), and the round's clients cover [0, 1) evenly.
+            shared = np.random.default_rng([settings.seed, server_round, index]).random(z.shape)
+            threshold = np.mod(shared + slot / slots, 1.0)
+            upload[SIGMA + k] = np.where(threshold < p_plus, 1, -1).astype(np.int8)
     else:
         upload = {SIGMA + k: np.where(z >= 0, 1, -1).astype(np.int8) for k, z in scores.items()}
     if dense_mode == "averaged":

@@ -76,3 +76,15 @@ def test_tally_update_is_an_unbiased_estimate_of_the_mean_score_change():
     error = new - expected
     assert abs(error.mean()) < 3e-4  # unbiased
     assert signs_of(np.array([0.0, 1.0, -2.0]), np.array([-1, -1, 1])).tolist() == [-1, 1, -1]
+
+
+def test_stratified_rounding_is_unbiased_and_less_noisy_than_independent():
+    rng = np.random.default_rng(1)
+    n, clients = 50_000, 10
+    p = rng.uniform(0.0, 1.0, n)  # the same target probability at every client
+    shared = rng.random(n)
+    stratified = np.mean([np.mod(shared + c / clients, 1.0) < p for c in range(clients)], axis=0)
+    independent = np.mean([rng.random(n) < p for _ in range(clients)], axis=0)
+    assert abs(float((stratified - p).mean())) < 5e-3
+    assert np.abs(stratified - p).max() <= 1 / clients + 1e-9  # never off by more than one slot
+    assert float(((stratified - p) ** 2).mean()) < 0.3 * float(((independent - p) ** 2).mean())

@@ -147,3 +147,25 @@ def test_memory_at_density_001_is_under_10_percent_of_dense_masked():
     x = torch.randn(2, 1, 28, 28)
     assert training_state_bytes(fast, x) <= 0.10 * training_state_bytes(ref, x)
     np.testing.assert_allclose(fast(x).detach().numpy(), ref(x).detach().numpy(), atol=1e-5)
+
+
+def test_export_for_inference_folds_signs_into_compact_backends():
+    import copy
+
+    from kernels.convert import export_for_inference
+    from kernels.sign_supermask import apply_sign_supermask, fold
+
+    base = build_model("fl-cnn", (1, 28, 28), seed=0)
+    theta0 = {k: v.detach().numpy().copy() for k, v in base.state_dict().items()}
+    mask = data_free_mask(base, "synflow", 0.05, 0)
+    magnitude = {k: np.abs(theta0[k][m]) for k, m in mask.items()}
+    rng = np.random.default_rng(0)
+    scores = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in magnitude.items()}
+    trained = copy.deepcopy(base)
+    apply_sign_supermask(trained, mask, magnitude, scores)
+    x = torch.randn(3, 1, 28, 28)
+    expected = trained(x).detach()
+    edge = export_for_inference(fold(trained), mask)
+    assert not any(p.requires_grad for p in edge.parameters())
+    assert type(edge.classifier[1]).__name__ in ("CSRLinear", "CompactLinear")
+    assert torch.allclose(edge(x), expected, atol=1e-5)
