@@ -19,10 +19,9 @@ hands to strategies (``server.metered_grid``), so a strategy cannot misreport.
 from __future__ import annotations
 
 import random
-import time
 from abc import abstractmethod
 from collections.abc import Iterable
-from logging import INFO, WARNING
+from logging import WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -164,6 +163,3 @@ class FederatedStrategy(Strategy):
     @abstractmethod
     def summary(self) -> None:
         """Log the strategy's configuration."""
-
-    def _log_sampled(self, server_round: int, nodes: list[int]) -> None:
-        log(INFO, "round %d: sampled %d nodes at %.0f", server_round, len(nodes), time.time())

@@ -145,7 +145,7 @@ class HideNseek(FederatedStrategy):
             blob = encode(tensors, reference={SIGMA + k: v for k, v in reference.items()}, manifest=manifest)
             self.sent[node] = dict(self.sigma)
             # Tally bits are rounded with one shared random draw offset by each client's slot
-            # (stratified): still unbiased per client, but the round's mean has far less noise.
+            # (stratified): still unbiased per client; the round's mean is less noisy where clients agree.
             node_config = ConfigRecord({**dict(config), "tally-slot": slot, "tally-slots": len(self._sampled)})
             messages.append(Message(content=setup_record(blob, setup, config=node_config), dst_node_id=node,
                                     message_type=MessageType.TRAIN))
