@@ -26,16 +26,16 @@ class Backend(StrEnum):
 
 # Density below which CSR (int32, ``(W @ x.T).T`` + sampled weight gradient) beats dense-masked,
 # per (training?, batch bucket). Measured: `fedprune bench kernels --quick` (BENCHMARKS.md, "Dispatcher table").
-# Each entry is the lowest density at which CSR stopped winning on Linear 1024² or 4096², rounded down
-# (a 2-core run: fwd b1 0.5 -> 0.69x at 1024²; fwd b32 0.5 -> 1.12x; fwd b256 0.2 -> 1.28x, 0.5 -> 0.42x;
-# fwd+bwd b1 0.5 -> 0.69x; b32 0.5 -> 0.87x; b256 0.2 -> 1.50x, 0.5 -> 0.57x).
+# Each entry is conservative over the measured shapes: Linear 1024² and 4096² (random masks) and the FL CNN's
+# 512x3136 fc1 (SynFlow mask), whose CSR training step at density ~0.2 measured 0.89-1.02x at batch 1 and
+# 0.91x at batch 256 on the first full run — so training and batch-256 entries sit below that.
 CSR_BREAKEVEN: dict[tuple[bool, int], float] = {
     (False, 1): 0.30,
-    (False, 32): 0.40,
-    (False, 256): 0.25,
-    (True, 1): 0.30,
-    (True, 32): 0.35,
-    (True, 256): 0.25,
+    (False, 32): 0.30,
+    (False, 256): 0.15,
+    (True, 1): 0.15,
+    (True, 32): 0.25,
+    (True, 256): 0.15,
 }
 # A compact (sliced) layer costs about its kept block's share of the dense layer, plus gathering the kept
 # inputs and scattering the outputs, which is ~1/width of a dense layer's work per side.
