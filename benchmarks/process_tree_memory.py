@@ -35,7 +35,7 @@ def _rss_kib(pid: int) -> int:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError):
-        pass
+        return 0  # the process ended between listing and reading
     return 0
 
 

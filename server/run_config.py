@@ -165,8 +165,7 @@ def check_writable_dir(path: str) -> None:
     if not probe.is_dir():
         raise ConfigError("out", f"{probe} exists and is not a directory")
     try:  # os.access says yes to root everywhere; creating a file is the real test
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".fedprune-probe-"):
-            pass
+        tempfile.NamedTemporaryFile(dir=probe, prefix=".fedprune-probe-").close()  # deleted on close
     except OSError as exc:
         raise ConfigError("out", f"cannot write into {probe}: {exc.strerror}") from None
 
