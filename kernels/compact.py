@@ -18,21 +18,27 @@ def _kept_index(mask2d: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.nonzero(mask2d.any(dim=dim)).reshape(-1)
 
 
+def _init_kept_block(layer: nn.Module, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
+                     rows_cols_mask: torch.Tensor) -> None:
+    """Store only the kept block (rows x cols that keep any weight), its residual mask, and the bias."""
+    rows, cols = _kept_index(rows_cols_mask, 1), _kept_index(rows_cols_mask, 0)
+    layer.register_buffer("rows", rows)
+    layer.register_buffer("cols", cols)
+    block_mask = mask[rows][:, cols]
+    layer.weight = nn.Parameter((weight[rows][:, cols] * block_mask).detach().clone())
+    layer.register_buffer("block_mask", block_mask.to(weight.dtype) if not bool(block_mask.all()) else None)
+    layer.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+    layer.full_rows = len(rows) == weight.shape[0]
+    layer.full_cols = len(cols) == weight.shape[1]
+
+
 class CompactLinear(nn.Module):
     """Linear restricted to the rows and columns that keep at least one weight."""
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        rows, cols = _kept_index(mask, 1), _kept_index(mask, 0)
-        self.register_buffer("rows", rows)
-        self.register_buffer("cols", cols)
-        block_mask = mask[rows][:, cols]
-        self.weight = nn.Parameter((weight[rows][:, cols] * block_mask).detach().clone())
-        self.register_buffer("block_mask", block_mask.to(weight.dtype) if not bool(block_mask.all()) else None)
-        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
-        self.full_rows = len(rows) == self.out_features
-        self.full_cols = len(cols) == self.in_features
+        _init_kept_block(self, weight, mask, bias, mask)
 
     def _block(self) -> torch.Tensor:
         return self.weight if self.block_mask is None else self.weight * self.block_mask
@@ -65,17 +71,8 @@ class CompactConv2d(nn.Module):
         if groups != 1:
             raise ValueError("CompactConv2d supports groups=1 only")
         self.out_channels, self.in_channels = weight.shape[:2]
-        flat = mask.reshape(mask.shape[0], mask.shape[1], -1).any(-1)
-        rows, cols = _kept_index(flat, 1), _kept_index(flat, 0)
-        self.register_buffer("rows", rows)
-        self.register_buffer("cols", cols)
-        block_mask = mask[rows][:, cols]
-        self.weight = nn.Parameter((weight[rows][:, cols] * block_mask).detach().clone())
-        self.register_buffer("block_mask", block_mask.to(weight.dtype) if not bool(block_mask.all()) else None)
-        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        _init_kept_block(self, weight, mask, bias, mask.reshape(mask.shape[0], mask.shape[1], -1).any(-1))
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.full_rows = len(rows) == self.out_channels
-        self.full_cols = len(cols) == self.in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.rows) == 0:  # everything pruned: the layer emits its bias (spatial size from a cheap probe)
