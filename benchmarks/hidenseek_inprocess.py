@@ -3,8 +3,8 @@
 Usage: python benchmarks/hidenseek_inprocess.py AGGREGATION ROUNDS SCORE_LR [key=value ...]
    e.g. python benchmarks/hidenseek_inprocess.py score-average 30 0.003
 Fashion-MNIST, FL CNN, Dirichlet 0.5, 100 clients, 10 per round, seed 0 (the acceptance setting); extra
-RunSettings fields as key=value (density, server_lr, local_epochs). Prints one line per round, then the
-last-5 mean accuracy, uplink bytes per client-round and the per-round flip rate of σ.
+RunSettings fields as key=value (density, server_lr, server_momentum, moved_share, local_epochs). Prints
+one line per round, then the last-5 mean accuracy, uplink bytes per client-round and the per-round flip rate of σ.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from server.run_config import RunSettings  # noqa: E402
 from server.runner import run_federation  # noqa: E402
 from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
-_TYPES = {"density": float, "server_lr": float, "local_epochs": int}
+_TYPES = {"density": float, "server_lr": float, "local_epochs": int, "server_momentum": float, "moved_share": float}
 
 
 def main() -> int:

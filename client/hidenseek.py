@@ -22,7 +22,8 @@ from models.evaluation import evaluate
 from protos.codec import Manifest, decode, encode, reference_digest
 from protos.flower_records import content_with_payload, payload_of, setup_of
 from server.run_config import RunSettings
-from strategies.hidenseek import MASK, SCORES, SIGMA, theta0_digest
+from strategies.aggregation import stochastic_ternary
+from strategies.hidenseek import MASK, MOVED, SCORE_DOWNLINK, SCORES, SIGMA, STEP_SCALE, STEP_SIGNS, theta0_digest
 
 STATE_SETUP, STATE_SIGMA, STATE_SCORES, STATE_DENSE = "hns-setup", "hns-sigma", "hns-scores", "hns-dense"
 
@@ -139,7 +140,7 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
     # flips locally; bits then round z stochastically between ±(|θ0| + 2·reach), which z cannot leave,
     # so each bit is an unbiased 1-bit estimate of the score change (no clipping, no drift).
     reach = lr * epochs * -(-len(local.train) // batch_size)
-    if aggregation == "score-average":
+    if aggregation in SCORE_DOWNLINK:
         start = {k: tensors[SCORES + k] for k in setup.mask}
     elif aggregation == "tally":
         start = {k: sigma[k] * (setup.magnitude[k] + reach) for k in setup.mask}
@@ -159,6 +160,13 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
 
     if aggregation == "score-average":
         upload = {SCORES + k: v.astype(np.float32) for k, v in scores.items()}
+    elif aggregation == "ternary-delta":
+        upload, moved_share = {}, float(config.get("moved-share", settings.moved_share))
+        for index, (k, z) in enumerate(sorted(scores.items())):
+            rng = np.random.default_rng([settings.seed, server_round, local.partition_id, index])
+            moved, step_signs, scale = stochastic_ternary(z.astype(np.float64) - start[k], rng, moved_share)
+            upload[MOVED + k], upload[STEP_SIGNS + k] = moved, step_signs
+            upload[STEP_SCALE + k] = np.array([scale], dtype=np.float32)
     elif aggregation == "tally":
         slot, slots = int(config.get("tally-slot", 0)), max(1, int(config.get("tally-slots", 1)))
         upload = {}

@@ -45,14 +45,20 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--density", type=float, default=defaults.density, help="kept fraction of prunable weights")
     p.add_argument("--score", default=defaults.score, help="hidenseek mask score: synflow | magnitude | random")
     p.add_argument("--aggregation", default=defaults.aggregation,
-                   help="hidenseek: tally (1 bit/weight, confidence kept on the server) | vote | score-average")
+                   help="hidenseek: ternary-delta (score change as stochastic ternary values, global scores "
+                        "downlink) | tally (1 bit/weight, confidence kept on the server) | vote | score-average")
     p.add_argument("--dense-params", default=defaults.dense_params,
                    help="hidenseek biases/BatchNorm: averaged | personal")
     p.add_argument("--mask-transfer", default=defaults.mask_transfer,
                    help="hidenseek: send (coded mask to new nodes) | recompute (clients rebuild it, digest checked)")
     p.add_argument("--score-lr", type=float, default=defaults.score_lr, help="hidenseek client Adam lr on scores")
     p.add_argument("--server-lr", type=float, default=defaults.server_lr,
-                   help="hidenseek tally: step size of the server's tally update")
+                   help="hidenseek: server step size on the clients' mean score change")
+    p.add_argument("--server-momentum", type=float, default=defaults.server_momentum,
+                   help="hidenseek score-average/ternary-delta: server heavy-ball momentum on score changes")
+    p.add_argument("--moved-share", type=float, default=defaults.moved_share,
+                   help="hidenseek ternary-delta: at most this share of scores moves per client-round "
+                        "(fewer bits, more variance)")
     p.add_argument("--personal-eval-every", type=int, default=defaults.personal_eval_every,
                    help="hidenseek: rounds between personalized evaluations (0 = never)")
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -80,6 +86,7 @@ def _settings_from_args(args: argparse.Namespace) -> RunSettings:
         momentum=args.momentum, batch_size=args.batch_size, density=args.density, seed=args.seed,
         score=args.score, aggregation=args.aggregation, dense_params=args.dense_params,
         mask_transfer=args.mask_transfer, score_lr=args.score_lr, server_lr=args.server_lr,
+        server_momentum=args.server_momentum, moved_share=args.moved_share,
         personal_eval_every=args.personal_eval_every,
         out=str(Path(args.out).expanduser().resolve()), resume=args.resume,
     )

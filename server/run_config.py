@@ -51,6 +51,8 @@ class RunSettings:
     mask_transfer: str = "send"
     score_lr: float = 0.001
     server_lr: float = 1.0
+    server_momentum: float = 0.0
+    moved_share: float = 0.15
     personal_eval_every: int = 5
     out: str = "runs/latest"
     resume: bool = False
@@ -135,6 +137,10 @@ class RunSettings:
             raise ConfigError("score-lr", f"{self.score_lr} must be > 0")
         if self.server_lr <= 0:
             raise ConfigError("server-lr", f"{self.server_lr} must be > 0")
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError("server-momentum", f"{self.server_momentum} must be in [0, 1)")
+        if not 0 < self.moved_share <= 1:
+            raise ConfigError("moved-share", f"{self.moved_share} must be in (0, 1]")
         if self.personal_eval_every < 0:
             raise ConfigError("personal-eval-every", "must be >= 0 (0 = never)")
         if self.strategy in ("fedavg", "flwr-fedavg") and self.density != 1.0:

@@ -61,3 +61,45 @@ def tally_update(tally: np.ndarray, bits: Sequence[np.ndarray], weights: Sequenc
 def signs_of(tally: np.ndarray, current: np.ndarray) -> np.ndarray:
     """σ = sign(tally); exact zeros keep the current sign."""
     return np.where(tally > 0, 1, np.where(tally < 0, -1, current)).astype(np.int8)
+
+
+def stochastic_ternary(delta: np.ndarray, rng: np.random.Generator,
+                       moved_share: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Quantize a score change to {-r, 0, +r} at random so that the expectation is exact.
+
+    r = max(max |delta|, mean |delta| / moved_share), so nothing is clipped and on average
+    at most ``moved_share`` of the entries move; an entry moves with probability
+    |delta|/r, in the direction of its sign. Returns (moved mask, signs of the moved
+    entries, r). The variance r|delta| - delta^2 is at most that of a ±r bit; the cost is
+    about H(p) + p bits per weight for the mean move probability p (0.15 -> 0.76 bit),
+    against 32 for float scores. A smaller share costs fewer bits and adds variance.
+    """
+    if not 0 < moved_share <= 1:
+        raise ValueError(f"moved_share {moved_share} must be in (0, 1]")
+    delta = np.asarray(delta, dtype=np.float64)
+    magnitude = np.abs(delta)
+    scale = float(max(magnitude.max(), magnitude.mean() / moved_share)) if delta.size else 0.0
+    if scale == 0.0:
+        return np.zeros(delta.shape, dtype=bool), np.zeros(0, dtype=np.int8), 0.0
+    moved = rng.random(delta.shape) < np.abs(delta) / scale
+    return moved, np.where(delta[moved] >= 0, 1, -1).astype(np.int8), scale
+
+
+def ternary_value(moved: np.ndarray, signs: np.ndarray, scale: float) -> np.ndarray:
+    """Inverse of ``stochastic_ternary``: the unbiased estimate of the score change."""
+    if int(moved.sum()) != signs.size:
+        raise ValueError(f"{signs.size} signs for {int(moved.sum())} moved entries")
+    out = np.zeros(moved.shape, dtype=np.float64)
+    out[moved] = scale * signs.astype(np.float64)
+    return out
+
+
+def server_step(scores: np.ndarray, change: np.ndarray, velocity: np.ndarray, lr: float,
+                momentum: float) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the clients' mean score change with a server learning rate and heavy-ball momentum (FedAvgM).
+
+    Momentum keeps moving scores the federation agreed on in earlier rounds, so a
+    consistent direction outlasts one round's disagreement. Returns (scores, velocity).
+    """
+    velocity = (momentum * velocity + change).astype(np.float32)
+    return (scores + lr * velocity).astype(np.float32), velocity

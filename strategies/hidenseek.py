@@ -14,7 +14,10 @@ Round by round (DESIGN §4):
   bits whose mean is an unbiased estimate of the clients' score change, accumulated in
   a server-side real-valued tally: score averaging at one bit per weight), or
   ``score-average`` (clients send float32 scores and get the global scores back; the
-  reference point, 32 bits per weight, recorded honestly).
+  reference point, 32 bits per weight, recorded honestly), or ``ternary-delta`` (clients
+  start from the global scores and send their score change as unbiased stochastic
+  ternary values {-r, 0, +r}: score averaging at well under one bit per weight uplink;
+  the global scores travel downlink).
 
 Biases and BatchNorm parameters are trained locally and averaged (``dense-params =
 averaged``) or stay on the client (``personal``).
@@ -34,16 +37,18 @@ from flwr.serverapp import Grid
 
 from protos.codec import Manifest, decode, encode, reference_digest
 from protos.flower_records import payload_of, setup_record
-from strategies.aggregation import sign_vote, signs_of, tally_update, weighted_mean
+from strategies.aggregation import server_step, sign_vote, signs_of, tally_update, ternary_value, weighted_mean
 from strategies.base import FederatedStrategy
 
 TASK = "hidenseek"
-AGGREGATIONS = ("vote", "tally", "score-average")
+AGGREGATIONS = ("vote", "tally", "score-average", "ternary-delta")
+SCORE_DOWNLINK = ("score-average", "ternary-delta")  # rules whose clients start from the global scores
 DENSE_PARAMS = ("averaged", "personal")
 MASK_TRANSFER = ("send", "recompute")
 SIGMA = "sigma/"
 SCORES = "scores/"
 MASK = "mask/"
+MOVED, STEP_SIGNS, STEP_SCALE = "moved/", "step-signs/", "step-scale/"
 
 
 def theta0_digest(magnitudes: dict[str, np.ndarray], signs: dict[str, np.ndarray]) -> bytes:
@@ -61,7 +66,8 @@ class HideNseek(FederatedStrategy):
     def __init__(self, *, theta0: dict[str, np.ndarray], mask: dict[str, np.ndarray], architecture: str,
                  model_seed: int, score: str, density: float, clients_per_round: int, min_train_nodes: int = 1,
                  seed: int = 0, aggregation: str = "tally", dense_params: str = "averaged",
-                 mask_transfer: str = "send", personal_eval_every: int = 5, server_lr: float = 1.0) -> None:
+                 mask_transfer: str = "send", personal_eval_every: int = 5, server_lr: float = 1.0,
+                 server_momentum: float = 0.0) -> None:
         super().__init__(clients_per_round=clients_per_round, min_train_nodes=min_train_nodes, seed=seed)
         for option, value, allowed in (("aggregation", aggregation, AGGREGATIONS),
                                        ("dense-params", dense_params, DENSE_PARAMS),
@@ -79,6 +85,8 @@ class HideNseek(FederatedStrategy):
         self.architecture, self.model_seed, self.score, self.density = architecture, model_seed, score, density
         self.aggregation, self.dense_params, self.mask_transfer = aggregation, dense_params, mask_transfer
         self.personal_eval_every, self.server_lr = personal_eval_every, server_lr
+        self.server_momentum = server_momentum
+        self.velocity = {k: np.zeros(v.shape, dtype=np.float32) for k, v in self.magnitude.items()}
         self.sent: dict[int, dict[str, np.ndarray]] = {}  # per node: the σ it last received
         self.flip_rates: dict[int, float] = {}
         self._dense: dict[str, np.ndarray] = {}
@@ -111,7 +119,7 @@ class HideNseek(FederatedStrategy):
 
     def _round_tensors(self) -> dict[str, np.ndarray]:
         tensors = {SIGMA + k: v for k, v in self.sigma.items()}
-        if self.aggregation == "score-average":
+        if self.aggregation in SCORE_DOWNLINK:
             tensors.update({SCORES + k: v for k, v in self.tally.items()})
         if self.dense_params == "averaged":
             tensors.update(self._dense)
@@ -177,7 +185,18 @@ class HideNseek(FederatedStrategy):
             reach = metrics.get("tally-reach")
             if not isinstance(reach, float) or not 0 <= reach < 1e3:
                 raise ValueError("tally reply lacks a valid 'tally-reach'")
-        for name, kept in self.magnitude.items():
+        if self.aggregation == "ternary-delta":
+            for name, kept in self.magnitude.items():
+                moved, signs = decoded.get(MOVED + name), decoded.get(STEP_SIGNS + name)
+                scale = decoded.get(STEP_SCALE + name)
+                if moved is None or moved.dtype != np.bool_ or moved.shape != kept.shape:
+                    raise ValueError(f"'{MOVED + name}' missing or not a {kept.shape} mask")
+                if signs is None or signs.dtype != np.int8 or signs.shape != (int(moved.sum()),):
+                    raise ValueError(f"'{STEP_SIGNS + name}' missing or not one sign per moved entry")
+                if scale is None or scale.shape != (1,) or not (np.isfinite(scale).all() and 0 <= scale[0] < 1e3):
+                    raise ValueError(f"'{STEP_SCALE + name}' missing or not a finite scale")
+            prefix = None
+        for name, kept in self.magnitude.items() if prefix else ():
             value = decoded.get(prefix + name)
             if value is None or value.shape != kept.shape:
                 raise ValueError(f"'{prefix + name}' missing or not {kept.shape}")
@@ -209,10 +228,18 @@ class HideNseek(FederatedStrategy):
             self.tally = {k: tally_update(self.tally[k], [d[SIGMA + k] for d in decoded], weights, previous[k],
                                           self.magnitude[k], reaches, self.server_lr) for k in self.mask}
             self.sigma = {k: signs_of(self.tally[k], previous[k]) for k in self.mask}
-        else:
-            mean = weighted_mean([ArrayRecord({k: Array(d[SCORES + k]) for k in self.mask}) for d in decoded],
-                                 weights)
-            self.tally = {k: mean[k].numpy() for k in self.mask}
+        else:  # clients started from the global scores: apply their mean change (server lr, momentum)
+            total = float(sum(weights))
+            for k in self.mask:
+                change = np.zeros(self.tally[k].shape, dtype=np.float64)
+                for d, weight in zip(decoded, weights, strict=True):
+                    if self.aggregation == "ternary-delta":
+                        step = ternary_value(d[MOVED + k], d[STEP_SIGNS + k], float(d[STEP_SCALE + k][0]))
+                    else:
+                        step = d[SCORES + k].astype(np.float64) - self.tally[k]
+                    change += (weight / total) * step
+                self.tally[k], self.velocity[k] = server_step(self.tally[k], change, self.velocity[k],
+                                                              self.server_lr, self.server_momentum)
             self.sigma = {k: signs_of(self.tally[k], previous[k]) for k in self.mask}
         if self.dense_params == "averaged":
             mean = weighted_mean([ArrayRecord({k: Array(d[k]) for k in self._dense}) for d in decoded], weights)
@@ -262,13 +289,14 @@ class HideNseek(FederatedStrategy):
 
     def state_dict(self) -> dict[str, Any]:
         """σ and the tally (what a resumed run continues from); per-node copies are not kept."""
-        return {**super().state_dict(), "sigma": self.sigma, "tally": self.tally,
+        return {**super().state_dict(), "sigma": self.sigma, "tally": self.tally, "velocity": self.velocity,
                 "flip_rates": self.flip_rates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore σ and the tally; every node gets the full state again after a restart."""
         super().load_state_dict(state)
         self.sigma, self.tally = state["sigma"], state["tally"]
+        self.velocity = state.get("velocity", self.velocity)
         self.flip_rates = {int(k): v for k, v in state.get("flip_rates", {}).items()}
         self.sent = {}
 

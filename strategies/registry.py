@@ -58,7 +58,8 @@ def _hidenseek(settings: RunSettings) -> Strategy:
                      score=settings.score, density=settings.density, clients_per_round=settings.clients_per_round,
                      min_train_nodes=settings.min_train_nodes, seed=settings.seed, aggregation=settings.aggregation,
                      dense_params=settings.dense_params, mask_transfer=settings.mask_transfer,
-                     personal_eval_every=settings.personal_eval_every, server_lr=settings.server_lr)
+                     personal_eval_every=settings.personal_eval_every, server_lr=settings.server_lr,
+                     server_momentum=settings.server_momentum)
 
 
 STRATEGIES = {

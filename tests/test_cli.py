@@ -20,6 +20,9 @@ from fedprune.cli import main
     (["--rounds", "-3"], "--rounds: -3 must be a positive integer"),
     (["--out", "/proc/fedprune"], "--out: cannot write into /proc"),
     (["--resume"], "--resume: no checkpoint"),
+    (["--aggregation", "median"], "--aggregation: 'median' is not one of"),
+    (["--server-momentum", "1"], "--server-momentum: 1.0 must be in [0, 1)"),
+    (["--moved-share", "0"], "--moved-share: 0.0 must be in (0, 1]"),
 ])
 def test_bad_option_exits_2_with_one_line(args, needle, tmp_path, capsys):
     out = ["--out", str(tmp_path / "o")] if "--out" not in args else []

@@ -24,7 +24,7 @@ def _run(settings, **kwargs):
     return run_federation(grid, settings, progress=lambda line: None), grid
 
 
-@pytest.mark.parametrize("aggregation", ["tally", "vote", "score-average"])
+@pytest.mark.parametrize("aggregation", ["tally", "vote", "score-average", "ternary-delta"])
 def test_rounds_complete_and_uplink_is_the_coded_payload(hns, aggregation):
     replies = []
     doc, grid = _run(dataclasses.replace(hns, aggregation=aggregation),

@@ -1,9 +1,17 @@
 import numpy as np
+import pytest
 import torch
 
 from kernels.sign_supermask import apply_sign_supermask, fold, folded_weights
 from models import build_model
-from strategies.aggregation import sign_vote, signs_of, tally_update
+from strategies.aggregation import (
+    server_step,
+    sign_vote,
+    signs_of,
+    stochastic_ternary,
+    tally_update,
+    ternary_value,
+)
 from strategies.scores import data_free_mask
 
 
@@ -88,3 +96,49 @@ def test_stratified_rounding_is_unbiased_and_less_noisy_than_independent():
     assert abs(float((stratified - p).mean())) < 5e-3
     assert np.abs(stratified - p).max() <= 1 / clients + 1e-9  # never off by more than one slot
     assert float(((stratified - p) ** 2).mean()) < 0.3 * float(((independent - p) ** 2).mean())
+
+
+def test_stochastic_ternary_is_unbiased_never_clips_and_costs_what_moves():
+    rng = np.random.default_rng(1)
+    delta = rng.normal(0, 0.003, 50_000)
+    delta[7] = 0.02  # the scale is the largest change: nothing is clipped
+    draws = [stochastic_ternary(delta, np.random.default_rng(seed)) for seed in range(200)]
+    assert all(scale == abs(delta).max() for _, _, scale in draws)
+    estimates = np.array([ternary_value(*draw) for draw in draws])
+    assert set(np.unique(estimates[0] / draws[0][2]).tolist()) <= {-1.0, 0.0, 1.0}
+    error = estimates.mean(axis=0) - delta
+    assert abs(error.mean()) < 2e-5 and np.abs(error).max() < 0.02 * 0.5
+    moved_share = np.mean([moved.mean() for moved, _, _ in draws])
+    assert abs(moved_share - np.abs(delta).mean() / 0.02) < 0.005  # P(move) = |delta| / r
+    moved, signs, _ = draws[0]
+    assert signs.size == moved.sum() and (signs == np.sign(delta[moved])).all()
+
+
+def test_stochastic_ternary_edge_cases_and_inverse_checks_lengths():
+    moved, signs, scale = stochastic_ternary(np.zeros(5), np.random.default_rng(0))
+    assert scale == 0.0 and not moved.any() and signs.size == 0
+    assert ternary_value(moved, signs, scale).tolist() == [0.0] * 5
+    with pytest.raises(ValueError, match="signs for"):
+        ternary_value(np.array([True, False]), np.array([1, -1], np.int8), 0.1)
+
+
+def test_moved_share_caps_what_moves_and_stays_unbiased():
+    rng = np.random.default_rng(2)
+    delta = rng.uniform(-0.01, 0.01, 40_000)  # Adam-like: most scores move a similar amount
+    full = np.mean([stochastic_ternary(delta, np.random.default_rng(s))[0].mean() for s in range(20)])
+    assert full > 0.45  # r = max |delta|: about half the entries move
+    draws = [stochastic_ternary(delta, np.random.default_rng(s), moved_share=0.15) for s in range(300)]
+    assert abs(np.mean([moved.mean() for moved, _, _ in draws]) - 0.15) < 0.005
+    estimate = np.mean([ternary_value(*d) for d in draws], axis=0)
+    assert abs((estimate - delta).mean()) < 2e-5
+    with pytest.raises(ValueError, match="moved_share"):
+        stochastic_ternary(delta, rng, moved_share=0.0)
+
+
+def test_server_step_applies_lr_and_accumulates_momentum():
+    scores, velocity = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    change = np.array([1.0, -1.0, 0.0])
+    scores, velocity = server_step(scores, change, velocity, lr=0.5, momentum=0.0)
+    assert scores.tolist() == [0.5, -0.5, 0.0]
+    scores, velocity = server_step(np.zeros(3, np.float32), change, velocity, lr=1.0, momentum=0.5)
+    assert velocity.tolist() == [1.5, -1.5, 0.0] and scores.tolist() == [1.5, -1.5, 0.0]
