@@ -3,7 +3,8 @@
 Usage: python benchmarks/hidenseek_inprocess.py AGGREGATION ROUNDS SCORE_LR [key=value ...]
    e.g. python benchmarks/hidenseek_inprocess.py score-average 30 0.003
 Fashion-MNIST, FL CNN, Dirichlet 0.5, 100 clients, 10 per round, seed 0 (the acceptance setting); extra
-RunSettings fields as key=value (density, server_lr, server_momentum, moved_share, local_epochs). Prints
+RunSettings fields as key=value (density, server_lr, server_momentum, moved_share, local_epochs,
+personal_eval_every (default 0 here), score). Prints
 one line per round, then the last-5 mean accuracy, uplink bytes per client-round and the per-round flip rate of σ.
 """
 
@@ -20,22 +21,26 @@ from server.run_config import RunSettings  # noqa: E402
 from server.runner import run_federation  # noqa: E402
 from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
-_TYPES = {"density": float, "server_lr": float, "local_epochs": int, "server_momentum": float, "moved_share": float}
+_TYPES = {"density": float, "server_lr": float, "local_epochs": int, "server_momentum": float, "moved_share": float,
+          "personal_eval_every": int, "score": str}
 
 
 def main() -> int:
     aggregation, rounds, score_lr = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     extra = {k: _TYPES.get(k, str)(v) for k, v in (a.split("=", 1) for a in sys.argv[4:])}
     density = extra.pop("density", 0.1)
+    extra.setdefault("personal_eval_every", 0)
     out = f"runs/hns-inprocess/{aggregation}-{score_lr}-{'-'.join(sys.argv[4:]) or 'default'}"
     settings = RunSettings(strategy="hidenseek", density=density, aggregation=aggregation, rounds=rounds,
-                           score_lr=score_lr, out=out, personal_eval_every=0, **extra)
+                           score_lr=score_lr, out=out, **extra)
     grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())
     start = time.time()
     doc = run_federation(grid, settings, progress=lambda line: print(line, flush=True))
     sampled = sum(r["clients_sampled"] for r in doc["rounds"])
     print(f"{aggregation} lr={score_lr} {sys.argv[4:]} last5 {doc['summary']['final_accuracy_last5']:.4f} "
           f"uplink/client-round {doc['summary']['total_uplink_bytes'] / sampled:,.0f} "
+          f"downlink/client-round {doc['summary']['total_downlink_bytes'] / sampled:,.0f} "
+          f"final {doc['summary']['final_accuracy']:.4f} "
           f"flip {[round(r['flip_rate'], 4) for r in doc['rounds']]} {time.time() - start:.0f}s")
     return 0
 

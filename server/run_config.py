@@ -46,7 +46,7 @@ class RunSettings:
     seed: int = 0
     density: float = 1.0
     score: str = "synflow"
-    aggregation: str = "tally"
+    aggregation: str = "ternary-delta"
     dense_params: str = "averaged"
     mask_transfer: str = "send"
     score_lr: float = 0.001

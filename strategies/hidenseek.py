@@ -65,7 +65,7 @@ class HideNseek(FederatedStrategy):
 
     def __init__(self, *, theta0: dict[str, np.ndarray], mask: dict[str, np.ndarray], architecture: str,
                  model_seed: int, score: str, density: float, clients_per_round: int, min_train_nodes: int = 1,
-                 seed: int = 0, aggregation: str = "tally", dense_params: str = "averaged",
+                 seed: int = 0, aggregation: str = "ternary-delta", dense_params: str = "averaged",
                  mask_transfer: str = "send", personal_eval_every: int = 5, server_lr: float = 1.0,
                  server_momentum: float = 0.0) -> None:
         super().__init__(clients_per_round=clients_per_round, min_train_nodes=min_train_nodes, seed=seed)
