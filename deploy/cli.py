@@ -233,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from server.results import RESULTS_NAME
     from simulation.flower_processes import APP_DIR, config_overrides, follow_run, run_flwr, submitted_run_id
 
-    settings = _settings_from_args(args)
+    settings = _settings_from_args(args, local_out=False)  # --out is on the SuperLink host
     home, connection = _connection(args)
     started = run_flwr(home, "run", str(APP_DIR), connection, "--run-config",
                        config_overrides(settings.to_run_config()), "--format", "json")

@@ -69,7 +69,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="seconds a round waits for replies before going on with what arrived")
 
 
-def _settings_from_args(args: argparse.Namespace) -> RunSettings:
+def _settings_from_args(args: argparse.Namespace, local_out: bool = True) -> RunSettings:
+    """Validated settings; ``local_out=False`` when ``--out`` is a path on another host (deploy run)."""
     from models import default_model_for
 
     model = args.model
@@ -88,12 +89,13 @@ def _settings_from_args(args: argparse.Namespace) -> RunSettings:
         score=args.score, aggregation=args.aggregation, dense_params=args.dense_params,
         mask_transfer=args.mask_transfer, score_lr=args.score_lr, server_lr=args.server_lr,
         personal_eval_every=args.personal_eval_every,
-        out=str(Path(args.out).expanduser().resolve()), resume=args.resume, round_timeout=args.round_timeout,
+        out=str(Path(args.out).expanduser().resolve()) if local_out else args.out, resume=args.resume,
+        round_timeout=args.round_timeout,
     )
-    settings.validate()
+    settings.validate(check_out_dir=local_out)
     if getattr(args, "cpus_per_client", 1) < 1:
         raise ConfigError("cpus-per-client", f"{args.cpus_per_client} must be a positive integer")
-    if args.resume and not (Path(settings.out) / "checkpoint.pt").is_file():
+    if local_out and args.resume and not (Path(settings.out) / "checkpoint.pt").is_file():
         raise ConfigError("resume", f"no checkpoint in {settings.out} to resume from")
     return settings
 

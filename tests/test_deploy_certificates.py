@@ -2,6 +2,7 @@
 
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -90,3 +91,25 @@ def test_cli_refuses_insecure_by_omission_and_warns_when_asked(tmp_path, capsys)
     assert main(["deploy", "superlink", "--certs", str(tmp_path / "c"), "--print"]) == 0
     assert "--enable-supernode-auth" in capsys.readouterr().out
     assert main(["deploy", "superlink", "--certs", str(tmp_path / "missing"), "--print"]) == 2
+
+
+def test_compose_file_uses_the_official_1_39_images_read_only_certs_and_real_flags():
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"superlink", "supernode-0", "supernode-1", "supernode-2"}
+    assert "FROM flwr/superlink:1.39.0" in services["superlink"]["build"]["dockerfile_inline"]
+    known = {"superlink": _flags("flower-superlink"), "supernode": _flags("flower-supernode")}
+    for name, service in services.items():
+        kind = "superlink" if name == "superlink" else "supernode"
+        assert f"FROM flwr/{kind}:1.39.0" in service["build"]["dockerfile_inline"]
+        assert "./certs:/certs:ro" in service["volumes"]
+        flags = {item.split("=", 1)[0] for item in service["command"]}
+        assert flags <= known[kind], (name, flags - known[kind])
+        assert "--insecure" not in flags
+    assert "--enable-supernode-auth" in services["superlink"]["command"]
+    for index in range(3):
+        command = services[f"supernode-{index}"]["command"]
+        assert f"--auth-supernode-private-key=/certs/nodes/node-{index}" in command
+        assert any(item.startswith(f"--node-config=partition-id={index} ") for item in command)

@@ -178,3 +178,15 @@ def test_no_model_yet_is_unavailable_then_a_new_round_is_served(tmp_path, hidens
             assert describe(served.address).round == new_round
     finally:
         served.stop()
+
+
+def test_fedprune_predict_command_against_the_server(server, tmp_path, capsys):
+    from fedprune.cli import main
+
+    assert main(["predict", "--address", server.address, "--dataset", "digits", "--count", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "model: hidenseek round 2" in out and "(personalized)" in out
+    assert "predicted by the round-2 model: [" in out
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 8, 8), np.float32))  # wrong shape: refused, exit 1
+    assert main(["predict", "--address", server.address, "--npy", str(tmp_path / "bad.npy")]) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
