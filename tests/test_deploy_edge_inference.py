@@ -20,6 +20,7 @@ from kernels.sign_supermask import fold
 from protos import edge_inference_pb2 as pb
 from protos import edge_inference_pb2_grpc as pb_grpc
 from protos.codec import decode
+from server.run_config import RunSettings
 from server.runner import run_federation
 from tests.inprocess_grid import InProcessGrid
 
@@ -39,12 +40,14 @@ def test_images():
     return splits.test.x[:40], splits.test.y[:40]
 
 
-@pytest.fixture
-def hidenseek_run(digits_settings, tmp_path):
-    settings = dataclasses.replace(digits_settings, strategy="hidenseek", density=0.3, score="magnitude",
-                                   rounds=2, num_clients=4, clients_per_round=4, personal_eval_every=0,
-                                   score_lr=0.01)
-    return settings, _train(settings, tmp_path)
+@pytest.fixture(scope="module")
+def hidenseek_run(tmp_path_factory):
+    """Two HideNseek rounds of 4 nodes, each keeping its model under ``models/node-<i>`` (trained once)."""
+    root = tmp_path_factory.mktemp("models")
+    settings = RunSettings(dataset="digits", model="digits-cnn", partition="iid", strategy="hidenseek", density=0.3,
+                           score="magnitude", rounds=2, num_clients=4, clients_per_round=4, personal_eval_every=0,
+                           score_lr=0.01, out=str(root / "run"))
+    return settings, _train(settings, root), root
 
 
 def _personal_reference(grid, node, settings):
@@ -57,12 +60,12 @@ def _personal_reference(grid, node, settings):
     return fold(model).eval()
 
 
-def test_hidenseek_nodes_keep_their_personalized_folded_compact_model(hidenseek_run, tmp_path, test_images):
-    settings, grid = hidenseek_run
+def test_hidenseek_nodes_keep_their_personalized_folded_compact_model(hidenseek_run, test_images):
+    settings, grid, root = hidenseek_run
     x, _ = test_images
     models = []
     for i, node in enumerate(grid.node_ids):
-        stored = load_edge_model(tmp_path / f"node-{i}" / EDGE_MODEL_NAME)
+        stored = load_edge_model(root / f"node-{i}" / EDGE_MODEL_NAME)
         assert (stored.strategy, stored.round, stored.personalized) == ("hidenseek", 2, True)
         assert stored.density == pytest.approx(0.3, abs=0.01)
         personal = _personal_reference(grid, node, settings)
@@ -96,8 +99,8 @@ def test_dense_and_static_mask_nodes_keep_their_trained_model(digits_settings, t
 
 
 @pytest.fixture
-def server(hidenseek_run, tmp_path):
-    served = EdgeInferenceServer(tmp_path / "node-1", port=0, max_batch=32, max_message=64 * 1024).start()
+def server(hidenseek_run):
+    served = EdgeInferenceServer(hidenseek_run[2] / "node-1", port=0, max_batch=32, max_message=64 * 1024).start()
     try:
         yield served
     finally:
@@ -105,7 +108,7 @@ def server(hidenseek_run, tmp_path):
 
 
 def test_grpc_predict_matches_the_in_process_model(server, hidenseek_run, test_images):
-    settings, grid = hidenseek_run
+    settings, grid, _ = hidenseek_run
     x, y = test_images
     labels, logits, model_round = predict(server.address, x[:32])
     with torch.no_grad():
@@ -166,7 +169,7 @@ def test_no_model_yet_is_unavailable_then_a_new_round_is_served(tmp_path, hidens
             describe(served.address)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "no trained model yet" in caught.value.details()
-        stored = load_edge_model(tmp_path / "node-0" / EDGE_MODEL_NAME)
+        stored = load_edge_model(hidenseek_run[2] / "node-0" / EDGE_MODEL_NAME)
         from kernels.convert import export_dense_state
 
         state = export_dense_state(stored.module)
