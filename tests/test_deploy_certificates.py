@@ -113,3 +113,37 @@ def test_compose_file_uses_the_official_1_39_images_read_only_certs_and_real_fla
         command = services[f"supernode-{index}"]["command"]
         assert f"--auth-supernode-private-key=/certs/nodes/node-{index}" in command
         assert any(item.startswith(f"--node-config=partition-id={index} ") for item in command)
+
+
+def test_cli_superlink_execs_flower_and_register_adds_nodes_over_tls(tmp_path, capsys):
+    import os
+    import sys
+
+    from simulation.flower_processes import APP_DIR, OwnedProcess, free_port
+
+    certs = tmp_path / "certs"
+    assert main(["deploy", "certs", "--out", str(certs), "--nodes", "2"]) == 0
+    fleet, control = free_port(), free_port()
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "link-home"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(APP_DIR), os.environ.get("PYTHONPATH", "")) if p)}
+    link = OwnedProcess.start("fedprune deploy superlink", [
+        sys.executable, "-m", "fedprune.cli", "deploy", "superlink", "--certs", str(certs), "--fleet-address",
+        f"127.0.0.1:{fleet}", "--control-host", "127.0.0.1", "--control-port", str(control), "--database",
+        str(tmp_path / "state.db")], env, tmp_path / "superlink.log")
+    try:
+        link.wait_listening(control, 90)
+        capsys.readouterr()
+        assert main(["deploy", "register", str(certs / "nodes" / "node-0.pub"), str(certs / "nodes" / "node-1.pub"),
+                     "--superlink-address", f"127.0.0.1:{control}", "--root-cert", str(certs / "ca.crt"),
+                     "--flwr-home", str(tmp_path / "cli-home")]) == 0
+        out = capsys.readouterr().out
+        assert out.count("node id ") == 2
+        # without the deployment's CA the CLI cannot talk to the TLS Control API
+        foreign = create_certificates(tmp_path / "foreign").ca_cert
+        assert main(["deploy", "register", str(certs / "nodes" / "node-0.pub"), "--superlink-address",
+                     f"127.0.0.1:{control}", "--root-cert", str(foreign), "--flwr-home", str(tmp_path / "h2")]) == 1
+        assert (tmp_path / "state.db").is_file()
+        assert "flower-superlink" in " ".join(open(f"/proc/{link.pid}/cmdline").read().split("\0"))  # exec'd
+    finally:
+        link.stop()
+    assert not link.alive()
