@@ -40,7 +40,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``deploy`` (with its subcommands) and ``predict`` on the top-level parser."""
     from client.edge_inference import DEFAULT_MAX_BATCH, DEFAULT_PORT
-    from deploy.launch import DEFAULT_CONTROL_PORT, DEFAULT_FLEET_PORT, DEFAULT_RUNTIME_PORT
+    from deploy.launch import DEFAULT_CONTROL_PORT, DEFAULT_FLEET_PORT, DEFAULT_RUNTIME_PORT, NODE_CONFIG_KEYS
     from fedprune.cli import add_run_options
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -72,7 +72,9 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
     link.add_argument("--insecure", action="store_true", help="no TLS, no node authentication (prints a warning)")
     link.add_argument("--print", action="store_true", dest="print_only", help="print the command, do not start it")
 
-    node = steps.add_parser("supernode", formatter_class=fmt, help="start an edge client (SuperNode)")
+    keys = "; ".join(f"{key}: {meaning}" for key, meaning in NODE_CONFIG_KEYS.items())
+    node = steps.add_parser("supernode", formatter_class=fmt, help="start an edge client (SuperNode)",
+                            epilog=f"node config keys -- {keys}")
     node.add_argument("--superlink", required=True,
                       help=f"SuperLink Fleet API HOST:PORT (usually :{DEFAULT_FLEET_PORT})")
     node.add_argument("--root-cert", default=None, help="the deployment CA certificate (ca.crt)")

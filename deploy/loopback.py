@@ -209,7 +209,7 @@ class LoopbackDeployment:
         return submitted_run_id(started)
 
     def follow(self, run_id: int, settings: RunSettings, progress: Callable[[str], None] = print, *,
-               timeout: float | None = None, on_poll: Callable[[dict[str, Any] | None], None] | None = None,
+               timeout: float | None = None, on_poll: Callable[[dict[str, Any] | None], Any] | None = None,
                poll_seconds: float = 0.25) -> tuple[str, dict[str, Any] | None]:
         """Follow the run's results.json until the SuperLink reports it finished (see ``follow_run``)."""
         results = Path(settings.out).expanduser().resolve() / RESULTS_NAME

@@ -117,12 +117,36 @@ class OwnedProcess:
         stop_process_group(self.process, sig, timeout)
 
 
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of ``pid`` (from /proc; empty where /proc is missing)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            # the command name may hold spaces or parentheses: the ppid is the 2nd field after the last ')'
+            parent = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-    """Signal ``process``'s group (it leads its own session), then SIGKILL the group if it lingers."""
+    """Signal ``process``'s group (it leads its own session), then SIGKILL the group if it lingers.
+
+    Flower starts SuperExec in a session of its own (it watches its parent's PID and exits after
+    it), so descendants outside the group are collected first and killed last if still alive.
+    """
+    others = [p for p in descendants(process.pid) if _pgid(p) != process.pid]
     try:
         os.killpg(process.pid, sig)
     except ProcessLookupError:
         process.poll()
+        _kill_all(others)
         return
     try:
         process.wait(timeout=timeout)
@@ -136,6 +160,34 @@ def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM, tim
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
+    _kill_all(others)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a zombie holds no resources; its parent reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _kill_all(pids: list[int], wait: float = 5.0) -> None:
+    """SIGKILL what is left of ``pids`` and wait (bounded) until they are gone."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + wait
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def run_flwr(home: Path, *args: str, timeout: float = 120.0, env: dict[str, str] | None = None,
@@ -181,19 +233,19 @@ def read_results(path: Path) -> dict[str, Any] | None:
 def follow_run(flwr: Callable[..., subprocess.CompletedProcess], connection: str, run_id: int, results_path: Path,
                total_rounds: int, progress: Callable[[str], None] = print, *, poll_seconds: float = 0.5,
                status_poll_seconds: float = 15.0, timeout: float | None = None,
-               on_poll: Callable[[dict[str, Any] | None], None] | None = None) -> tuple[str, dict[str, Any] | None]:
+               on_poll: Callable[[dict[str, Any] | None], Any] | None = None) -> tuple[str, dict[str, Any] | None]:
     """Print each new round of ``results_path`` until the SuperLink says the run finished.
 
-    ``on_poll`` sees every parsed results document (e.g. to snapshot byte counters at round
-    boundaries). Returns (final status, last results document); a run still going after
-    ``timeout`` seconds returns status ``timeout``.
+    ``on_poll`` sees every parsed results document (e.g. to inject a fault at a round boundary);
+    if it returns true, following stops with status ``stopped``. Returns (final status, last
+    results document); a run still going after ``timeout`` seconds returns status ``timeout``.
     """
     printed, status, last_check = 0, "pending", 0.0
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         document = read_results(results_path)
-        if on_poll is not None:
-            on_poll(document)
+        if on_poll is not None and on_poll(document):
+            return "stopped", document
         rounds = document.get("rounds", []) if document else []
         for entry in rounds[printed:]:
             progress(format_progress(entry, total_rounds))
