@@ -57,7 +57,7 @@ class EdgeModel:
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits for a float32 batch shaped (N, *input_shape)."""
-        return self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+        return self.module(torch.from_numpy(np.array(x, dtype=np.float32))).numpy()  # a writable copy
 
 
 def _density(mask: dict[str, np.ndarray]) -> float:

@@ -273,10 +273,13 @@ def cmd_loopback(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
     from client.edge_inference import EdgeInferenceServer
 
     server = EdgeInferenceServer(args.model_dir, host=args.host, port=args.port, max_batch=args.max_batch).start()
     print(f"edge inference on {server.address} serving {Path(args.model_dir).resolve()}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.server.stop(1))  # systemd stop: finish in-flight requests
     try:
         server.wait()
     except KeyboardInterrupt:
