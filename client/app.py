@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from logging import WARNING
+
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import log
 
 from client.hidenseek import evaluate_hidenseek, train_hidenseek
 from client.local_data import load_local_data, partition_of
@@ -42,6 +45,20 @@ def describe(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Train locally; a node with ``model-dir`` in its node config also keeps the result for edge inference."""
+    reply = _train(msg, context)
+    if context.node_config.get("model-dir"):
+        from client.edge_model import export_after_training
+
+        data = load_dataset_shape(_settings(context))
+        try:
+            export_after_training(reply, msg, context, _settings(context), data.input_shape, data.num_classes)
+        except (OSError, ValueError, KeyError) as exc:  # a full disk on the device must not cost the round
+            log(WARNING, "could not keep the trained model in %s: %s", context.node_config["model-dir"], exc)
+    return reply
+
+
+def _train(msg: Message, context: Context) -> Message:
     """Load the global model, run local SGD, return the model and the example count."""
     _setup_threads()
     settings = _settings(context)

@@ -1,13 +1,20 @@
 """Which examples a client holds: its partition of the training split, split into local train/test.
 
 In simulation the node config gives ``partition-id`` and ``num-partitions``;
-a deployed edge node sets the same keys in its node config.
+a deployed edge node sets the same keys in its node config, and may instead hold
+its own data: ``data-path`` names an ``.npz`` file with ``x`` (float32, shaped
+like the run's dataset inputs, normalized the same way) and ``y`` (int labels),
+optionally ``x_test``/``y_test``; without them the local test split is held out
+as for a partition. ``partition-id`` then only identifies the node.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from data import LabeledArrays, load_dataset, partition_indices, split_local
 from server.run_config import RunSettings
@@ -47,7 +54,35 @@ def _cached(settings: RunSettings, partition_id: int) -> LocalData:
     return LocalData(partition_id, splits.train.subset(local.train), splits.train.subset(local.test))
 
 
+@functools.lru_cache(maxsize=4)
+def _from_file(settings: RunSettings, partition_id: int, data_path: str, mtime: float) -> LocalData:
+    splits = load_dataset(settings.dataset, settings.dataset_path or None)
+    path = Path(data_path).expanduser()
+    with np.load(path, allow_pickle=False) as arrays:
+        if "x" not in arrays or "y" not in arrays:
+            raise ValueError(f"{path} must hold arrays 'x' and 'y' (and optionally 'x_test', 'y_test')")
+        x, y = arrays["x"].astype(np.float32), arrays["y"].astype(np.int64)
+        test = (arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64)) if "x_test" in arrays \
+            else None
+    for name, xs, ys in (("x", x, y),) + ((("x_test", *test),) if test else ()):
+        if xs.shape[1:] != tuple(splits.input_shape) or len(xs) != len(ys):
+            raise ValueError(f"{path}: '{name}' is {xs.shape} with {len(ys)} labels; the run's dataset "
+                             f"'{settings.dataset}' needs (N, {', '.join(map(str, splits.input_shape))})")
+        if len(ys) and (ys.min() < 0 or ys.max() >= splits.num_classes):
+            raise ValueError(f"{path}: labels must be in [0, {splits.num_classes})")
+    data = LabeledArrays(x, y)
+    if test is not None:
+        return LocalData(partition_id, data, LabeledArrays(*test))
+    local = split_local(np.arange(len(y)), settings.local_test_fraction, seed=settings.seed * 100_003 + partition_id)
+    return LocalData(partition_id, data.subset(local.train), data.subset(local.test))
+
+
 def load_local_data(node_config: dict, settings: RunSettings) -> LocalData:
     """This client's data (cached per process: a Ray actor serves many clients)."""
     pid, _ = partition_of(node_config, settings)
+    if node_config.get("data-path"):
+        path = Path(str(node_config["data-path"])).expanduser()
+        if not path.is_file():
+            raise ValueError(f"node config data-path {path} is not a file")
+        return _from_file(settings, pid, str(path), path.stat().st_mtime)
     return _cached(settings, pid)

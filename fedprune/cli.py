@@ -1,4 +1,4 @@
-"""The ``fedprune`` command: ``simulate`` a federation on Ray, ``report`` a finished run.
+"""The ``fedprune`` command: ``simulate`` on Ray, ``deploy`` for real, ``predict`` at the edge, ``report``.
 
 Every option is validated before anything starts; a bad value prints one line
 naming the option and what is allowed, and exits with code 2.
@@ -17,9 +17,16 @@ EXIT_USAGE = 2
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
-    defaults = RunSettings()
     p = sub.add_parser("simulate", help="run a simulated federation on Ray and write results.json + report.png",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_run_options(p)
+    p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (e.g. 127.0.0.1:6379)")
+    p.add_argument("--cpus-per-client", type=int, default=1, help="CPUs per Ray actor (integer)")
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of one run (``RunSettings``), shared by ``simulate`` and ``deploy run|loopback``."""
+    defaults = RunSettings()
     p.add_argument("--strategy", default=defaults.strategy,
                    help="fedavg | flwr-fedavg | hidenseek | static-synflow | static-magnitude | static-random")
     p.add_argument("--dataset", default=defaults.dataset, help="fashion-mnist | digits | cifar10")
@@ -64,11 +71,12 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--out", default=defaults.out, help="directory for results.json, report.png, checkpoint")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (e.g. 127.0.0.1:6379)")
-    p.add_argument("--cpus-per-client", type=int, default=1, help="CPUs per Ray actor (integer)")
+    p.add_argument("--round-timeout", type=float, default=defaults.round_timeout,
+                   help="seconds a round waits for replies before going on with what arrived")
 
 
-def _settings_from_args(args: argparse.Namespace) -> RunSettings:
+def _settings_from_args(args: argparse.Namespace, local_out: bool = True) -> RunSettings:
+    """Validated settings; ``local_out=False`` when ``--out`` is a path on another host (deploy run)."""
     from models import default_model_for
 
     model = args.model
@@ -88,12 +96,13 @@ def _settings_from_args(args: argparse.Namespace) -> RunSettings:
         mask_transfer=args.mask_transfer, score_lr=args.score_lr, server_lr=args.server_lr,
         server_momentum=args.server_momentum, moved_share=args.moved_share,
         personal_eval_every=args.personal_eval_every,
-        out=str(Path(args.out).expanduser().resolve()), resume=args.resume,
+        out=str(Path(args.out).expanduser().resolve()) if local_out else args.out, resume=args.resume,
+        round_timeout=args.round_timeout,
     )
-    settings.validate()
-    if args.cpus_per_client < 1:
+    settings.validate(check_out_dir=local_out)
+    if getattr(args, "cpus_per_client", 1) < 1:
         raise ConfigError("cpus-per-client", f"{args.cpus_per_client} must be a positive integer")
-    if args.resume and not (Path(settings.out) / "checkpoint.pt").is_file():
+    if local_out and args.resume and not (Path(settings.out) / "checkpoint.pt").is_file():
         raise ConfigError("resume", f"no checkpoint in {settings.out} to resume from")
     return settings
 
@@ -173,13 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", default=None, help="kernels: also save the Markdown table here")
     bench.add_argument("--quick", action="store_true", help="kernels: Linear layers and FL CNNs only")
     bench.add_argument("--threads", type=int, default=None, help="kernels: torch intra-op threads")
+    from deploy.cli import add_deploy_parsers
+
+    add_deploy_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"simulate": cmd_simulate, "report": cmd_report, "bench": cmd_bench}
+    from deploy.cli import HANDLERS as deploy_handlers
+
+    handlers = {"simulate": cmd_simulate, "report": cmd_report, "bench": cmd_bench, **deploy_handlers}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

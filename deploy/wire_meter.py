@@ -1,0 +1,102 @@
+"""A TCP proxy that counts the bytes on the wire, both ways, in front of the SuperLink's Fleet API.
+
+SuperNodes connect to the proxy; it forwards every byte unchanged to the Fleet API (TLS
+passes through end to end: the proxy never sees plaintext) and counts what flows toward
+the SuperLink (uplink) and toward the SuperNodes (downlink). That is the traffic a network
+would carry, including TLS records, HTTP/2 and gRPC framing, heartbeats and polling, which
+the ServerApp's own per-message accounting (``server.metered_grid``) does not see.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WireBytes:
+    """Bytes counted so far: toward the SuperLink (uplink) and toward the SuperNodes (downlink)."""
+
+    uplink: int
+    downlink: int
+
+    def __sub__(self, other: WireBytes) -> WireBytes:
+        return WireBytes(self.uplink - other.uplink, self.downlink - other.downlink)
+
+
+class WireMeter:
+    """Listen on ``listen_host:listen_port`` (0 = any free port) and forward to ``target``."""
+
+    def __init__(self, target: tuple[str, int], listen_host: str = "127.0.0.1", listen_port: int = 0) -> None:
+        self.target = target
+        self._server = socket.create_server((listen_host, listen_port))
+        self._server.settimeout(0.5)
+        self.port = self._server.getsockname()[1]
+        self.address = f"{listen_host}:{self.port}"
+        self._lock = threading.Lock()
+        self._up = self._down = 0
+        self._stopping = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, name="wire-meter", daemon=True)
+
+    def start(self) -> WireMeter:
+        self._thread.start()
+        return self
+
+    def snapshot(self) -> WireBytes:
+        with self._lock:
+            return WireBytes(self._up, self._down)
+
+    def _count(self, uplink: bool, count: int) -> None:
+        with self._lock:
+            if uplink:
+                self._up += count
+            else:
+                self._down += count
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink, uplink in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(source, sink, uplink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, uplink: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+                self._count(uplink, len(chunk))
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        """Close the listening socket and every forwarded connection."""
+        self._stopping.set()
+        self._server.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        self._thread.join(timeout=5)

@@ -1,0 +1,195 @@
+"""Edge inference: the ClientApp keeps its trained model; a real gRPC server answers like the in-process model.
+
+Training runs on the in-process Grid (fast); the inference service is a real gRPC server on a
+loopback port, asked through real gRPC channels.
+"""
+
+import dataclasses
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from client.app import app as client_app
+from client.edge_inference import EdgeInferenceServer, describe, predict
+from client.edge_model import EDGE_MODEL_NAME, load_edge_model, save_edge_model
+from client.hidenseek import STATE_DENSE, STATE_SCORES, STATE_SETUP, Setup, _model, _stored
+from data import load_dataset
+from kernels.sign_supermask import fold
+from protos import edge_inference_pb2 as pb
+from protos import edge_inference_pb2_grpc as pb_grpc
+from protos.codec import decode
+from server.run_config import RunSettings
+from server.runner import run_federation
+from tests.inprocess_grid import InProcessGrid
+
+
+def _train(settings, tmp_path):
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())
+    for i, node in enumerate(grid.node_ids):
+        grid.contexts[node].node_config["model-dir"] = str(tmp_path / f"node-{i}")
+    document = run_federation(grid, settings, progress=lambda line: None)
+    assert document["status"] == "completed"
+    return grid
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    splits = load_dataset("digits")
+    return splits.test.x[:40], splits.test.y[:40]
+
+
+@pytest.fixture(scope="module")
+def hidenseek_run(tmp_path_factory):
+    """Two HideNseek rounds of 4 nodes, each keeping its model under ``models/node-<i>`` (trained once)."""
+    root = tmp_path_factory.mktemp("models")
+    settings = RunSettings(dataset="digits", model="digits-cnn", partition="iid", strategy="hidenseek", density=0.3,
+                           score="magnitude", rounds=2, num_clients=4, clients_per_round=4, personal_eval_every=0,
+                           score_lr=0.01, out=str(root / "run"))
+    return settings, _train(settings, root), root
+
+
+def _personal_reference(grid, node, settings):
+    """The node's personalized model built the way the ClientApp evaluates it (dense folded weights)."""
+    context = grid.contexts[node]
+    setup = Setup(_stored(context, STATE_SETUP), (1, 8, 8), 10)
+    dense = {k: v for k, v in setup.theta0.items() if k not in setup.mask}
+    dense.update(decode(_stored(context, STATE_DENSE)).tensors)
+    model, _ = _model(settings, (1, 8, 8), 10, setup, dense, decode(_stored(context, STATE_SCORES)).tensors)
+    return fold(model).eval()
+
+
+def test_hidenseek_nodes_keep_their_personalized_folded_compact_model(hidenseek_run, test_images):
+    settings, grid, root = hidenseek_run
+    x, _ = test_images
+    models = []
+    for i, node in enumerate(grid.node_ids):
+        stored = load_edge_model(root / f"node-{i}" / EDGE_MODEL_NAME)
+        assert (stored.strategy, stored.round, stored.personalized) == ("hidenseek", 2, True)
+        assert stored.density == pytest.approx(0.3, abs=0.01)
+        personal = _personal_reference(grid, node, settings)
+        with torch.no_grad():
+            reference = personal(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(stored.predict(x), reference, rtol=1e-4, atol=1e-4)
+        dense_bytes = sum(p.numel() * 4 for p in personal.parameters())
+        assert stored.size_bytes < 0.5 * dense_bytes  # stored compact: kept values and 1-bit masks only
+        models.append(stored.predict(x))
+    # personalized: nodes trained on different data hold different models
+    assert not np.allclose(models[0], models[1])
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "static-synflow"])
+def test_dense_and_static_mask_nodes_keep_their_trained_model(digits_settings, tmp_path, strategy, test_images):
+    density = 1.0 if strategy == "fedavg" else 0.3
+    settings = dataclasses.replace(digits_settings, strategy=strategy, density=density, rounds=1, num_clients=3,
+                                   clients_per_round=3)
+    _train(settings, tmp_path)
+    for i in range(3):
+        stored = load_edge_model(tmp_path / f"node-{i}" / EDGE_MODEL_NAME)
+        assert (stored.strategy, stored.round, stored.personalized) == (strategy, 1, False)
+        assert stored.density == pytest.approx(density, abs=0.01)
+        logits = stored.predict(test_images[0])
+        assert logits.shape == (40, 10) and np.isfinite(logits).all()
+    sizes = load_edge_model(tmp_path / "node-0" / EDGE_MODEL_NAME).size_bytes
+    if strategy == "static-synflow":
+        assert sizes < 0.5 * 38_016 * 4  # kept values of the masked layers and 1-bit masks, not dense tensors
+    else:
+        assert sizes > 38_016 * 4
+
+
+@pytest.fixture
+def server(hidenseek_run):
+    served = EdgeInferenceServer(hidenseek_run[2] / "node-1", port=0, max_batch=32, max_message=64 * 1024).start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def test_grpc_predict_matches_the_in_process_model(server, hidenseek_run, test_images):
+    settings, grid, _ = hidenseek_run
+    x, y = test_images
+    labels, logits, model_round = predict(server.address, x[:32])
+    with torch.no_grad():
+        reference = _personal_reference(grid, grid.node_ids[1], settings)(torch.from_numpy(x[:32])).numpy()
+    assert model_round == 2
+    np.testing.assert_array_equal(labels, reference.argmax(axis=1))
+    np.testing.assert_allclose(logits, reference, rtol=1e-4, atol=1e-4)
+    info = describe(server.address)
+    assert (info.strategy, info.round, info.personalized, info.max_batch) == ("hidenseek", 2, True, 32)
+    assert info.density == pytest.approx(0.3, abs=0.01) and 0 < info.size_bytes < 0.5 * 38_016 * 4
+    assert info.memory_bytes > 0
+    assert list(info.input_shape) == [1, 8, 8] and info.num_classes == 10
+
+
+def _raw_predict(address, tensor):
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.EdgeInferenceStub(channel).Predict(pb.PredictRequest(inputs=tensor) if tensor else
+                                                          pb.PredictRequest(), timeout=10)
+
+
+@pytest.mark.parametrize(("tensor", "code", "words"), [
+    (None, grpc.StatusCode.INVALID_ARGUMENT, "empty request"),
+    (pb.Tensor(shape=[2, 1, 8, 7], dtype="float32", data=b"\0" * 2 * 56 * 4), grpc.StatusCode.INVALID_ARGUMENT,
+     "[N, 1, 8, 8]"),
+    (pb.Tensor(shape=[2, 1, 8, 8], dtype="float64", data=b"\0" * 2 * 64 * 8), grpc.StatusCode.INVALID_ARGUMENT,
+     "only 'float32'"),
+    (pb.Tensor(shape=[2, 1, 8, 8], dtype="float32", data=b"\0" * 10), grpc.StatusCode.INVALID_ARGUMENT,
+     "needs 512"),
+    (pb.Tensor(shape=[0, 1, 8, 8], dtype="float32", data=b""), grpc.StatusCode.INVALID_ARGUMENT, "at least one"),
+    (pb.Tensor(shape=[33, 1, 8, 8], dtype="float32", data=b"\0" * 33 * 256), grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "exceeds the limit of 32"),
+    (pb.Tensor(shape=[2, 1, 8, 8], dtype="float32", data=np.full(128, np.nan, "<f4").tobytes()),
+     grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+])
+def test_malformed_requests_get_a_status_and_the_server_keeps_serving(server, test_images, tensor, code, words):
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_predict(server.address, tensor)
+    assert caught.value.code() == code
+    assert words in caught.value.details()
+    labels, _, _ = predict(server.address, test_images[0][:4])
+    assert labels.shape == (4,)
+
+
+def test_oversized_message_is_refused_by_grpc_before_parsing(server, test_images):
+    big = np.zeros((100, 1, 8, 8), "<f4")  # 25.6 KB of data, plus the message: under 64 KiB ...
+    huge = pb.Tensor(shape=[100, 1, 8, 8], dtype="float32", data=b"\0" * (80 * 1024))  # ... this is over
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_predict(server.address, huge)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert big.nbytes < 64 * 1024
+    assert predict(server.address, test_images[0][:2])[0].shape == (2,)
+
+
+def test_no_model_yet_is_unavailable_then_a_new_round_is_served(tmp_path, hidenseek_run):
+    served = EdgeInferenceServer(tmp_path / "empty", port=0).start()
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            describe(served.address)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no trained model yet" in caught.value.details()
+        stored = load_edge_model(hidenseek_run[2] / "node-0" / EDGE_MODEL_NAME)
+        from kernels.convert import export_dense_state
+
+        state = export_dense_state(stored.module)
+        mask = {k: (v != 0).numpy() for k, v in state.items() if k.endswith("weight") and v.dim() > 1}
+        for new_round in (5, 6):  # the file is replaced after every round: the server reloads it
+            save_edge_model(tmp_path / "empty", state=state, mask=mask, strategy="hidenseek",
+                            server_round=new_round, architecture="digits-cnn", input_shape=(1, 8, 8),
+                            num_classes=10, personalized=True)
+            assert describe(served.address).round == new_round
+    finally:
+        served.stop()
+
+
+def test_fedprune_predict_command_against_the_server(server, tmp_path, capsys):
+    from fedprune.cli import main
+
+    assert main(["predict", "--address", server.address, "--dataset", "digits", "--count", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "model: hidenseek round 2" in out and "(personalized)" in out
+    assert "predicted by the round-2 model: [" in out
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 8, 8), np.float32))  # wrong shape: refused, exit 1
+    assert main(["predict", "--address", server.address, "--npy", str(tmp_path / "bad.npy")]) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
