@@ -131,13 +131,13 @@ class StaticMaskFedAvg(FederatedStrategy):
         if not self.enough_replies(server_round, valid):
             return None, None
         weights = [self.weight_of(m) for m in valid]
-        records = [ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in
+        records = [ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in
                                 self._decoded[m.metadata.src_node_id].items()}) for m in valid]
         mean = weighted_mean(records, weights)
         joined = join_kept({k: mean[k].numpy() for k in mean.keys()}, self.mask, self._template)
         losses = [float(next(iter(m.content.metric_records.values())).get("train-loss", 0.0)) for m in valid]
         self._decoded = {}
-        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in joined.items()}), MetricRecord(
+        return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in joined.items()}), MetricRecord(
             {"train-loss": float(np.average(losses, weights=weights)), "num-examples": int(sum(weights))})
 
     def round_report(self, server_round: int) -> dict[str, Any]:
