@@ -114,6 +114,7 @@ class FedTiny(StaticMaskFedAvg):
         self.selection: dict[str, Any] | None = None
         self.adjustments: list[dict[str, Any]] = []
         self._phase = "train"
+        self.exchange_rejected: dict[int, list[tuple[int, str]]] = {}
         self._round_masks: dict[int, dict[str, np.ndarray]] = {}
         self._costs: dict[int, list[dict[str, Any]]] = {}
         self._phase_data: dict[int, Any] = {}
@@ -172,6 +173,7 @@ class FedTiny(StaticMaskFedAvg):
                   timeout: float | None) -> list[Message]:
         """Send, screen with this phase's check, log what was dropped; valid replies sorted by partition."""
         self._phase, self._phase_data = phase, {}
+        before = len(self.rejected.get(server_round, []))
         try:
             replies = list(grid.send_and_receive(messages, timeout=timeout))
             for reply in replies:
@@ -180,6 +182,10 @@ class FedTiny(StaticMaskFedAvg):
             return self.screen_replies(server_round, replies)
         finally:
             self._phase = "train"
+            # Kept apart from training rejections, so a round's clients_failed counts training only.
+            dropped = self.rejected.get(server_round, [])[before:]
+            del self.rejected.setdefault(server_round, [])[before:]
+            self.exchange_rejected.setdefault(server_round, []).extend(dropped)
 
     def _select_by_bn(self, arrays: ArrayRecord, grid: Grid, timeout: float | None) -> ArrayRecord:
         nodes = self.sample_nodes(0, grid)  # "round 0": BN selection draws its own clients
@@ -452,7 +458,9 @@ class FedTiny(StaticMaskFedAvg):
         """Adds density, the BN selection (round 1), this round's adjustment, and each client's estimated cost."""
         report = {**super().round_report(server_round), "strategy": "fedtiny",
                   "layer_densities": self._layer_densities(self.mask),
-                  "client_costs": self._costs.pop(server_round, [])}
+                  "client_costs": self._costs.pop(server_round, []),
+                  "exchange_rejected_replies": [{"node_id": node, "reason": reason}
+                                                for node, reason in self.exchange_rejected.get(server_round, [])]}
         if server_round == 1 and self.selection is not None:
             report["bn_selection"] = self.selection
         adjustment = next((a for a in self.adjustments if a["round"] == server_round), None)

@@ -174,8 +174,10 @@ def test_hostile_bn_statistics_and_topk_uploads_are_dropped_with_node_and_reason
     grid = InProcessGrid(client_app, tiny.num_clients, tiny.to_run_config(), tamper=tamper)
     doc = run_federation(grid, tiny, progress=lambda line: None)
     assert doc["status"] == "completed" and len(victims) == 4
-    rejected = {(r["node_id"], r["reason"].split(":")[0]) for entry in doc["rounds"] for r in entry["rejected_replies"]}
-    reasons = [r["reason"] for entry in doc["rounds"] for r in entry["rejected_replies"]]
+    dropped = [r for entry in doc["rounds"] for r in entry["exchange_rejected_replies"]]
+    rejected = {(r["node_id"], r["reason"].split(":")[0]) for r in dropped}
+    reasons = [r["reason"] for r in dropped]
+    assert all(not entry["rejected_replies"] and entry["clients_failed"] == 0 for entry in doc["rounds"])
     assert (victims["nan"], "fedtiny-bn-statistics payload rejected") in rejected
     assert (victims["shape"], "fedtiny-bn-statistics payload rejected") in rejected
     assert (victims["oversized"], "fedtiny-topk-gradients payload rejected") in rejected
