@@ -233,3 +233,14 @@ def test_fedtiny_options_are_validated():
         dataclasses.replace(good, model="digits-cnn").validate(check_out_dir=False)
     assert info.value.option == "model"
     dataclasses.replace(good, model="digits-cnn", candidates=1).validate(check_out_dir=False)
+
+
+def test_cli_refuses_fedtiny_configurations_with_one_line(tmp_path, capsys):
+    from fedprune.cli import EXIT_USAGE, main
+
+    common = ["simulate", "--strategy", "fedtiny", "--dataset", "digits", "--density", "0.1", "--out", str(tmp_path)]
+    assert main(common) == EXIT_USAGE  # digits-cnn has no BatchNorm
+    assert main([*common, "--model", "digits-cnn-bn", "--budget-tiers", "0.0001:inf"]) == EXIT_USAGE
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "--model" in lines[0] and "--budget-tiers" in lines[1]
+    assert "cannot be met by any density" in lines[1]
