@@ -22,8 +22,8 @@ for d in 0.05 0.01; do
   rows[static-magnitude-$d]="--strategy static-magnitude --density $d"
   rows[static-random-$d]="--strategy static-random --density $d"
 done
-# Tried after the table (not in the default list): candidates perturbed less.
-rows[fedtiny-spread0.2-0.01]="--strategy fedtiny --density 0.01 --candidate-spread 0.2"
+# Tried after the table (not in the default list): a smaller progressive-pruning step.
+rows[fedtiny-alpha0.05-0.05]="--strategy fedtiny --density 0.05 --adjust-alpha 0.05"
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for d in 0.05 0.01; do
