@@ -24,6 +24,8 @@ for d in 0.05 0.01; do
 done
 # Tried after the table (not in the default list): a smaller progressive-pruning step.
 rows[fedtiny-alpha0.05-0.05]="--strategy fedtiny --density 0.05 --adjust-alpha 0.05"
+rows[fedtiny-no-bn-alpha0.05-0.05]="--strategy fedtiny --density 0.05 --adjust-alpha 0.05 --candidates 1"
+rows[fedtiny-alpha0.05-0.01]="--strategy fedtiny --density 0.01 --adjust-alpha 0.05"
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for d in 0.05 0.01; do
