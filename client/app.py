@@ -9,15 +9,19 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import log
 
+from client.bn_statistics import bn_evaluation_reply, bn_statistics_reply
+from client.device_budget import declared_budget
 from client.hidenseek import evaluate_hidenseek, train_hidenseek
 from client.local_data import load_local_data, partition_of
 from client.local_training import local_seed, train_sgd
 from client.masked_training import train_masked
+from client.topk_gradients import topk_reply
 from data import load_dataset
 from data.sources import DatasetSplits
 from models import build_model
 from models.evaluation import evaluate as evaluate_model
 from server.run_config import RunSettings, settings_from_run_config
+from strategies.fedtiny import BN_EVAL_TASK, BN_STATS_TASK, TOPK_TASK
 from strategies.hidenseek import TASK as HIDENSEEK_TASK
 from strategies.static_mask import TASK as MASKED_TASK
 
@@ -36,10 +40,12 @@ def _setup_threads() -> None:
 
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds, so sampling can be seeded by partition."""
+    """Tell the server which partition this node holds (sampling is seeded by partition) and any
+    memory/compute budget it declares (FedTiny turns budgets into the density the node trains)."""
     settings = _settings(context)
     pid, count = partition_of(context.node_config, settings)
-    return Message(RecordDict({"node": MetricRecord({"partition-id": pid, "num-partitions": count})}),
+    budget = declared_budget(context.node_config, pid, settings)
+    return Message(RecordDict({"node": MetricRecord({"partition-id": pid, "num-partitions": count, **budget})}),
                    reply_to=msg)
 
 
@@ -67,8 +73,14 @@ def _train(msg: Message, context: Context) -> Message:
     server_round = int(config.get("server-round", 0))
     data = load_dataset_shape(settings)
     model = build_model(settings.model, data.input_shape, data.num_classes)
-    if config.get("task") == MASKED_TASK:
+    task = config.get("task")
+    batch_size = int(config.get("batch-size", settings.batch_size))
+    if task == MASKED_TASK:
         return train_masked(msg, context, settings, local, model)
+    if task == BN_STATS_TASK:
+        return bn_statistics_reply(msg, local, data.input_shape, data.num_classes, batch_size)
+    if task == TOPK_TASK:
+        return topk_reply(msg, context, local, model, batch_size)
     if config.get("task") == HIDENSEEK_TASK:
         return train_hidenseek(msg, context, settings, local, data.input_shape, data.num_classes)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
@@ -95,6 +107,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content.config_records.get("config", {})
     if config.get("task") == HIDENSEEK_TASK:
         return evaluate_hidenseek(msg, context, settings, local, data.input_shape, data.num_classes)
+    if config.get("task") == BN_EVAL_TASK:
+        return bn_evaluation_reply(msg, local, data.input_shape, data.num_classes)
     model = build_model(settings.model, data.input_shape, data.num_classes)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     loss, accuracy = evaluate_model(model, local.test.x, local.test.y, settings.eval_batch_size)

@@ -51,7 +51,7 @@ def train_masked(msg: Message, context: Context, settings: RunSettings, local: L
     tensors, mask, manifest = receive_masked_model(msg, context)
     template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     state = join_kept(tensors, mask, template)
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()})
     config = msg.content.config_records.get("config", ConfigRecord())
     batch_size = int(config.get("batch-size", settings.batch_size))
     sparsify(model, mask, batch=batch_size, training=True)

@@ -28,7 +28,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options of one run (``RunSettings``), shared by ``simulate`` and ``deploy run|loopback``."""
     defaults = RunSettings()
     p.add_argument("--strategy", default=defaults.strategy,
-                   help="fedavg | flwr-fedavg | hidenseek | static-synflow | static-magnitude | static-random")
+                   help="fedavg | flwr-fedavg | hidenseek | fedtiny | static-synflow | static-magnitude | "
+                        "static-random")
     p.add_argument("--dataset", default=defaults.dataset, help="fashion-mnist | digits | cifar10")
     p.add_argument("--dataset-path", default="", help="dataset directory (default: the dataset's standard place)")
     p.add_argument("--model", default=None, help="architecture (default: the dataset's usual model)")
@@ -68,6 +69,21 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "(fewer bits, more variance)")
     p.add_argument("--personal-eval-every", type=int, default=defaults.personal_eval_every,
                    help="hidenseek: rounds between personalized evaluations (0 = never)")
+    p.add_argument("--candidates", type=int, default=defaults.candidates,
+                   help="fedtiny: candidate masks for adaptive BN selection (1 = no BN selection)")
+    p.add_argument("--candidate-spread", type=float, default=defaults.candidate_spread,
+                   help="fedtiny: log-normal spread of candidates' layer-wise densities")
+    p.add_argument("--adjust-every", type=int, default=defaults.adjust_every,
+                   help="fedtiny: rounds between progressive-pruning adjustments, ΔT (0 = no progressive pruning)")
+    p.add_argument("--adjust-until", type=int, default=defaults.adjust_until,
+                   help="fedtiny: last round after which the mask is adjusted, T_end")
+    p.add_argument("--adjust-alpha", type=float, default=defaults.adjust_alpha,
+                   help="fedtiny: α in K_t = α/2·(1+cos(πt/T_end)) × the layer's active count")
+    p.add_argument("--adjust-layers", default=defaults.adjust_layers,
+                   help="fedtiny: output-first (one layer per adjustment, output→input) | all")
+    p.add_argument("--budget-tiers", default=defaults.budget_tiers,
+                   help="fedtiny simulation: client budgets 'MB:FLOPS,...' assigned round-robin by partition "
+                        "(a node's memory-budget-mb / flops-budget node config wins)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--out", default=defaults.out, help="directory for results.json, report.png, checkpoint")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -95,7 +111,9 @@ def _settings_from_args(args: argparse.Namespace, local_out: bool = True) -> Run
         score=args.score, aggregation=args.aggregation, dense_params=args.dense_params,
         mask_transfer=args.mask_transfer, score_lr=args.score_lr, server_lr=args.server_lr,
         server_momentum=args.server_momentum, moved_share=args.moved_share,
-        personal_eval_every=args.personal_eval_every,
+        personal_eval_every=args.personal_eval_every, candidates=args.candidates,
+        candidate_spread=args.candidate_spread, adjust_every=args.adjust_every, adjust_until=args.adjust_until,
+        adjust_alpha=args.adjust_alpha, adjust_layers=args.adjust_layers, budget_tiers=args.budget_tiers,
         out=str(Path(args.out).expanduser().resolve()) if local_out else args.out, resume=args.resume,
         round_timeout=args.round_timeout,
     )
@@ -122,6 +140,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     settings = _settings_from_args(args)
     _check_dataset(settings)
+    if settings.strategy == "fedtiny" and settings.budget_tiers:
+        from strategies.registry import check_budget_tiers
+
+        check_budget_tiers(settings)
     print(f"fedprune: {settings.strategy} on {settings.dataset}/{settings.model}, {settings.num_clients} clients "
           f"({settings.clients_per_round}/round, {settings.partition}), {settings.rounds} rounds -> {settings.out}",
           flush=True)

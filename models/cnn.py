@@ -35,14 +35,19 @@ class FLCNN(nn.Module):
 
 
 class DigitsCNN(nn.Module):
-    """A small CNN for 8x8 digits: fast enough for end-to-end tests on two cores."""
+    """A small CNN for 8x8 digits: fast enough for end-to-end tests on two cores.
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+    ``batch_norm=True`` (``digits-cnn-bn``) adds BatchNorm after each conv, for FedTiny tests.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, batch_norm: bool = False) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        )
+
+        def conv(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), *([nn.BatchNorm2d(cout)] if batch_norm else []),
+                    nn.ReLU(inplace=True)]
+
+        self.features = nn.Sequential(*conv(in_channels, 16), *conv(16, 32), nn.MaxPool2d(2))
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(inplace=True), nn.Linear(64, num_classes)
         )

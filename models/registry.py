@@ -15,9 +15,13 @@ MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
     "fl-cnn": lambda shape, k: FLCNN(shape[0], k, batch_norm=False, image_size=shape[1]),
     "fl-cnn-bn": lambda shape, k: FLCNN(shape[0], k, batch_norm=True, image_size=shape[1]),
     "digits-cnn": lambda shape, k: DigitsCNN(shape[0], k),
+    "digits-cnn-bn": lambda shape, k: DigitsCNN(shape[0], k, batch_norm=True),
     "resnet18": lambda shape, k: ResNet18(shape[0], k),
     "vgg11-bn": lambda shape, k: VGG11BN(shape[0], k),
 }
+
+# Architectures with BatchNorm layers (FedTiny's adaptive BN selection needs them).
+BATCHNORM_MODELS = frozenset({"fl-cnn-bn", "digits-cnn-bn", "resnet18", "vgg11-bn"})
 
 _DEFAULTS = {"fashion-mnist": "fl-cnn", "digits": "digits-cnn", "cifar10": "resnet18"}
 

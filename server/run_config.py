@@ -54,6 +54,13 @@ class RunSettings:
     server_momentum: float = 0.0
     moved_share: float = 0.15
     personal_eval_every: int = 5
+    candidates: int = 5
+    candidate_spread: float = 0.5
+    adjust_every: int = 3
+    adjust_until: int = 24
+    adjust_alpha: float = 0.2
+    adjust_layers: str = "output-first"
+    budget_tiers: str = ""
     out: str = "runs/latest"
     resume: bool = False
     eval_batch_size: int = 1000
@@ -143,10 +150,37 @@ class RunSettings:
             raise ConfigError("moved-share", f"{self.moved_share} must be in (0, 1]")
         if self.personal_eval_every < 0:
             raise ConfigError("personal-eval-every", "must be >= 0 (0 = never)")
+        self._validate_fedtiny()
         if self.strategy in ("fedavg", "flwr-fedavg") and self.density != 1.0:
             raise ConfigError("density", f"strategy '{self.strategy}' is dense; density must be 1.0")
         if check_out_dir:
             check_writable_dir(self.out)
+
+
+    def _validate_fedtiny(self) -> None:
+        from models import BATCHNORM_MODELS
+        from strategies.budgets import parse_budget_tiers
+        from strategies.progressive import LAYER_ORDERS
+
+        if self.candidates < 1:
+            raise ConfigError("candidates", f"{self.candidates} must be >= 1 (1 = no BN selection)")
+        if self.candidate_spread < 0:
+            raise ConfigError("candidate-spread", f"{self.candidate_spread} must be >= 0")
+        if self.adjust_every < 0:
+            raise ConfigError("adjust-every", f"{self.adjust_every} must be >= 0 (0 = no progressive pruning)")
+        if self.adjust_until < 0:
+            raise ConfigError("adjust-until", f"{self.adjust_until} must be >= 0")
+        if not 0 < self.adjust_alpha <= 1:
+            raise ConfigError("adjust-alpha", f"{self.adjust_alpha} is outside (0, 1]")
+        if self.adjust_layers not in LAYER_ORDERS:
+            raise ConfigError("adjust-layers", f"'{self.adjust_layers}' is not one of: {', '.join(LAYER_ORDERS)}")
+        try:
+            parse_budget_tiers(self.budget_tiers)
+        except ValueError as exc:
+            raise ConfigError("budget-tiers", str(exc)) from None
+        if self.strategy == "fedtiny" and self.candidates > 1 and self.model not in BATCHNORM_MODELS:
+            raise ConfigError("model", f"FedTiny's BN selection needs BatchNorm; '{self.model}' has none (use one of "
+                                       f"{', '.join(sorted(BATCHNORM_MODELS))}, or --candidates 1)")
 
 
 @functools.lru_cache(maxsize=8)

@@ -46,8 +46,12 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
     return nodes
 
 
-def discover_partitions(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
-    """Ask every node which partition it holds (one small query message each)."""
+def discover_partitions(grid: Grid, nodes: list[int], timeout: float,
+                        profiles: dict[int, dict[str, Any]] | None = None) -> dict[int, int]:
+    """Ask every node which partition it holds (one small query message each).
+
+    With ``profiles``, also collect everything each node said about itself (e.g. FedTiny budgets).
+    """
     messages = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
     mapping: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
@@ -56,6 +60,8 @@ def discover_partitions(grid: Grid, nodes: list[int], timeout: float) -> dict[in
             log(WARNING, "node %d did not describe itself: %s", node, reply.error.reason)
             continue
         mapping[node] = int(reply.content["node"]["partition-id"])
+        if profiles is not None:
+            profiles[node] = dict(reply.content["node"])
     duplicates = len(mapping) - len(set(mapping.values()))
     if duplicates:
         log(WARNING, "%d nodes report a partition id another node also holds", duplicates)
@@ -86,10 +92,13 @@ def run_federation(grid: Grid, settings: RunSettings, progress: Callable[[str], 
 
     t_setup = time.perf_counter()
     nodes = wait_for_nodes(metered, settings.num_clients, settings.round_timeout)
-    partitions = discover_partitions(metered, nodes, settings.round_timeout)
+    profiles: dict[int, dict[str, Any]] = {}
+    partitions = discover_partitions(metered, nodes, settings.round_timeout, profiles)
     setup_traffic = metered.take_traffic()
     if hasattr(strategy, "bind_nodes"):
         strategy.bind_nodes(partitions)
+    if hasattr(strategy, "bind_node_profiles"):  # e.g. FedTiny: declared budgets -> each node's density
+        strategy.bind_node_profiles(profiles)
     setup = {"nodes": len(nodes), "seconds": time.perf_counter() - t_setup,
              "uplink_bytes": setup_traffic.uplink_bytes, "downlink_bytes": setup_traffic.downlink_bytes}
 
@@ -110,6 +119,12 @@ def run_federation(grid: Grid, settings: RunSettings, progress: Callable[[str], 
                                  "local-epochs": settings.local_epochs, "batch-size": settings.batch_size})
     for server_round in range(start, settings.rounds + 1):
         t0 = time.perf_counter()
+        # Optional hook for extra exchanges before training (FedTiny: BN selection, mask adjustments);
+        # its traffic is metered into this round's bytes.
+        if hasattr(strategy, "prepare_round"):
+            prepared = strategy.prepare_round(server_round, arrays, metered, settings.round_timeout)
+            if prepared is not None:
+                arrays = prepared
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), metered))
         replies = list(metered.send_and_receive(messages, timeout=settings.round_timeout))
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
@@ -150,6 +165,8 @@ def run_federation(grid: Grid, settings: RunSettings, progress: Callable[[str], 
             entry["federated_evaluation"] = dict(federated)
         rounds.append(entry)
         document["rounds"], document["summary"] = rounds, summarize(rounds, param_count)
+        if hasattr(strategy, "run_report"):  # run-level figures of the strategy (FedTiny: selection, adjustments)
+            document["strategy_report"] = strategy.run_report()
         write_results(out_dir, document)
         save_checkpoint(out_dir, server_round=server_round, arrays=arrays,
                         strategy_state=strategy.state_dict() if hasattr(strategy, "state_dict") else {},

@@ -62,6 +62,45 @@ def _hidenseek(settings: RunSettings) -> Strategy:
                      server_momentum=settings.server_momentum)
 
 
+def _fedtiny(settings: RunSettings) -> Strategy:
+    from data import load_dataset
+    from models import build_model
+    from strategies.candidates import candidate_masks
+    from strategies.fedtiny import FedTiny
+
+    splits = load_dataset(settings.dataset, settings.dataset_path or None)
+    model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
+    theta0 = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    candidates = candidate_masks(model, settings.score, settings.density, settings.candidates, settings.seed,
+                                 settings.candidate_spread)
+    return FedTiny(theta0=theta0, candidates=candidates, cost=check_budget_tiers(settings, model, splits.input_shape),
+                   architecture=settings.model, model_seed=settings.seed, score=settings.score,
+                   clients_per_round=settings.clients_per_round, min_train_nodes=settings.min_train_nodes,
+                   seed=settings.seed, adjust_every=settings.adjust_every, adjust_until=settings.adjust_until,
+                   adjust_alpha=settings.adjust_alpha, adjust_layers=settings.adjust_layers,
+                   eval_batch_size=settings.eval_batch_size)
+
+
+def check_budget_tiers(settings: RunSettings, model=None, input_shape=None):
+    """The model's cost profile; ``ConfigError('budget-tiers')`` if a simulated tier no density satisfies."""
+    from data import load_dataset
+    from models import build_model
+    from server.run_config import ConfigError
+    from strategies.budgets import BudgetError, ModelCost, parse_budget_tiers, ratio_for_budget
+
+    if model is None:
+        splits = load_dataset(settings.dataset, settings.dataset_path or None)
+        input_shape = splits.input_shape
+        model = build_model(settings.model, input_shape, splits.num_classes, seed=settings.seed)
+    cost = ModelCost.of(model, input_shape)
+    for tier in parse_budget_tiers(settings.budget_tiers):
+        try:
+            ratio_for_budget(cost, dict.fromkeys(cost.sizes, 1), tier)
+        except BudgetError as exc:
+            raise ConfigError("budget-tiers", str(exc)) from None
+    return cost
+
+
 STRATEGIES = {
     "fedavg": _dense_fedavg,
     "flwr-fedavg": _flower_fedavg,
@@ -69,6 +108,7 @@ STRATEGIES = {
     "static-random": _static_mask("random"),
     "static-synflow": _static_mask("synflow"),
     "hidenseek": _hidenseek,
+    "fedtiny": _fedtiny,
 }
 
 

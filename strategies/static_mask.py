@@ -18,14 +18,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from protos.codec import Manifest, decode, encode, reference_digest
+from protos.codec import Manifest, decode, reference_digest
 from protos.flower_records import content_with_payload, payload_of
 from strategies.aggregation import weighted_mean
 from strategies.base import FederatedStrategy
+from strategies.mask_delivery import MASK_SUFFIX, MaskDelivery
 
 KEPT_SUFFIX = "/kept"
-MASK_SUFFIX = "/mask"
 TASK = "masked-sgd"
+__all__ = ["KEPT_SUFFIX", "MASK_SUFFIX", "TASK", "StaticMaskFedAvg", "join_kept", "split_kept"]
 
 
 def split_kept(state: dict[str, np.ndarray], mask: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -69,7 +70,7 @@ class StaticMaskFedAvg(FederatedStrategy):
         self.architecture, self.model_seed, self.score = architecture, model_seed, score
         total = sum(m.size for m in self.mask.values())
         self.density = sum(int(m.sum()) for m in self.mask.values()) / total
-        self.nodes_with_mask: set[int] = set()
+        self.delivery = MaskDelivery()
         self._template: dict[str, np.ndarray] = {}
         self._decoded: dict[int, dict[str, np.ndarray]] = {}
 
@@ -86,6 +87,13 @@ class StaticMaskFedAvg(FederatedStrategy):
     def _manifest(self, server_round: int) -> Manifest:
         return Manifest(self.architecture, self.model_seed, self.density, server_round, "static-mask")
 
+    def mask_for(self, node: int) -> dict[str, np.ndarray]:
+        """The mask ``node`` trains this round: the global one here (FedTiny narrows it to a client's budget)."""
+        return self.mask
+
+    def _digest_of(self, mask: dict[str, np.ndarray]) -> bytes:
+        return self.mask_digest if mask is self.mask else reference_digest(mask)
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Send each sampled node the kept values; the coded mask too if it does not hold it."""
@@ -94,11 +102,9 @@ class StaticMaskFedAvg(FederatedStrategy):
         config = ConfigRecord({**dict(config), "server-round": server_round, "task": TASK})
         messages = []
         for node in self.sample_nodes(server_round, grid):
-            if node in self.nodes_with_mask:
-                blob = encode(kept, reference=self.mask, manifest=self._manifest(server_round))
-            else:
-                masks = {name + MASK_SUFFIX: m for name, m in self.mask.items()}
-                blob = encode({**kept, **masks}, manifest=self._manifest(server_round))
+            mask = self.mask_for(node)
+            values = kept if mask is self.mask else split_kept(self._template, mask)
+            blob = self.delivery.payload(node, values, mask, self._manifest(server_round), self._digest_of(mask))
             messages.append(Message(content=content_with_payload(blob, config=config), dst_node_id=node,
                                     message_type=MessageType.TRAIN))
         return messages
@@ -109,13 +115,14 @@ class StaticMaskFedAvg(FederatedStrategy):
         if reason:
             return reason
         node = reply.metadata.src_node_id
+        mask = self.mask_for(node)
         try:
-            decoded = decode(payload_of(reply), reference=self.mask)
-            join_kept(decoded.tensors, self.mask, self._template)
+            decoded = decode(payload_of(reply), reference=mask)
+            join_kept(decoded.tensors, mask, self._template)
         except ValueError as exc:  # WireFormatError is a ValueError
-            self.nodes_with_mask.discard(node)  # resend the full mask next time: never a silent desync
+            self.delivery.forget(node)  # resend the full mask next time: never a silent desync
             return f"payload rejected: {exc}"
-        self.nodes_with_mask.add(node)
+        self.delivery.confirm(node, mask, self._digest_of(mask))
         self._decoded[node] = decoded.tensors
         return None
 
@@ -126,18 +133,18 @@ class StaticMaskFedAvg(FederatedStrategy):
         replies = list(replies)
         for reply in replies:  # a node that failed may have lost its state: send the mask again
             if reply.has_error():
-                self.nodes_with_mask.discard(reply.metadata.src_node_id)
+                self.delivery.forget(reply.metadata.src_node_id)
         valid = self.screen_replies(server_round, replies)
         if not self.enough_replies(server_round, valid):
             return None, None
         weights = [self.weight_of(m) for m in valid]
-        records = [ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in
+        records = [ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in
                                 self._decoded[m.metadata.src_node_id].items()}) for m in valid]
         mean = weighted_mean(records, weights)
         joined = join_kept({k: mean[k].numpy() for k in mean.keys()}, self.mask, self._template)
         losses = [float(next(iter(m.content.metric_records.values())).get("train-loss", 0.0)) for m in valid]
         self._decoded = {}
-        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in joined.items()}), MetricRecord(
+        return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in joined.items()}), MetricRecord(
             {"train-loss": float(np.average(losses, weights=weights)), "num-examples": int(sum(weights))})
 
     def round_report(self, server_round: int) -> dict[str, Any]:

@@ -1,0 +1,112 @@
+"""Client training cost of FedTiny's sparse submodel vs. the dense model, measured back to back.
+
+Usage: python benchmarks/fedtiny_client_cost.py [DENSITY] [BATCH]     (defaults 0.01 and 32)
+FL CNN with BatchNorm (fl-cnn-bn), Fashion-MNIST input shape, the SynFlow mask at DENSITY (FedTiny's candidate 0),
+the client's real training path (``kernels.sparsify(..., training=True)`` + SGD momentum 0.9, as
+``client.masked_training``) against the plain dense model with the same optimizer, alternately in one process.
+
+Memory: bytes of the tensors a client holds for training, summed over the real tensors after real optimizer
+steps — parameters, their gradients, SGD momentum buffers, and every buffer (BatchNorm statistics, mask/index
+structures of the sparse layers). Activations are not included: unstructured weight sparsity leaves every layer's
+output the same size, so they are the same for both models.
+
+FLOPs per sample: torch.utils.flop_counter.FlopCounterMode over one forward+backward step, divided by the batch.
+What the counter sees: dense and compact (sliced) layers run ordinary aten convolutions/matmuls and are counted
+exactly; for CSR layers it counts the sparse ``mm`` as if it were dense and does not see the sampled weight
+gradient, so the script also prints a corrected figure that replaces what was attributed to CSR modules by
+3 × 2 × nnz × batch (forward, input gradient, kept-only weight gradient).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kernels.convert import sparsify  # noqa: E402
+from kernels.csr import CSRLinear  # noqa: E402
+from models import build_model  # noqa: E402
+from strategies.scores import data_free_mask  # noqa: E402
+
+SHAPE = (1, 28, 28)
+
+
+def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes of parameters, gradients, optimizer state and buffers, summed over the real tensors."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
+                if torch.is_tensor(v))
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers() if b is not None)
+    return {"parameters": params, "gradients": grads, "optimizer_state": state, "buffers": buffers,
+            "total": params + grads + state + buffers}
+
+
+def step(model, optimizer, x, y) -> None:
+    optimizer.zero_grad(set_to_none=False)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def flops_per_sample(model, x, y) -> tuple[float, float]:
+    """(raw FlopCounterMode count, count with CSR modules replaced by 6·nnz·batch), per sample."""
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    raw = counter.get_total_flops()
+    counts = counter.get_flop_counts()
+    corrected = raw
+    for name, module in model.named_modules():
+        if isinstance(module, CSRLinear):
+            key = next((k for k in counts if k.endswith(name)), None)
+            seen = sum(counts[key].values()) if key else 0
+            corrected += -seen + 6 * module.values.numel() * x.shape[0]
+    return raw / x.shape[0], corrected / x.shape[0]
+
+
+def _core(row: dict) -> int:
+    state = row["state_bytes"]
+    return state["parameters"] + state["gradients"] + state["optimizer_state"]
+
+
+def main() -> int:
+    density = float(sys.argv[1]) if len(sys.argv) > 1 else 0.01
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+    torch.set_num_threads(1)
+    base = build_model("fl-cnn-bn", SHAPE, 10, seed=0)
+    mask = data_free_mask(base, "synflow", density, 0)
+    dense = copy.deepcopy(base)
+    sparse = copy.deepcopy(base)
+    backends = sparsify(sparse, mask, batch=batch, training=True)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *SHAPE, generator=generator)
+    y = torch.randint(0, 10, (batch,), generator=generator)
+    rows = {}
+    for name, model in (("dense", dense), ("sparse", sparse), ("dense-again", copy.deepcopy(base))):
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for _ in range(2):
+            step(model, optimizer, x, y)
+        raw, corrected = flops_per_sample(model, x, y)
+        rows[name] = {"state_bytes": training_state_bytes(model, optimizer),
+                      "flops_per_sample_counter": raw, "flops_per_sample_corrected": corrected}
+    kept = sum(int(m.sum()) for m in mask.values())
+    total = sum(m.size for m in mask.values())
+    result = {"density": density, "kept": kept, "prunable": total, "batch": batch,
+              "backends": {k: v.value for k, v in backends.items()}, **rows,
+              "state_ratio": rows["sparse"]["state_bytes"]["total"] / rows["dense"]["state_bytes"]["total"],
+              "flops_ratio_corrected": rows["sparse"]["flops_per_sample_corrected"]
+              / rows["dense"]["flops_per_sample_corrected"],
+              "params_grads_optimizer_ratio": _core(rows["sparse"]) / _core(rows["dense"])}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# FedTiny acceptance table: Fashion-MNIST, FL CNN with BatchNorm (fl-cnn-bn), Dirichlet 0.5, 100 clients,
+# 10 per round, 30 rounds, seed 0 for every run, SGD lr 0.05 momentum 0.9, 1 local epoch, batch 32.
+# Five configurations at each density: FedTiny, FedTiny without BN selection (--candidates 1), FedTiny without
+# progressive pruning (--adjust-every 0), static-synflow, static-magnitude, static-random.
+# Each run writes runs/bench-fedtiny/<name>/results.json (Ray simulation through a private SuperLink); the
+# table is printed at the end. Usage: benchmarks/fedtiny_table.sh [NAME ...]   (default: all rows)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/bench-fedtiny}
+ROUNDS=${ROUNDS:-30}
+PY=${PYTHON:-python}
+common=(--dataset fashion-mnist --model fl-cnn-bn --partition dirichlet --alpha 0.5 --num-clients 100
+        --clients-per-round 10 --local-epochs 1 --batch-size 32 --lr 0.05 --momentum 0.9 --seed 0
+        --rounds "$ROUNDS")
+declare -A rows
+for d in 0.05 0.01; do
+  rows[fedtiny-$d]="--strategy fedtiny --density $d"
+  rows[fedtiny-no-bn-$d]="--strategy fedtiny --density $d --candidates 1"
+  rows[fedtiny-no-pp-$d]="--strategy fedtiny --density $d --adjust-every 0"
+  rows[static-synflow-$d]="--strategy static-synflow --density $d"
+  rows[static-magnitude-$d]="--strategy static-magnitude --density $d"
+  rows[static-random-$d]="--strategy static-random --density $d"
+done
+# Tried after the table (not in the default list): a smaller progressive-pruning step.
+rows[fedtiny-alpha0.05-0.05]="--strategy fedtiny --density 0.05 --adjust-alpha 0.05"
+rows[fedtiny-no-bn-alpha0.05-0.05]="--strategy fedtiny --density 0.05 --adjust-alpha 0.05 --candidates 1"
+rows[fedtiny-alpha0.05-0.01]="--strategy fedtiny --density 0.01 --adjust-alpha 0.05"
+names=("$@")
+if [ ${#names[@]} -eq 0 ]; then
+  for d in 0.05 0.01; do
+    names+=(fedtiny-$d fedtiny-no-bn-$d fedtiny-no-pp-$d static-synflow-$d static-magnitude-$d static-random-$d)
+  done
+fi
+for name in "${names[@]}"; do
+  # shellcheck disable=SC2086
+  PYTHONPATH="$PWD" "$PY" -m fedprune.cli simulate "${common[@]}" ${rows[$name]} --out "$OUT/$name"
+done
+PYTHONPATH="$PWD" "$PY" benchmarks/fedtiny_summary.py "$OUT" "${names[@]}"

@@ -1,0 +1,95 @@
+"""Candidate masks for FedTiny's adaptive BN selection: one seeded θ0, layer-wise densities perturbed.
+
+Candidate 0 is the data-free score's own global mask (its layer-wise allocation
+unchanged). Every other candidate multiplies each layer's kept count by a
+log-normal factor (``spread`` = its standard deviation in log space), rescales
+so the total kept count is exactly that of candidate 0, and keeps within each
+layer first the weights the score kept (best score first when shrinking), then
+the largest-magnitude weights of θ0 (when growing). So every candidate has
+exactly the target density, and all differ only in how it is spread over layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from models import prunable_names
+
+
+def perturbed_counts(base: dict[str, int], sizes: dict[str, int], rng: np.random.Generator,
+                     spread: float) -> dict[str, int]:
+    """Layer kept counts ``base[l]·f_l`` (log-normal f_l), each in [1, size], summing exactly to Σ base."""
+    names = list(base)
+    total = sum(base.values())
+    if total > sum(sizes.values()) or total < len(names):
+        raise ValueError(f"cannot keep {total} weights in {len(names)} layers of {sum(sizes.values())}")
+    wanted = np.array([base[n] * math.exp(spread * rng.standard_normal()) for n in names])
+    low, high = np.ones(len(names)), np.array([sizes[n] for n in names], dtype=float)
+
+    def filled(scale: float) -> np.ndarray:
+        return np.clip(wanted * scale, low, high)
+
+    lo, hi = 0.0, 1.0
+    while filled(hi).sum() < total:
+        hi *= 2
+    for _ in range(200):  # bisection on the common scale
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if filled(mid).sum() < total else (lo, mid)
+    real = filled(hi)
+    counts = np.floor(real).astype(np.int64)
+    counts = np.clip(counts, 1, high.astype(np.int64))
+    short = total - int(counts.sum())
+    order = np.argsort(-(real - np.floor(real)), kind="stable")
+    step = 1 if short > 0 else -1
+    while short:  # hand out (or take back) the rounding remainder, respecting [1, size]
+        for i in order:
+            if short and 1 <= counts[i] + step <= high[i]:
+                counts[i] += step
+                short -= step
+    return {n: int(c) for n, c in zip(names, counts, strict=True)}
+
+
+def _ranked_layer(base_mask: np.ndarray, score: np.ndarray, magnitude: np.ndarray, keep: int) -> np.ndarray:
+    """Keep ``keep`` positions: the base's kept ones by score first, then the others by magnitude."""
+    flat_base = base_mask.reshape(-1)
+    key = np.where(flat_base, 2.0 + score.reshape(-1) / (float(score.max()) or 1.0),
+                   magnitude.reshape(-1) / (float(magnitude.max()) or 1.0))  # kept > 1 >= pruned
+    order = np.argsort(-key, kind="stable")
+    out = np.zeros(flat_base.size, dtype=bool)
+    out[order[:keep]] = True
+    return out.reshape(base_mask.shape)
+
+
+def candidate_masks(model: nn.Module, score: str, density: float, count: int, seed: int,
+                    spread: float = 0.5) -> list[dict[str, np.ndarray]]:
+    """``count`` masks of exactly the same total kept count from ``model``'s θ0 (see module docstring)."""
+    from strategies.scores import SCORES, data_free_mask
+
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    base = data_free_mask(model, score, density, seed)
+    if count == 1:
+        return [base]
+    names = prunable_names(model)
+    params = dict(model.named_parameters())
+    magnitude = {n: params[n].detach().abs().numpy() for n in names}
+    if score == "synflow":  # rank within a layer by the score under the base mask (what SynFlow kept)
+        from strategies.synflow import SynFlowScorer
+
+        raw = SynFlowScorer(model)(base)
+    else:
+        raw = SCORES[score](model, seed, base)
+    ranks = {n: raw[n].detach().double().numpy() if isinstance(raw[n], torch.Tensor) else np.asarray(raw[n])
+             for n in names}
+    base_counts = {n: int(base[n].sum()) for n in names}
+    sizes = {n: int(base[n].size) for n in names}
+    rng = np.random.default_rng(seed * 7_919 + 17)
+    masks = [base]
+    for _ in range(count - 1):
+        counts = perturbed_counts(base_counts, sizes, rng, spread)
+        masks.append({n: _ranked_layer(base[n], ranks[n], magnitude[n], counts[n]) for n in names})
+    return masks

@@ -1,0 +1,479 @@
+"""FedTiny: adaptive BatchNorm selection of a coarse pruned model, then progressive pruning under budgets.
+
+How a run goes (DESIGN §1, §4):
+
+* once, on the server, without data: θ0 from the run seed and C candidate masks
+  (``strategies.candidates``: layer-wise densities perturbed around the target,
+  total density exact);
+* ``prepare_round`` of round 1 — adaptive BN selection, two extra exchanges with
+  clients sampled for it: (1) each re-estimates BatchNorm running mean/variance of
+  every candidate on its local training data (forward passes only) and uploads
+  them; the server pools them (sample-weighted, variances pooled with the means);
+  (2) each reports validation loss and accuracy of every candidate with the pooled
+  statistics; the server installs the candidate with the lowest sample-weighted
+  loss, with its pooled statistics. The weights never travel: clients rebuild θ0
+  from the seed and check its digest;
+* every round — sparse FedAvg over kept weights (``StaticMaskFedAvg``: kept values,
+  and the coded mask whenever the mask a node holds is not the current one);
+  a client whose declared memory/compute budget is below the global mask trains
+  the nested submodel its budget allows (``strategies.budgets``), and kept values
+  are averaged over the clients that trained them;
+* ``prepare_round`` after every ``adjust-every`` completed rounds up to ``adjust-until``
+  — progressive pruning: sampled clients get the current model and upload only the
+  top-K gradient magnitudes at pruned positions of the layer(s) being adjusted,
+  coded as (index, value) pairs; the server grows the K best by aggregate magnitude
+  (new weights start at 0) and prunes the K smallest active weights of that layer
+  (``strategies.progressive``).
+
+Hostile replies in any exchange (malformed or oversized payloads, wrong shapes,
+NaN statistics, gradients at active positions) are dropped with the node id and
+reason by the base's screening; the server never crashes on them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from protos.codec import DecodeLimits, Manifest, decode, encode, reference_digest
+from protos.flower_records import content_with_payload, payload_of
+from protos.wire_size import content_bytes
+from strategies import budgets, progressive
+from strategies.budgets import Budget, BudgetError, ModelCost
+from strategies.static_mask import KEPT_SUFFIX, StaticMaskFedAvg, join_kept, split_kept
+
+BN_STATS_TASK = "fedtiny-bn-statistics"
+BN_EVAL_TASK = "fedtiny-bn-evaluate"
+TOPK_TASK = "fedtiny-topk-gradients"
+CANDIDATE = "candidate"  # tensor names: candidate/<i>/<layer> (masks) and candidate/<i>/<bn buffer> (stats)
+GRAD = "grad/"
+THETA0_DIGEST = "theta0-digest"
+BN_STATS = ("running_mean", "running_var")
+
+
+def candidate_key(index: int, name: str) -> str:
+    """Payload name of candidate ``index``'s tensor ``name`` (a mask or a BN statistic)."""
+    return f"{CANDIDATE}/{index}/{name}"
+
+
+def bn_stat_names(state: dict[str, np.ndarray]) -> list[str]:
+    """Running mean/variance buffers of every BatchNorm layer in a state dict, in order."""
+    return [k for k in state if k.rsplit(".", 1)[-1] in BN_STATS]
+
+
+def pool_statistics(uploads: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
+    """Sample-weighted pooled mean and variance: Var = Σw(var + mean²)/Σw − mean_pooled² (per buffer pair)."""
+    total = float(sum(weights))
+    pooled: dict[str, np.ndarray] = {}
+    for name in uploads[0]:
+        if not name.endswith("running_mean"):
+            continue
+        var_name = name[: -len("running_mean")] + "running_var"
+        mean = sum(w / total * u[name].astype(np.float64) for u, w in zip(uploads, weights, strict=True))
+        second = sum(w / total * (u[var_name].astype(np.float64) + u[name].astype(np.float64) ** 2)
+                     for u, w in zip(uploads, weights, strict=True))
+        pooled[name] = mean.astype(np.float32)
+        pooled[var_name] = np.maximum(second - mean ** 2, 0.0).astype(np.float32)
+    return pooled
+
+
+def select_candidate(losses: list[list[float]], weights: list[float]) -> tuple[int, list[float]]:
+    """Index of the lowest sample-weighted mean loss (ties: lowest index) and every candidate's mean loss."""
+    table = np.asarray(losses, dtype=np.float64)  # clients x candidates
+    mean = (table * np.asarray(weights, dtype=np.float64)[:, None]).sum(0) / float(sum(weights))
+    return int(np.argmin(mean)), [float(v) for v in mean]
+
+
+class FedTiny(StaticMaskFedAvg):
+    """FedTiny (see module docstring). Options mirror the run config (``candidates``, ``adjust-*``, budgets)."""
+
+    def __init__(self, *, theta0: dict[str, np.ndarray], candidates: list[dict[str, np.ndarray]], cost: ModelCost,
+                 architecture: str, model_seed: int, score: str, clients_per_round: int, min_train_nodes: int = 1,
+                 seed: int = 0, adjust_every: int = 3, adjust_until: int = 24, adjust_alpha: float = 0.2,
+                 adjust_layers: str = "output-first", eval_batch_size: int = 1000) -> None:
+        if adjust_layers not in progressive.LAYER_ORDERS:
+            raise ValueError(f"fedtiny adjust-layers '{adjust_layers}' is not one of {progressive.LAYER_ORDERS}")
+        super().__init__(mask=candidates[0], architecture=architecture, model_seed=model_seed, score=score,
+                         clients_per_round=clients_per_round, min_train_nodes=min_train_nodes, seed=seed)
+        self.theta0 = {k: np.asarray(v) for k, v in theta0.items()}
+        self.theta0_digest = reference_digest(self.theta0)
+        self.candidates = [{k: np.asarray(v, dtype=bool) for k, v in c.items()} for c in candidates]
+        self.cost = cost
+        self.adjust_every, self.adjust_until, self.adjust_alpha = adjust_every, adjust_until, adjust_alpha
+        self.adjust_layers, self.eval_batch_size = adjust_layers, eval_batch_size
+        self.layer_names = list(self.mask)
+        self.bn_names = bn_stat_names(self.theta0)
+        self.budgets: dict[int, Budget] = {}
+        self.selection: dict[str, Any] | None = None
+        self.adjustments: list[dict[str, Any]] = []
+        self._phase = "train"
+        self.exchange_rejected: dict[int, list[tuple[int, str]]] = {}
+        self._round_masks: dict[int, dict[str, np.ndarray]] = {}
+        self._costs: dict[int, list[dict[str, Any]]] = {}
+        self._phase_data: dict[int, Any] = {}
+        self._expected_k: dict[str, int] = {}
+
+    def summary(self) -> None:
+        """Log candidates, adjustment schedule and budgets."""
+        log(INFO, "FedTiny: %d candidates from %s at density %.4f; adjust every %d rounds until %d (alpha %.2f, %s); "
+            "%d nodes with budgets", len(self.candidates), self.score, self.density, self.adjust_every,
+            self.adjust_until, self.adjust_alpha, self.adjust_layers,
+            sum(not b.unlimited for b in self.budgets.values()))
+
+    # -- setup hooks (called by server.runner) -----------------------------------------
+
+    def initialize_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
+        """θ0 on candidate 0 (the score's own mask); BN selection may replace it in round 1."""
+        return super().initialize_arrays(arrays)
+
+    def bind_node_profiles(self, profiles: dict[int, dict[str, Any]]) -> None:
+        """Read each node's declared budgets (from its QUERY reply); refuse budgets no density satisfies."""
+        declared = {}
+        for node, profile in profiles.items():
+            budget = Budget(float(profile.get(budgets.MEMORY_KEY, float("inf"))),
+                            float(profile.get(budgets.FLOPS_KEY, float("inf"))))
+            if not budget.unlimited:
+                try:
+                    budgets.ratio_for_budget(self.cost, dict.fromkeys(self.mask, 1), budget)
+                except BudgetError as exc:
+                    partition = profile.get("partition-id")
+                    raise BudgetError(f"node {node} (partition {partition}): {exc}") from None
+            declared[node] = budget
+        self.budgets = declared
+
+    def prepare_round(self, server_round: int, arrays: ArrayRecord, grid: Grid,
+                      timeout: float | None = None) -> ArrayRecord | None:
+        """Extra exchanges before round ``server_round`` trains: BN selection (round 1), mask adjustment after
+        every ``adjust-every`` completed rounds up to ``adjust-until``. Returns the new global arrays, if any."""
+        if server_round == 1 and self.selection is None and len(self.candidates) > 1:
+            arrays = self._select_by_bn(arrays, grid, timeout)
+        completed = server_round - 1
+        schedule = progressive.adjustment_rounds(self.adjust_every, self.adjust_until)
+        if completed in schedule and not any(a["after_round"] == completed for a in self.adjustments):
+            arrays = self._adjust(schedule.index(completed), completed, server_round, arrays, grid, timeout)
+        return arrays
+
+    # -- adaptive BN selection -----------------------------------------------------------
+
+    def _candidate_payload(self, extra: dict[str, np.ndarray], server_round: int, kind: str) -> bytes:
+        tensors: dict[str, np.ndarray] = {THETA0_DIGEST: np.frombuffer(self.theta0_digest, dtype=np.uint8)}
+        for i, candidate in enumerate(self.candidates):
+            tensors.update({candidate_key(i, k): v for k, v in candidate.items()})
+        tensors.update(extra)
+        return encode(tensors, manifest=Manifest(self.architecture, self.model_seed, self.density, server_round, kind))
+
+    def _exchange(self, server_round: int, phase: str, messages: list[Message], grid: Grid,
+                  timeout: float | None) -> list[Message]:
+        """Send, screen with this phase's check, log what was dropped; valid replies sorted by partition."""
+        self._phase, self._phase_data = phase, {}
+        before = len(self.rejected.get(server_round, []))
+        try:
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
+            for reply in replies:
+                if reply.has_error():
+                    self.delivery.forget(reply.metadata.src_node_id)
+            return self.screen_replies(server_round, replies)
+        finally:
+            self._phase = "train"
+            # Kept apart from training rejections, so a round's clients_failed counts training only.
+            dropped = self.rejected.get(server_round, [])[before:]
+            del self.rejected.setdefault(server_round, [])[before:]
+            self.exchange_rejected.setdefault(server_round, []).extend(dropped)
+
+    def _select_by_bn(self, arrays: ArrayRecord, grid: Grid, timeout: float | None) -> ArrayRecord:
+        nodes = self.sample_nodes(0, grid)  # "round 0": BN selection draws its own clients
+        config = ConfigRecord({"task": BN_STATS_TASK, "server-round": 0})
+        blob = self._candidate_payload({}, 0, "fedtiny-candidates")
+        messages = [Message(content=content_with_payload(blob, config=config), dst_node_id=node,
+                            message_type=MessageType.TRAIN) for node in nodes]
+        valid = self._exchange(1, BN_STATS_TASK, messages, grid, timeout)
+        report: dict[str, Any] = {"clients": len(nodes), "statistics_replies": len(valid),
+                                  "layer_densities": [self._layer_densities(c) for c in self.candidates]}
+        if not self.enough_replies(1, valid):
+            report["fallback"] = "too few BN statistics replies; candidate 0 kept"
+            self.selection = {**report, "selected": 0}
+            return arrays
+        weights = [self.weight_of(m) for m in valid]
+        uploads = [self._phase_data[m.metadata.src_node_id] for m in valid]
+        pooled = [pool_statistics([u[i] for u in uploads], weights) for i in range(len(self.candidates))]
+        stats = {candidate_key(i, k): v for i, p in enumerate(pooled) for k, v in p.items()}
+        eval_nodes = [m.metadata.src_node_id for m in valid]
+        config = ConfigRecord({"task": BN_EVAL_TASK, "server-round": 0, "eval-batch-size": self.eval_batch_size})
+        blob = self._candidate_payload(stats, 0, "fedtiny-candidates-pooled-bn")
+        messages = [Message(content=content_with_payload(blob, config=config), dst_node_id=node,
+                            message_type=MessageType.EVALUATE) for node in eval_nodes]
+        evaluated = self._exchange(1, BN_EVAL_TASK, messages, grid, timeout)
+        report["evaluation_replies"] = len(evaluated)
+        if not self.enough_replies(1, evaluated):
+            report["fallback"] = "too few candidate evaluations; candidate 0 kept"
+            self.selection = {**report, "selected": 0}
+            return arrays
+        rows = [next(iter(m.content.metric_records.values())) for m in evaluated]
+        eval_weights = [self.weight_of(m) for m in evaluated]
+        count = len(self.candidates)
+        chosen, losses = select_candidate([[float(r[f"loss-{i}"]) for i in range(count)] for r in rows], eval_weights)
+        _, accuracies = select_candidate([[float(r[f"accuracy-{i}"]) for i in range(count)] for r in rows],
+                                         eval_weights)
+        self.selection = {**report, "selected": chosen, "losses": losses, "accuracies": accuracies}
+        log(INFO, "FedTiny BN selection: candidate %d (losses %s)", chosen, [round(v, 4) for v in losses])
+        self._install_mask(self.candidates[chosen])
+        state = {k: (self.theta0[k] * self.mask[k] if k in self.mask else self.theta0[k]) for k in arrays.keys()}
+        state.update(pooled[chosen])
+        return ArrayRecord({k: Array(np.asarray(state[k], order="C")) for k in arrays.keys()})
+
+    def _layer_densities(self, mask: dict[str, np.ndarray]) -> dict[str, float]:
+        return {k: float(v.mean()) for k, v in mask.items()}
+
+    def _install_mask(self, mask: dict[str, np.ndarray]) -> None:
+        self.mask = {k: np.asarray(v, dtype=bool) for k, v in mask.items()}
+        self.mask_digest = reference_digest(self.mask)
+
+    def _check_bn_statistics(self, reply: Message) -> dict[int, dict[str, np.ndarray]]:
+        decoded = decode(payload_of(reply)).tensors
+        expected = {candidate_key(i, k) for i in range(len(self.candidates)) for k in self.bn_names}
+        if set(decoded) != expected:
+            missing, extra = sorted(expected - set(decoded))[:2], sorted(set(decoded) - expected)[:2]
+            raise ValueError(f"BN statistics names differ (missing {missing}, unexpected {extra})")
+        out: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(self.candidates))}
+        for i in range(len(self.candidates)):
+            for name in self.bn_names:
+                value = decoded[candidate_key(i, name)]
+                if value.shape != self.theta0[name].shape or value.dtype != np.float32:
+                    raise ValueError(f"'{candidate_key(i, name)}' is {value.dtype}{value.shape}, "
+                                     f"expected float32{self.theta0[name].shape}")
+                if not np.isfinite(value).all() or (name.endswith("running_var") and (value < 0).any()):
+                    raise ValueError(f"'{candidate_key(i, name)}' holds NaN/Inf or a negative variance")
+                out[i][name] = value
+        return out
+
+    def _check_bn_evaluation(self, reply: Message) -> None:
+        metrics = next(iter(reply.content.metric_records.values()))
+        for i in range(len(self.candidates)):
+            loss, accuracy = metrics.get(f"loss-{i}"), metrics.get(f"accuracy-{i}")
+            if not isinstance(loss, float) or not np.isfinite(loss) or loss < 0:
+                raise ValueError(f"'loss-{i}' missing or not a finite non-negative number")
+            if not isinstance(accuracy, float) or not 0.0 <= accuracy <= 1.0:
+                raise ValueError(f"'accuracy-{i}' missing or outside [0, 1]")
+
+    # -- progressive pruning -----------------------------------------------------------
+
+    def _adjust(self, step: int, completed: int, server_round: int, arrays: ArrayRecord, grid: Grid,
+                timeout: float | None) -> ArrayRecord:
+        layers = progressive.layers_to_adjust(self.layer_names, step, self.adjust_layers)
+        ks = {name: progressive.cosine_k(completed, self.adjust_until, self.adjust_alpha, int(self.mask[name].sum()))
+              for name in layers}
+        entry: dict[str, Any] = {"after_round": completed, "round": server_round, "layers": {}, "uploads": []}
+        ks = {name: k for name, k in ks.items() if k > 0}
+        if not ks:
+            entry["skipped"] = "K_t = 0 for every layer"
+            self.adjustments.append(entry)
+            return arrays
+        state = {k: arrays[k].numpy() for k in arrays.keys()}
+        kept = split_kept(state, self.mask)
+        nodes = self.sample_nodes(-server_round, grid)  # negative key: its own draw, not this round's trainers
+        config = ConfigRecord({"task": TOPK_TASK, "server-round": server_round,
+                               "adjust-layers": list(ks), "adjust-k": [int(k) for k in ks.values()]})
+        manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, "fedtiny-adjust")
+        messages = []
+        for node in nodes:
+            blob = self.delivery.payload(node, kept, self.mask, manifest, self.mask_digest)
+            messages.append(Message(content=content_with_payload(blob, config=config), dst_node_id=node,
+                                    message_type=MessageType.TRAIN))
+        self._expected_k = ks
+        valid = self._exchange(server_round, TOPK_TASK, messages, grid, timeout)
+        for reply in valid:
+            node = reply.metadata.src_node_id
+            upload = self._phase_data[node]
+            entry["uploads"].append({"node_id": node, "content_bytes": content_bytes(reply),
+                                     "payload_bytes": upload["payload_bytes"],
+                                     "coded_pairs_bytes": upload["coded_pairs_bytes"], "pairs": upload["pairs"]})
+        if not self.enough_replies(server_round, valid):
+            entry["skipped"] = "too few valid top-K uploads"
+            self.adjustments.append(entry)
+            return arrays
+        weights = [self.weight_of(m) for m in valid]
+        new_mask = dict(self.mask)
+        for name, k in ks.items():
+            size = self.mask[name].size
+            uploads = [self._phase_data[m.metadata.src_node_id]["pairs_of"][name] for m in valid]
+            score = progressive.aggregate_magnitudes(uploads, weights, size)
+            weights_new, mask_new, moved = progressive.grow_and_prune(state[name], self.mask[name], score, k)
+            state[name], new_mask[name] = weights_new, mask_new
+            entry["layers"][name] = {"k": k, "grown": int(moved.grown.size), "pruned": int(moved.pruned.size),
+                                     "active": int(mask_new.sum()), "size": int(size),
+                                     "candidates_reported": int((score > 0).sum())}
+        self._install_mask(new_mask)
+        self.adjustments.append(entry)
+        log(INFO, "FedTiny adjustment after round %d: %s", completed,
+            {n: (v["grown"], v["pruned"]) for n, v in entry["layers"].items()})
+        return ArrayRecord({k: Array(np.asarray(state[k], order="C")) for k in arrays.keys()})
+
+    def _check_topk(self, reply: Message) -> dict[str, Any]:
+        blob = payload_of(reply)
+        pairs_cap = sum(self._expected_k.values())
+        limits = DecodeLimits(max_payload_bytes=16 * pairs_cap + 4096)  # 8 B index + 4 B value each, and framing
+        decoded = decode(blob, limits=limits)
+        expected = {GRAD + name for name in self._expected_k}
+        if set(decoded.tensors) != expected:
+            raise ValueError(f"top-K tensors {sorted(decoded.tensors)[:3]} differ from {sorted(expected)}")
+        from protos import fedprune_wire_pb2 as pb
+
+        coded = {t.name: len(t.data) + len(t.values)
+                 for t in pb.Payload.FromString(pb.Envelope.FromString(blob).body).tensors}
+        pairs_of, total = {}, 0
+        for name, k in self._expected_k.items():
+            value = decoded.tensors[GRAD + name]
+            if value.shape != self.mask[name].shape:
+                raise ValueError(f"'{GRAD + name}' has shape {value.shape}, expected {self.mask[name].shape}")
+            flat = value.reshape(-1)
+            indices = np.flatnonzero(flat)
+            if indices.size > k:
+                raise ValueError(f"'{GRAD + name}' carries {indices.size} pairs, more than K = {k}")
+            if (flat[indices] < 0).any():
+                raise ValueError(f"'{GRAD + name}' carries negative magnitudes")
+            if self.mask[name].reshape(-1)[indices].any():
+                raise ValueError(f"'{GRAD + name}' reports gradients at active positions")
+            pairs_of[name] = (indices, flat[indices])
+            total += int(indices.size)
+        return {"pairs_of": pairs_of, "pairs": total, "payload_bytes": len(blob),
+                "coded_pairs_bytes": int(sum(coded.values()))}
+
+    # -- training with budgets ------------------------------------------------------------
+
+    def _ratio(self, node: int) -> float:
+        budget = self.budgets.get(node)
+        if budget is None or budget.unlimited:
+            return 1.0
+        return budgets.ratio_for_budget(self.cost, {n: int(m.sum()) for n, m in self.mask.items()}, budget)
+
+    def mask_for(self, node: int) -> dict[str, np.ndarray]:
+        """The global mask, or the nested submodel the node's budget allows (largest global magnitudes)."""
+        if node not in self._round_masks:
+            ratio = self._ratio(node)
+            self._round_masks[node] = (self.mask if ratio >= 1.0
+                                       else budgets.nested_submask(self.mask, self._template, ratio))
+        return self._round_masks[node]
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Sparse FedAvg messages (``StaticMaskFedAvg``), each node on the submodel its budget allows."""
+        self._round_masks = {}
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        rows = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            kept = {n: int(m.sum()) for n, m in self.mask_for(node).items()}
+            budget = self.budgets.get(node, Budget())
+            rows.append({"node_id": node, "partition_id": self.node_partitions.get(node),
+                         "density": sum(kept.values()) / sum(m.size for m in self.mask.values()),
+                         "est_param_memory_bytes": self.cost.memory_bytes(kept),
+                         "est_flops_per_sample": self.cost.flops_per_sample(kept),
+                         "memory_budget_mb": None if np.isinf(budget.memory_mb) else budget.memory_mb,
+                         "flops_budget": None if np.isinf(budget.flops_per_sample) else budget.flops_per_sample})
+        self._costs[server_round] = rows
+        return messages
+
+    def check_reply(self, server_round: int, reply: Message) -> str | None:
+        """Training replies as in ``StaticMaskFedAvg``; setup/adjustment replies by their own checks."""
+        if self._phase == "train":
+            return super().check_reply(server_round, reply)
+        reason = super(StaticMaskFedAvg, self).check_reply(server_round, reply)
+        if reason:
+            return reason
+        node = reply.metadata.src_node_id
+        try:
+            if self._phase == BN_STATS_TASK:
+                self._phase_data[node] = self._check_bn_statistics(reply)
+            elif self._phase == BN_EVAL_TASK:
+                self._check_bn_evaluation(reply)
+            else:
+                self._phase_data[node] = self._check_topk(reply)
+                self.delivery.confirm(node, self.mask, self.mask_digest)
+        except ValueError as exc:  # WireFormatError is a ValueError
+            if self._phase == TOPK_TASK:
+                self.delivery.forget(node)
+            return f"{self._phase} payload rejected: {exc}"
+        return None
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Plain sparse FedAvg when everyone trained the global mask; else kept values averaged over the
+        clients whose submodel holds them (a weight no client trained keeps its global value)."""
+        if all(m is self.mask for m in self._round_masks.values()):
+            return super().aggregate_train(server_round, replies)
+        self._decoded = {}
+        replies = list(replies)
+        for reply in replies:
+            if reply.has_error():
+                self.delivery.forget(reply.metadata.src_node_id)
+        valid = self.screen_replies(server_round, replies)
+        if not self.enough_replies(server_round, valid):
+            return None, None
+        weights = [self.weight_of(m) for m in valid]
+        global_kept = split_kept(self._template, self.mask)
+        sums = {k: np.zeros(v.shape, np.float64) for k, v in global_kept.items()}
+        cover = {k: np.zeros(v.shape, np.float64) for k, v in global_kept.items()}
+        for reply, weight in zip(valid, weights, strict=True):
+            node = reply.metadata.src_node_id
+            mask, tensors = self.mask_for(node), self._decoded[node]
+            for name in global_kept:
+                if name.endswith(KEPT_SUFFIX):
+                    layer = name[: -len(KEPT_SUFFIX)]
+                    where = mask[layer].reshape(-1)[self.mask[layer].reshape(-1)]
+                    sums[name][where] += weight * tensors[name]
+                    cover[name][where] += weight
+                else:
+                    sums[name] += weight * tensors[name].astype(np.float64)
+                    cover[name] += weight
+        mean = {k: np.where(cover[k] > 0, sums[k] / np.maximum(cover[k], 1e-300), global_kept[k]).astype(
+            global_kept[k].dtype) for k in global_kept}
+        joined = join_kept(mean, self.mask, self._template)
+        losses = [float(next(iter(m.content.metric_records.values())).get("train-loss", 0.0)) for m in valid]
+        self._decoded = {}
+        return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in joined.items()}), MetricRecord(
+            {"train-loss": float(np.average(losses, weights=weights)), "num-examples": int(sum(weights))})
+
+    # -- state and reports -------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current mask, the selection and every adjustment so far (a resumed run continues from them)."""
+        return {**super().state_dict(), "mask": self.mask, "selection": self.selection,
+                "adjustments": json.loads(json.dumps(self.adjustments))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the mask and history; every node gets the mask again after a restart."""
+        super().load_state_dict(state)
+        self._install_mask(state["mask"])
+        self.selection, self.adjustments = state.get("selection"), list(state.get("adjustments", []))
+        self.delivery.forget_all()
+
+    def round_report(self, server_round: int) -> dict[str, Any]:
+        """Adds density, the BN selection (round 1), this round's adjustment, and each client's estimated cost."""
+        report = {**super().round_report(server_round), "strategy": "fedtiny",
+                  "layer_densities": self._layer_densities(self.mask),
+                  "client_costs": self._costs.pop(server_round, []),
+                  "exchange_rejected_replies": [{"node_id": node, "reason": reason}
+                                                for node, reason in self.exchange_rejected.get(server_round, [])]}
+        if server_round == 1 and self.selection is not None:
+            report["bn_selection"] = self.selection
+        adjustment = next((a for a in self.adjustments if a["round"] == server_round), None)
+        if adjustment is not None:
+            report["adjustment"] = adjustment
+        return report
+
+    def run_report(self) -> dict[str, Any]:
+        """Run-level FedTiny figures for ``results.json``: selection, candidates' losses, adjustment counts."""
+        return {"selected_candidate": None if self.selection is None else self.selection.get("selected"),
+                "candidate_losses": None if self.selection is None else self.selection.get("losses"),
+                "candidate_accuracies": None if self.selection is None else self.selection.get("accuracies"),
+                "adjustments": [{"after_round": a["after_round"], "skipped": a.get("skipped"),
+                                 "layers": a["layers"]} for a in self.adjustments],
+                "budgeted_nodes": sum(not b.unlimited for b in self.budgets.values())}
+

@@ -1,0 +1,35 @@
+"""FedTiny through a real SuperLink + Ray: BN selection, one mask adjustment, 3 rounds on digits."""
+
+import pytest
+
+from server.results import validate_results
+from server.run_config import RunSettings
+from simulation.launcher import run_simulation
+
+pytestmark = pytest.mark.slow
+
+
+def test_fedtiny_ray_simulation_3_rounds_with_bn_selection_and_one_adjustment(tmp_path):
+    settings = RunSettings(strategy="fedtiny", dataset="digits", model="digits-cnn-bn", partition="iid",
+                           num_clients=10, clients_per_round=4, rounds=3, density=0.2, score="magnitude",
+                           candidates=3, adjust_every=2, adjust_until=3, budget_tiers="inf:inf,0.05:inf",
+                           out=str(tmp_path / "fedtiny"))
+    document = run_simulation(settings, progress=lambda _: None)
+    validate_results(document)
+    assert document["status"] == "completed" and document["config"]["strategy"] == "fedtiny"
+    rounds = document["rounds"]
+    assert all(r["clients_failed"] == 0 and r["aggregated"] for r in rounds)
+    selection = rounds[0]["bn_selection"]
+    assert selection["evaluation_replies"] == 4 and len(selection["losses"]) == 3
+    assert selection["selected"] == min(range(3), key=selection["losses"].__getitem__)
+    report = document["strategy_report"]
+    assert report["selected_candidate"] == selection["selected"] and report["budgeted_nodes"] == 5
+    (adjustment,) = [r["adjustment"] for r in rounds if "adjustment" in r]
+    assert adjustment["after_round"] == 2 and adjustment["round"] == 3
+    (layer,) = adjustment["layers"].values()
+    assert 0 < layer["grown"] == layer["pruned"] <= layer["k"]
+    assert len(adjustment["uploads"]) == 4
+    for r in rounds:  # budget-limited partitions (odd ids) train a smaller submodel
+        costs = {c["partition_id"]: c for c in r["client_costs"]}
+        assert all(c["est_param_memory_bytes"] <= 0.05e6 for pid, c in costs.items() if pid % 2)
+        assert all(c["density"] == pytest.approx(0.2, abs=1e-3) for pid, c in costs.items() if pid % 2 == 0)

@@ -1,0 +1,234 @@
+"""FedTiny end to end on an in-process Grid: BN selection, adjustments, hostile replies, budgets."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from client.app import app as client_app
+from client.masked_training import STATE_KEY as MASK_STATE
+from models import build_model
+from protos.codec import WireFormatError, decode, encode
+from protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
+from server.runner import run_federation
+from strategies import build_strategy
+from strategies.budgets import BudgetError
+from strategies.fedtiny import CANDIDATE, GRAD, FedTiny, candidate_key
+from tests.inprocess_grid import InProcessGrid
+
+
+@pytest.fixture
+def tiny(digits_settings):
+    return dataclasses.replace(digits_settings, strategy="fedtiny", model="digits-cnn-bn", density=0.1,
+                               score="magnitude", num_clients=6, clients_per_round=3, rounds=3, candidates=3,
+                               adjust_every=1, adjust_until=3, adjust_alpha=0.3, lr=0.1)
+
+
+def _run(settings, **kwargs):
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(), **kwargs)
+    return run_federation(grid, settings, progress=lambda line: None), grid
+
+
+def _replace_payload(reply, tensors):
+    content = RecordDict(dict(reply.content.items()))
+    content[PAYLOAD_RECORD] = ConfigRecord({PAYLOAD_KEY: encode(tensors)})
+    reply.content = content
+    return reply
+
+
+def _kind(reply):
+    if reply.has_error() or PAYLOAD_RECORD not in reply.content.config_records:
+        return None
+    try:
+        names = decode(payload_of(reply)).tensors
+    except WireFormatError:  # training replies are coded against the mask
+        return "train"
+    if any(k.startswith(CANDIDATE + "/") for k in names):
+        return "bn-stats"
+    if any(k.startswith(GRAD) for k in names):
+        return "topk"
+    return "train"
+
+
+def _selection(settings):
+    """Run only the BN selection (prepare_round of round 1) and return (strategy, arrays it installs)."""
+    strategy = build_strategy(settings)
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())
+    model = build_model(settings.model, (1, 8, 8), seed=settings.seed)
+    arrays = strategy.initialize_arrays(ArrayRecord(model.state_dict()))
+    return strategy, strategy.prepare_round(1, arrays, grid), model
+
+
+def test_selection_installs_the_lowest_loss_candidate_with_pooled_statistics(tiny):
+    strategy, arrays, model = _selection(tiny)
+    selection = strategy.selection
+    assert selection["statistics_replies"] == selection["evaluation_replies"] == 3
+    assert len(selection["losses"]) == 3 and selection["selected"] == int(np.argmin(selection["losses"]))
+    chosen = strategy.candidates[selection["selected"]]
+    assert all(np.array_equal(strategy.mask[k], chosen[k]) for k in chosen)
+    theta0 = {k: v.numpy() for k, v in model.state_dict().items()}
+    for name, value in theta0.items():
+        got = arrays[name].numpy()
+        if name in chosen:
+            assert np.array_equal(got, value * chosen[name])
+        elif name.endswith(("running_mean", "running_var")):
+            assert not np.allclose(got, value)  # re-estimated by clients and pooled on the server
+        elif not name.endswith("num_batches_tracked"):
+            assert np.array_equal(got, value)  # BN weights/biases and conv biases untouched
+
+
+def _break_candidate(index):
+    def tamper(node, reply):
+        if _kind(reply) != "bn-stats":
+            return reply
+        tensors = dict(decode(payload_of(reply)).tensors)
+        for key in list(tensors):
+            if key.startswith(f"{CANDIDATE}/{index}/") and key.endswith("running_var"):
+                tensors[key] = np.full_like(tensors[key], 1e-4)  # activations blown up ~100x ...
+            elif key.startswith(f"{CANDIDATE}/{index}/") and key.endswith("running_mean"):
+                tensors[key] = tensors[key] - 10.0  # ... and shifted past every ReLU: huge, confident logits
+        return _replace_payload(reply, tensors)
+    return tamper
+
+
+def test_a_candidate_whose_bn_statistics_ruin_accuracy_is_never_selected(tiny):
+    clean, _, _ = _selection(tiny)
+    best = clean.selection["selected"]
+    doc, _ = _run(tiny, tamper=_break_candidate(best))
+    selection = doc["rounds"][0]["bn_selection"]
+    assert selection["selected"] != best
+    assert selection["losses"][best] == max(selection["losses"]) > 2 * min(selection["losses"])
+    assert doc["strategy_report"]["selected_candidate"] == selection["selected"]
+
+
+def test_adjustments_keep_density_and_upload_only_coded_pairs(tiny):
+    uploads = []
+
+    def tamper(node, reply):
+        if _kind(reply) == "topk":
+            uploads.append(reply)
+        return reply
+
+    doc, _ = _run(tiny, tamper=tamper)
+    assert doc["status"] == "completed"
+    adjusted = [r for r in doc["rounds"] if "adjustment" in r]
+    assert [r["adjustment"]["after_round"] for r in adjusted] == [1, 2]
+    assert [list(r["adjustment"]["layers"]) for r in adjusted] == [["classifier.3.weight"], ["classifier.1.weight"]]
+    densities = [r["layer_densities"] for r in doc["rounds"]]
+    for entry in adjusted:
+        for name, layer in entry["adjustment"]["layers"].items():
+            assert layer["grown"] == layer["pruned"] <= layer["k"] and layer["grown"] > 0
+            assert layer["active"] == round(densities[0][name] * layer["size"])  # density constant
+        for upload in entry["adjustment"]["uploads"]:
+            assert upload["pairs"] <= sum(v["k"] for v in entry["adjustment"]["layers"].values())
+            assert upload["coded_pairs_bytes"] < upload["payload_bytes"] < upload["coded_pairs_bytes"] + 120
+            assert 0 < upload["content_bytes"] - upload["payload_bytes"] < 200
+    assert len(uploads) == 2 * tiny.clients_per_round
+    k_of = {name: layer["k"] for r in adjusted for name, layer in r["adjustment"]["layers"].items()}
+    for reply in uploads:  # only pairs: never a dense gradient
+        (name, grad), = decode(payload_of(reply)).tensors.items()
+        assert 0 < np.count_nonzero(grad) <= k_of[name[len(GRAD):]]
+    report = doc["strategy_report"]
+    assert [a["after_round"] for a in report["adjustments"]] == [1, 2]
+    ck = torch.load(f"{tiny.out}/checkpoint.pt", weights_only=False)
+    mask = ck["strategy_state"]["mask"]
+    for name, m in mask.items():
+        assert not ck["arrays"][name].numpy()[~m].any()
+    first = build_strategy(tiny)
+    assert sum(int(m.sum()) for m in mask.values()) == sum(int(m.sum()) for m in first.mask.values())
+
+
+def test_hostile_bn_statistics_and_topk_uploads_are_dropped_with_node_and_reason(tiny):
+    victims = {}
+
+    def tamper(node, reply):
+        kind = _kind(reply)
+        if kind == "bn-stats" and "nan" not in victims:
+            victims["nan"] = node
+            tensors = dict(decode(payload_of(reply)).tensors)
+            key = next(k for k in tensors if k.endswith("running_mean"))
+            tensors[key] = np.full_like(tensors[key], np.nan)
+            return _replace_payload(reply, tensors)
+        if kind == "bn-stats" and "shape" not in victims:
+            victims["shape"] = node
+            tensors = dict(decode(payload_of(reply)).tensors)
+            key = next(k for k in tensors if k.endswith("running_var"))
+            tensors[key] = np.ones(3, np.float32)
+            return _replace_payload(reply, tensors)
+        if kind == "topk" and "oversized" not in victims:
+            victims["oversized"] = node
+            (name, grad), = decode(payload_of(reply)).tensors.items()
+            return _replace_payload(reply, {name: np.ones_like(grad)})  # every position: far more than K pairs
+        if kind == "topk" and "active" not in victims:
+            victims["active"] = node
+            (name, grad), = decode(payload_of(reply)).tensors.items()
+            held = decode(grid.contexts[node].state.config_records[MASK_STATE]["payload"]).tensors
+            forged = grad.copy().reshape(-1)
+            forged[np.flatnonzero(forged)[0]] = 0.0  # same number of pairs, one moved onto an active weight
+            forged[np.flatnonzero(held[name[len(GRAD):]])[0]] = 1.0
+            return _replace_payload(reply, {name: forged.reshape(grad.shape)})
+        return reply
+
+    grid = InProcessGrid(client_app, tiny.num_clients, tiny.to_run_config(), tamper=tamper)
+    doc = run_federation(grid, tiny, progress=lambda line: None)
+    assert doc["status"] == "completed" and len(victims) == 4
+    dropped = [r for entry in doc["rounds"] for r in entry["exchange_rejected_replies"]]
+    rejected = {(r["node_id"], r["reason"].split(":")[0]) for r in dropped}
+    reasons = [r["reason"] for r in dropped]
+    assert all(not entry["rejected_replies"] and entry["clients_failed"] == 0 for entry in doc["rounds"])
+    assert (victims["nan"], "fedtiny-bn-statistics payload rejected") in rejected
+    assert (victims["shape"], "fedtiny-bn-statistics payload rejected") in rejected
+    assert (victims["oversized"], "fedtiny-topk-gradients payload rejected") in rejected
+    assert (victims["active"], "fedtiny-topk-gradients payload rejected") in rejected
+    assert any("NaN" in r for r in reasons) and any("expected float32" in r for r in reasons)
+    assert any("exceeds the cap" in r or "more than K" in r for r in reasons)
+    assert any("reports gradients at active positions" in r for r in reasons)
+    assert doc["rounds"][0]["bn_selection"]["statistics_replies"] == 1  # 3 sampled, 2 dropped
+    assert all(r["aggregated"] for r in doc["rounds"])
+
+
+def test_budgets_give_each_client_the_density_it_can_afford(tiny):
+    settings = dataclasses.replace(tiny, budget_tiers="0.03:inf,inf:inf,inf:3e5", rounds=2, num_clients=6,
+                                   clients_per_round=6, candidates=1)
+    doc, _ = _run(settings)
+    assert doc["status"] == "completed" and doc["strategy_report"]["budgeted_nodes"] == 4
+    for entry in doc["rounds"]:
+        by_partition = {c["partition_id"]: c for c in entry["client_costs"]}
+        full = by_partition[1]["density"]
+        assert by_partition[4]["density"] == full
+        for pid in (0, 3):
+            assert by_partition[pid]["density"] < full
+            assert by_partition[pid]["est_param_memory_bytes"] <= 0.03e6 < by_partition[1]["est_param_memory_bytes"]
+        for pid in (2, 5):
+            assert by_partition[pid]["density"] < full
+            assert by_partition[pid]["est_flops_per_sample"] <= 3e5 < by_partition[1]["est_flops_per_sample"]
+        uplink = {c["partition_id"]: c["uplink_bytes"] for c in entry["clients"]}
+        assert uplink[0] < uplink[1]  # a smaller submodel really travels
+        assert entry["aggregated"] and entry["clients_failed"] == 0
+
+
+def test_a_node_budget_no_density_satisfies_is_refused(tiny):
+    grid = InProcessGrid(client_app, tiny.num_clients, tiny.to_run_config())
+    grid.contexts[grid.node_ids[2]].node_config["memory-budget-mb"] = 0.0001
+    with pytest.raises(BudgetError, match=rf"node {grid.node_ids[2]} \(partition 2\).*cannot be met by any density"):
+        run_federation(grid, tiny, progress=lambda line: None)
+
+
+def test_ablations_skip_their_exchanges(tiny):
+    no_bn, _ = _run(dataclasses.replace(tiny, candidates=1, out=tiny.out + "-nobn"))
+    assert "bn_selection" not in no_bn["rounds"][0] and no_bn["strategy_report"]["selected_candidate"] is None
+    no_pp, _ = _run(dataclasses.replace(tiny, adjust_every=0, out=tiny.out + "-nopp"))
+    assert all("adjustment" not in r for r in no_pp["rounds"]) and no_pp["strategy_report"]["adjustments"] == []
+    assert isinstance(build_strategy(tiny), FedTiny)
+
+
+def test_static_mask_trains_a_batchnorm_model(digits_settings):
+    settings = dataclasses.replace(digits_settings, strategy="static-magnitude", model="digits-cnn-bn", density=0.2)
+    doc, _ = _run(settings)
+    assert doc["status"] == "completed" and all(r["aggregated"] and r["clients_failed"] == 0 for r in doc["rounds"])
+
+
+def test_candidate_key_round_trips():
+    assert candidate_key(3, "features.1.running_mean") == f"{CANDIDATE}/3/features.1.running_mean"

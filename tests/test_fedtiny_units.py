@@ -1,0 +1,246 @@
+"""FedTiny's pieces on their own: candidates, BN re-estimation, pooling, selection, K schedule, grow/prune,
+top-K coding, budget arithmetic, option validation."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from client.bn_statistics import reestimate_bn
+from client.topk_gradients import top_k_pairs
+from data import LabeledArrays
+from models import build_model, prunable_names
+from protos import fedprune_wire_pb2 as pb
+from protos.codec import Manifest, decode, encode
+from server.run_config import ConfigError, RunSettings
+from strategies.budgets import Budget, BudgetError, ModelCost, nested_submask, parse_budget_tiers, ratio_for_budget
+from strategies.candidates import candidate_masks, perturbed_counts
+from strategies.fedtiny import pool_statistics, select_candidate
+from strategies.progressive import adjustment_rounds, aggregate_magnitudes, cosine_k, grow_and_prune, layers_to_adjust
+from strategies.scores import data_free_mask
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.mark.parametrize(("score", "density"), [("magnitude", 0.01), ("magnitude", 0.3), ("random", 0.05),
+                                               ("synflow", 0.05)])
+def test_candidate_densities_are_exact_and_candidates_differ(score, density):
+    model = build_model("digits-cnn-bn", SHAPE, seed=4)
+    masks = candidate_masks(model, score, density, 5, seed=4, spread=0.5)
+    total = sum(m.size for m in masks[0].values())
+    for mask in masks:
+        assert list(mask) == prunable_names(model)
+        assert sum(int(m.sum()) for m in mask.values()) == max(len(mask), round(density * total))
+        assert all(1 <= int(m.sum()) <= m.size for m in mask.values())
+    allocations = {tuple(int(m.sum()) for m in mask.values()) for mask in masks}
+    assert len(allocations) > 1  # layer-wise densities really are perturbed
+    if score == "synflow":
+        return  # 100 SynFlow iterations: the checks below run on the cheap scores
+    base = data_free_mask(build_model("digits-cnn-bn", SHAPE, seed=4), score, density, 4)
+    assert all(np.array_equal(masks[0][k], base[k]) for k in base)  # candidate 0 = the score's own mask
+    again = candidate_masks(build_model("digits-cnn-bn", SHAPE, seed=4), score, density, 5, seed=4, spread=0.5)
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(masks, again, strict=True) for k in a)
+
+
+def test_perturbed_counts_sum_exactly_within_layer_bounds():
+    rng = np.random.default_rng(0)
+    sizes = {"a": 10, "b": 1000, "c": 50_000, "d": 7}
+    for _ in range(200):
+        base = {k: int(rng.integers(1, v + 1)) for k, v in sizes.items()}
+        counts = perturbed_counts(base, sizes, rng, spread=float(rng.uniform(0, 2)))
+        assert sum(counts.values()) == sum(base.values())
+        assert all(1 <= counts[k] <= sizes[k] for k in sizes)
+
+
+def _digits_batch(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return LabeledArrays(rng.normal(size=(n, *SHAPE)).astype(np.float32), rng.integers(0, 10, n).astype(np.int64))
+
+
+def test_bn_reestimation_changes_only_running_statistics():
+    model = build_model("digits-cnn-bn", SHAPE, seed=1)
+    before = copy.deepcopy(model.state_dict())
+    params_before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    data = _digits_batch()
+    stats = reestimate_bn(model, data, batch_size=16)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+                           for k in changed)
+    assert any(k.endswith("running_mean") for k in changed) and any(k.endswith("running_var") for k in changed)
+    assert all(torch.equal(p, params_before[k]) and p.grad is None for k, p in model.named_parameters())
+    assert set(stats) == {k for k in before if k.endswith(("running_mean", "running_var"))}
+    # Cumulative average over all batches = the statistics of the whole set at the first BN's input.
+    conv = model.features[0]
+    with torch.no_grad():
+        pre = conv(torch.from_numpy(data.x))
+    assert np.allclose(stats["features.1.running_mean"], pre.mean((0, 2, 3)).numpy(), atol=1e-5)
+
+
+def test_pooled_statistics_equal_those_of_the_union():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(1.0, 2.0, (300, 4)), rng.normal(-1.0, 0.5, (100, 4))
+    uploads = [{"bn.running_mean": x.mean(0).astype(np.float32), "bn.running_var": x.var(0).astype(np.float32)}
+               for x in (a, b)]
+    pooled = pool_statistics(uploads, [300, 100])
+    union = np.concatenate([a, b])
+    assert np.allclose(pooled["bn.running_mean"], union.mean(0), atol=1e-5)
+    assert np.allclose(pooled["bn.running_var"], union.var(0), atol=1e-4)
+
+
+def test_selection_takes_the_lowest_sample_weighted_loss():
+    losses = [[1.0, 2.0, 0.5], [1.0, 0.1, 3.0]]
+    chosen, mean = select_candidate(losses, [3.0, 1.0])
+    assert np.allclose(mean, [1.0, 1.525, 1.125]) and chosen == 0
+    assert select_candidate(losses, [1.0, 3.0])[0] == 1
+    assert select_candidate([[1.0, 1.0]], [1.0])[0] == 0  # ties: lowest index
+
+
+def test_cosine_k_schedule_and_adjustment_rounds():
+    assert cosine_k(0, 20, 0.3, 1000) == 300
+    assert cosine_k(10, 20, 0.3, 1000) == 150
+    assert cosine_k(20, 20, 0.3, 1000) == 0
+    ks = [cosine_k(t, 20, 0.3, 1000) for t in range(21)]
+    assert all(x >= y for x, y in zip(ks, ks[1:], strict=False))
+    assert cosine_k(25, 20, 0.3, 1000) == 0
+    assert adjustment_rounds(3, 10) == [3, 6, 9]
+    assert adjustment_rounds(0, 10) == [] and adjustment_rounds(3, 0) == []
+
+
+def test_layer_order_output_first_one_layer_per_step_or_all():
+    names = ["conv1", "conv2", "fc1", "fc2"]
+    assert [layers_to_adjust(names, s, "output-first") for s in range(5)] == [
+        ["fc2"], ["fc1"], ["conv2"], ["conv1"], ["fc2"]]
+    assert layers_to_adjust(names, 3, "all") == names
+    with pytest.raises(ValueError):
+        layers_to_adjust(names, 0, "input-first")
+
+
+def test_grow_and_prune_keeps_density_never_grows_active_positions():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        shape = (int(rng.integers(2, 30)), int(rng.integers(2, 30)))
+        mask = rng.random(shape) < rng.uniform(0.05, 0.6)
+        mask.flat[0] = True
+        weights = np.where(mask, rng.normal(size=shape), 0).astype(np.float32)
+        score = np.abs(rng.normal(size=shape)) * (rng.random(shape) < 0.5)
+        k = int(rng.integers(0, mask.sum() + 3))
+        new_w, new_mask, moved = grow_and_prune(weights, mask, score, k)
+        assert new_mask.sum() == mask.sum()  # density constant
+        assert not mask.reshape(-1)[moved.grown].any()  # grown positions were all pruned before
+        assert mask.reshape(-1)[moved.pruned].all()  # pruned positions were all active before
+        assert (score.reshape(-1)[moved.grown] > 0).all()
+        assert (new_w.reshape(-1)[moved.grown] == 0).all() and not new_w[~new_mask].any()
+        if moved.moved:
+            kept_old = np.flatnonzero(mask.reshape(-1) & new_mask.reshape(-1))
+            assert np.abs(weights.reshape(-1)[moved.pruned]).max() <= np.abs(weights.reshape(-1)[kept_old]).min()
+            pruned_before = np.flatnonzero(~mask.reshape(-1))
+            not_grown = np.setdiff1d(pruned_before, moved.grown)
+            if not_grown.size:
+                assert score.reshape(-1)[moved.grown].min() >= score.reshape(-1)[not_grown].max()
+        assert moved.moved <= min(k, int((score[~mask] > 0).sum()), int(mask.sum()) - 1)
+
+
+def test_aggregate_magnitudes_is_the_weighted_mean_of_sparse_uploads():
+    out = aggregate_magnitudes([(np.array([0, 3]), np.array([1.0, 2.0])), (np.array([3]), np.array([4.0]))],
+                               [1.0, 3.0], 5)
+    assert np.allclose(out, [0.25, 0, 0, 0.5 + 3.0, 0])
+
+
+def test_top_k_upload_is_exactly_the_coded_pairs():
+    rng = np.random.default_rng(5)
+    magnitude = np.abs(rng.normal(size=(512, 3136))).astype(np.float32)
+    magnitude[rng.random(magnitude.shape) < 0.95] = 0.0  # active positions carry no gradient
+    k = 4_000
+    pairs = top_k_pairs(magnitude, k)
+    nonzero = np.flatnonzero(pairs)
+    assert nonzero.size == k
+    assert pairs.reshape(-1)[nonzero].min() >= np.delete(magnitude.reshape(-1), nonzero).max()
+    blob = encode({"grad/fc1": pairs}, manifest=Manifest(kind="fedtiny-topk"), force={"grad/fc1": "INDEX_VALUES"})
+    (tensor,) = pb.Payload.FromString(pb.Envelope.FromString(blob).body).tensors
+    assert tensor.count == k and len(tensor.values) == 4 * k
+    deltas = np.diff(nonzero, prepend=-1) - 1
+    from protos.codec import varint_encode
+
+    assert tensor.data == varint_encode(deltas)  # indices: delta varints, nothing else
+    framing = len(blob) - (len(tensor.data) + len(tensor.values))
+    assert 0 < framing < 120 and framing < 0.01 * len(blob)
+    assert np.array_equal(decode(blob).tensors["grad/fc1"], pairs)
+    few = np.zeros((10, 10), np.float32)
+    few.flat[[3, 7]] = [1.0, 2.0]
+    assert np.flatnonzero(top_k_pairs(few, 5)).tolist() == [3, 7]  # never pads with zero-magnitude pairs
+
+
+def test_budget_arithmetic():
+    model = build_model("digits-cnn-bn", SHAPE, seed=0)
+    cost = ModelCost.of(model, SHAPE)
+    assert cost.sizes == {"features.0.weight": 144, "features.3.weight": 4608, "classifier.1.weight": 32768,
+                          "classifier.3.weight": 640}
+    assert cost.positions == {"features.0.weight": 64, "features.3.weight": 64, "classifier.1.weight": 1,
+                              "classifier.3.weight": 1}
+    assert cost.dense_values == 16 + 32 + 64 + 10 + 2 * (16 + 32) and cost.buffer_values == 2 * (16 + 32)
+    kept = {"features.0.weight": 10, "features.3.weight": 100, "classifier.1.weight": 1000,
+            "classifier.3.weight": 50}
+    assert cost.memory_bytes(kept) == 16 * 1160 + 12 * cost.dense_values + 4 * cost.buffer_values
+    assert cost.flops_per_sample(kept) == 6 * (10 * 64 + 100 * 64 + 1000 + 50)
+    assert ratio_for_budget(cost, kept, Budget()) == 1.0
+    budget = Budget(memory_mb=cost.memory_bytes(kept) / 2 / 1e6)
+    ratio = ratio_for_budget(cost, kept, budget)
+    from strategies.budgets import scaled_counts
+
+    assert cost.memory_bytes(scaled_counts(kept, ratio)) <= budget.memory_mb * 1e6
+    assert cost.memory_bytes(scaled_counts(kept, ratio + 0.01)) > budget.memory_mb * 1e6  # the largest that fits
+    flops_budget = Budget(flops_per_sample=cost.flops_per_sample(kept) / 4)
+    ratio = ratio_for_budget(cost, kept, flops_budget)
+    assert cost.flops_per_sample(scaled_counts(kept, ratio)) <= flops_budget.flops_per_sample < \
+        cost.flops_per_sample(scaled_counts(kept, ratio + 0.01))
+    with pytest.raises(BudgetError, match="cannot be met by any density"):
+        ratio_for_budget(cost, kept, Budget(memory_mb=0.001))
+    with pytest.raises(BudgetError):
+        ratio_for_budget(cost, kept, Budget(flops_per_sample=100))
+    assert parse_budget_tiers("0.5:2e6, inf:1e7") == [Budget(0.5, 2e6), Budget(math.inf, 1e7)]
+    assert parse_budget_tiers("") == []
+    for bad in ("0.5", "x:1", "-1:5", "0:1"):
+        with pytest.raises(ValueError):
+            parse_budget_tiers(bad)
+
+
+def test_nested_submask_keeps_the_largest_global_weights_of_each_layer():
+    rng = np.random.default_rng(2)
+    mask = {"a": rng.random((20, 20)) < 0.3, "b": rng.random((8,)) < 0.5}
+    weights = {k: np.where(m, rng.normal(size=m.shape), 0) for k, m in mask.items()}
+    sub = nested_submask(mask, weights, 0.5)
+    for k in mask:
+        assert not (sub[k] & ~mask[k]).any() and sub[k].sum() == max(1, int(mask[k].sum() * 0.5))
+        assert np.abs(weights[k][sub[k]]).min() >= np.abs(weights[k][mask[k] & ~sub[k]]).max()
+    assert nested_submask(mask, weights, 1.0) is mask
+
+
+def test_fedtiny_options_are_validated():
+    good = RunSettings(strategy="fedtiny", model="digits-cnn-bn", dataset="digits", density=0.1)
+    good.validate(check_out_dir=False)
+    cases = {"candidates": 0, "adjust_every": -1, "adjust_until": -2, "adjust_alpha": 0.0, "candidate_spread": -1.0,
+             "adjust_layers": "random", "budget_tiers": "1:2:3"}
+    import dataclasses
+
+    for field, value in cases.items():
+        with pytest.raises(ConfigError) as info:
+            dataclasses.replace(good, **{field: value}).validate(check_out_dir=False)
+        assert info.value.option == field.replace("_", "-") and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="BatchNorm") as info:
+        dataclasses.replace(good, model="digits-cnn").validate(check_out_dir=False)
+    assert info.value.option == "model"
+    dataclasses.replace(good, model="digits-cnn", candidates=1).validate(check_out_dir=False)
+
+
+def test_cli_refuses_fedtiny_configurations_with_one_line(tmp_path, capsys):
+    from fedprune.cli import EXIT_USAGE, main
+
+    common = ["simulate", "--strategy", "fedtiny", "--dataset", "digits", "--density", "0.1", "--out", str(tmp_path)]
+    assert main(common) == EXIT_USAGE  # digits-cnn has no BatchNorm
+    assert main([*common, "--model", "digits-cnn-bn", "--budget-tiers", "0.0001:inf"]) == EXIT_USAGE
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "--model" in lines[0] and "--budget-tiers" in lines[1]
+    assert "cannot be met by any density" in lines[1]
