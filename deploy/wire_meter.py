@@ -9,6 +9,7 @@ the ServerApp's own per-message accounting (``server.metered_grid``) does not se
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from dataclasses import dataclass
@@ -76,17 +77,14 @@ class WireMeter:
 
     def _pump(self, source: socket.socket, sink: socket.socket, uplink: bool) -> None:
         try:
-            while chunk := source.recv(65536):
-                sink.sendall(chunk)
-                self._count(uplink, len(chunk))
-        except OSError:
-            pass
+            with contextlib.suppress(OSError):  # a closed peer ends the pump
+                while chunk := source.recv(65536):
+                    sink.sendall(chunk)
+                    self._count(uplink, len(chunk))
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def stop(self) -> None:
         """Close the listening socket and every forwarded connection."""
@@ -95,8 +93,6 @@ class WireMeter:
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
         self._thread.join(timeout=5)

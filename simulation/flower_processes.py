@@ -9,6 +9,7 @@ failed run) and ``results.json`` polling for per-round progress.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -148,18 +149,12 @@ def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM, tim
         process.poll()
         _kill_all(others)
         return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # children (superexec, serverapp/clientapp) may outlive the leader: finish the group
+    with contextlib.suppress(ProcessLookupError):  # children (superexec, serverapp/clientapp) may outlive the leader
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
     _kill_all(others)
 
 

@@ -105,6 +105,7 @@ class FederatedStrategy(Strategy):
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
+                self.forget_node(node)
                 reason = f"error reply: {reply.error.reason}"
             else:
                 try:
@@ -119,6 +120,13 @@ class FederatedStrategy(Strategy):
         self.rejected.setdefault(server_round, []).extend(rejected)
         valid.sort(key=lambda m: self.node_partitions.get(m.metadata.src_node_id, m.metadata.src_node_id))
         return valid
+
+    def forget_node(self, node_id: int) -> None:
+        """Drop what the server believes ``node_id`` holds: it failed and may have lost its state.
+
+        ``screen_replies`` calls this for every error reply; strategies that code messages
+        against per-node state override it so the node gets everything again next time.
+        """
 
     def enough_replies(self, server_round: int, valid: list[Message]) -> bool:
         """Whether ``valid`` meets ``min_train_nodes``; logs the decision when it does not."""

@@ -175,11 +175,7 @@ class FedTiny(StaticMaskFedAvg):
         self._phase, self._phase_data = phase, {}
         before = len(self.rejected.get(server_round, []))
         try:
-            replies = list(grid.send_and_receive(messages, timeout=timeout))
-            for reply in replies:
-                if reply.has_error():
-                    self.delivery.forget(reply.metadata.src_node_id)
-            return self.screen_replies(server_round, replies)
+            return self.screen_replies(server_round, grid.send_and_receive(messages, timeout=timeout))
         finally:
             self._phase = "train"
             # Kept apart from training rejections, so a round's clients_failed counts training only.
@@ -409,10 +405,6 @@ class FedTiny(StaticMaskFedAvg):
         if all(m is self.mask for m in self._round_masks.values()):
             return super().aggregate_train(server_round, replies)
         self._decoded = {}
-        replies = list(replies)
-        for reply in replies:
-            if reply.has_error():
-                self.delivery.forget(reply.metadata.src_node_id)
         valid = self.screen_replies(server_round, replies)
         if not self.enough_replies(server_round, valid):
             return None, None

@@ -173,20 +173,19 @@ class HideNseek(FederatedStrategy):
             decoded = decode(blob, reference={SIGMA + k: v for k, v in sent.items()}).tensors
             self._check_tensors(decoded, next(iter(reply.content.metric_records.values())))
         except ValueError as exc:  # includes WireFormatError
-            self.sent.pop(node, None)  # never a silent desync: the node gets everything again next time
+            self.forget_node(node)  # never a silent desync: the node gets everything again next time
             return f"payload rejected: {exc}"
         self._decoded[node] = decoded
         self.payload_bytes.setdefault(server_round, {})[node] = len(blob)
         return None
 
     def _check_tensors(self, decoded: dict[str, np.ndarray], metrics: MetricRecord) -> None:
-        prefix = SCORES if self.aggregation == "score-average" else SIGMA
         if self.aggregation == "tally":
             reach = metrics.get("tally-reach")
             if not isinstance(reach, float) or not 0 <= reach < 1e3:
                 raise ValueError("tally reply lacks a valid 'tally-reach'")
-        if self.aggregation == "ternary-delta":
-            for name, kept in self.magnitude.items():
+        for name, kept in self.magnitude.items():
+            if self.aggregation == "ternary-delta":
                 moved, signs = decoded.get(MOVED + name), decoded.get(STEP_SIGNS + name)
                 scale = decoded.get(STEP_SCALE + name)
                 if moved is None or moved.dtype != np.bool_ or moved.shape != kept.shape:
@@ -195,8 +194,8 @@ class HideNseek(FederatedStrategy):
                     raise ValueError(f"'{STEP_SIGNS + name}' missing or not one sign per moved entry")
                 if scale is None or scale.shape != (1,) or not (np.isfinite(scale).all() and 0 <= scale[0] < 1e3):
                     raise ValueError(f"'{STEP_SCALE + name}' missing or not a finite scale")
-            prefix = None
-        for name, kept in self.magnitude.items() if prefix else ():
+                continue
+            prefix = SCORES if self.aggregation == "score-average" else SIGMA
             value = decoded.get(prefix + name)
             if value is None or value.shape != kept.shape:
                 raise ValueError(f"'{prefix + name}' missing or not {kept.shape}")
@@ -207,14 +206,14 @@ class HideNseek(FederatedStrategy):
                 if name not in decoded or decoded[name].shape != value.shape:
                     raise ValueError(f"dense parameter '{name}' missing or misshapen")
 
+    def forget_node(self, node_id: int) -> None:
+        """A node that failed may have lost its σ: it gets the full vector (and setup) next time."""
+        self.sent.pop(node_id, None)
+
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Update σ by the configured rule, average dense parameters, report the flip rate."""
         self._decoded = {}
-        replies = list(replies)
-        for reply in replies:
-            if reply.has_error():
-                self.sent.pop(reply.metadata.src_node_id, None)
         valid = self.screen_replies(server_round, replies)
         if not self.enough_replies(server_round, valid):
             return None, None
@@ -273,10 +272,11 @@ class HideNseek(FederatedStrategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Example-weighted mean of personal and global accuracy on the clients' local test splits."""
-        valid = [m for m in replies if not m.has_error() and m.content.metric_records]
+        replies = list(replies)
         for reply in replies:
             if reply.has_error():
-                self.sent.pop(reply.metadata.src_node_id, None)
+                self.forget_node(reply.metadata.src_node_id)
+        valid = [m for m in replies if not m.has_error() and m.content.metric_records]
         rows = [next(iter(m.content.metric_records.values())) for m in valid]
         rows = [r for r in rows if r.get("num-examples", 0) > 0]
         if not rows:

@@ -120,20 +120,20 @@ class StaticMaskFedAvg(FederatedStrategy):
             decoded = decode(payload_of(reply), reference=mask)
             join_kept(decoded.tensors, mask, self._template)
         except ValueError as exc:  # WireFormatError is a ValueError
-            self.delivery.forget(node)  # resend the full mask next time: never a silent desync
+            self.forget_node(node)  # resend the full mask next time: never a silent desync
             return f"payload rejected: {exc}"
         self.delivery.confirm(node, mask, self._digest_of(mask))
         self._decoded[node] = decoded.tensors
         return None
 
+    def forget_node(self, node_id: int) -> None:
+        """A node that failed may have lost its mask: send it again next time."""
+        self.delivery.forget(node_id)
+
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Weighted mean of kept values (and dense tensors) from the valid replies."""
         self._decoded = {}
-        replies = list(replies)
-        for reply in replies:  # a node that failed may have lost its state: send the mask again
-            if reply.has_error():
-                self.delivery.forget(reply.metadata.src_node_id)
         valid = self.screen_replies(server_round, replies)
         if not self.enough_replies(server_round, valid):
             return None, None
