@@ -19,7 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client.local_data import load_local_data  # noqa: E402
+from client.local_loss import logit_offset  # noqa: E402
 from client.local_training import train_epochs, train_sgd  # noqa: E402
+from client.score_optimizer import score_optimizer  # noqa: E402
 from kernels.convert import sparsify  # noqa: E402
 from kernels.sign_supermask import apply_sign_supermask_sparse  # noqa: E402
 from models import build_model  # noqa: E402
@@ -44,12 +46,16 @@ def main() -> int:
         model = build_model("fl-cnn", (1, 28, 28), 10, seed=0)
         train_sgd(model, local.train, epochs=1, lr=0.05, momentum=0.9, batch_size=32, seed=1)
 
-    def hidenseek_round():
+    def hidenseek_round():  # the client's defaults: layer-normalized SGD, logit-adjusted loss
         model = build_model("fl-cnn", (1, 28, 28), 10, seed=0)
         scores = {k: np.sign(theta0[k][m]) * magnitude[k] for k, m in mask.items()}
-        apply_sign_supermask_sparse(model, mask, magnitude, scores, batch=32)
-        train_epochs(model, local.train, torch.optim.Adam(model.parameters(), lr=1e-3), epochs=1,
-                     batch_size=32, seed=1)
+        latent = apply_sign_supermask_sparse(model, mask, magnitude, scores, batch=32)
+        ids = {id(p) for p in latent.values()}
+        dense = {n: p for n, p in model.named_parameters() if id(p) not in ids}
+        optimizer = score_optimizer(settings.score_optimizer, latent, magnitude, dense, theta0,
+                                    settings.score_lr, settings.score_momentum)
+        train_epochs(model, local.train, optimizer, epochs=1, batch_size=32, seed=1,
+                     logit_offset=logit_offset("logit-adjusted", local.train.y, 10))
 
     def static_round():
         model = build_model("fl-cnn", (1, 28, 28), 10, seed=0)

@@ -1,8 +1,9 @@
 """The HideNseek client path trained centrally: how far one sign supermask gets without federation.
 
 Usage: python benchmarks/hidenseek_central.py [--backend parametrized|csr] [--lr 1e-3] [--steps 1875]
+       [--optimizer adam|sgd|layer-sgd] [--momentum 0.9]
 Fashion-MNIST (all 60,000 training images), FL CNN, SynFlow mask at density 0.1, scores z started at
-θ0 and trained with Adam, batch 32, one thread. Prints test accuracy and the share of flipped signs at
+θ0 and trained with Adam (or SGD / layer-normalized SGD), batch 32, one thread. Prints test accuracy and the share of flipped signs at
 50/100/250/500/1000/1875 steps: the ceiling the federated rules are measured against.
 """
 
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.sources import load_dataset  # noqa: E402
 from kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse  # noqa: E402
+from client.score_optimizer import score_optimizer  # noqa: E402
 from models import build_model  # noqa: E402
 from models.evaluation import evaluate  # noqa: E402
 from strategies.scores import data_free_mask  # noqa: E402
@@ -34,6 +36,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=1875)
     parser.add_argument("--density", type=float, default=0.1)
+    parser.add_argument("--optimizer", choices=("adam", "sgd", "layer-sgd"), default="adam")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ds = load_dataset("fashion-mnist")
@@ -46,7 +50,14 @@ def main() -> int:
         latent = apply_sign_supermask_sparse(model, mask, magnitude, start, batch=32)
     else:
         latent = apply_sign_supermask(model, mask, magnitude, start)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    if args.optimizer == "layer-sgd":
+        ids = {id(p) for p in latent.values()}
+        dense = {n: p for n, p in model.named_parameters() if id(p) not in ids}
+        optimizer = score_optimizer("layer-sgd", latent, magnitude, dense, theta0, args.lr, args.momentum)
+    elif args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     torch.manual_seed(0)
     order = np.random.default_rng(0).permutation(len(ds.train))
     began, kept = time.time(), sum(v.size for v in start.values())
@@ -59,7 +70,7 @@ def main() -> int:
         if step in CHECKPOINTS or step == args.steps:
             flipped = sum(int(((latent[k].detach().numpy() >= 0) != (start[k] >= 0)).sum()) for k in mask) / kept
             accuracy = evaluate(model, ds.test.x, ds.test.y, 1000)[1]
-            print(f"{args.backend} lr={args.lr} step {step:5d} accuracy {accuracy:.4f} "
+            print(f"{args.backend} {args.optimizer} lr={args.lr} step {step:5d} accuracy {accuracy:.4f} "
                   f"flipped {flipped:.4f} {time.time() - began:.0f}s", flush=True)
         if step >= args.steps:
             break

@@ -1,15 +1,17 @@
 """HideNseek on the in-process grid (no Ray): quick comparisons of aggregation rules and learning rates.
 
 Usage: python benchmarks/hidenseek_inprocess.py AGGREGATION ROUNDS SCORE_LR [key=value ...]
-   e.g. python benchmarks/hidenseek_inprocess.py score-average 30 0.003
-Fashion-MNIST, FL CNN, Dirichlet 0.5, 100 clients, 10 per round, seed 0 (the acceptance setting); extra
-RunSettings fields as key=value (density, server_lr, server_momentum, moved_share, local_epochs,
-personal_eval_every (default 0 here), score). Prints
+   e.g. python benchmarks/hidenseek_inprocess.py ternary-delta 30 0.03
+        python benchmarks/hidenseek_inprocess.py score-average 30 0.001 score_optimizer=adam local_loss=cross-entropy
+Fashion-MNIST, FL CNN, Dirichlet 0.5, 100 clients, 10 per round, seed 0 (the acceptance setting); any other
+RunSettings field as key=value (density, server_lr, server_momentum, moved_share, local_epochs, batch_size,
+score_optimizer, score_momentum, local_loss, personal_eval_every (default 0 here), score, alpha, out). Prints
 one line per round, then the last-5 mean accuracy, uplink bytes per client-round and the per-round flip rate of σ.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -21,8 +23,8 @@ from server.run_config import RunSettings  # noqa: E402
 from server.runner import run_federation  # noqa: E402
 from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
-_TYPES = {"density": float, "server_lr": float, "local_epochs": int, "server_momentum": float, "moved_share": float,
-          "personal_eval_every": int, "score": str}
+_TYPES = {f.name: {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}.get(str(f.type), str)
+          for f in dataclasses.fields(RunSettings)}
 
 
 def main() -> int:
@@ -30,7 +32,7 @@ def main() -> int:
     extra = {k: _TYPES.get(k, str)(v) for k, v in (a.split("=", 1) for a in sys.argv[4:])}
     density = extra.pop("density", 0.1)
     extra.setdefault("personal_eval_every", 0)
-    out = f"runs/hns-inprocess/{aggregation}-{score_lr}-{'-'.join(sys.argv[4:]) or 'default'}"
+    out = extra.pop("out", f"runs/hns-inprocess/{aggregation}-{score_lr}-{'-'.join(sys.argv[4:]) or 'default'}")
     settings = RunSettings(strategy="hidenseek", density=density, aggregation=aggregation, rounds=rounds,
                            score_lr=score_lr, out=out, **extra)
     grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())

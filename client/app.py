@@ -13,6 +13,7 @@ from client.bn_statistics import bn_evaluation_reply, bn_statistics_reply
 from client.device_budget import declared_budget
 from client.hidenseek import evaluate_hidenseek, train_hidenseek
 from client.local_data import load_local_data, partition_of
+from client.local_loss import logit_offset
 from client.local_training import local_seed, train_sgd
 from client.masked_training import train_masked
 from client.topk_gradients import topk_reply
@@ -76,7 +77,7 @@ def _train(msg: Message, context: Context) -> Message:
     task = config.get("task")
     batch_size = int(config.get("batch-size", settings.batch_size))
     if task == MASKED_TASK:
-        return train_masked(msg, context, settings, local, model)
+        return train_masked(msg, context, settings, local, model, data.num_classes)
     if task == BN_STATS_TASK:
         return bn_statistics_reply(msg, local, data.input_shape, data.num_classes, batch_size)
     if task == TOPK_TASK:
@@ -91,6 +92,7 @@ def _train(msg: Message, context: Context) -> Message:
         momentum=float(config.get("momentum", settings.momentum)),
         batch_size=int(config.get("batch-size", settings.batch_size)),
         seed=local_seed(settings.seed, server_round, local.partition_id),
+        logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, data.num_classes),
     )
     metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,
                             "partition-id": local.partition_id})

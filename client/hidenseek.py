@@ -15,7 +15,9 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.local_data import LocalData
+from client.local_loss import logit_offset
 from client.local_training import local_seed, train_epochs
+from client.score_optimizer import score_optimizer
 from kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse, fold
 from models import build_model
 from models.evaluation import evaluate
@@ -148,10 +150,14 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
         start = {k: sigma[k] * setup.magnitude[k] for k in setup.mask}
     dense = _dense_params(tensors, context, setup, dense_mode)
     model, latent = _model(settings, input_shape, num_classes, setup, dense, start, train_batch=batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    score_ids = {id(p) for p in latent.values()}
+    trainable_dense = {name: p for name, p in model.named_parameters() if id(p) not in score_ids}
+    optimizer = score_optimizer(settings.score_optimizer, latent, setup.magnitude, trainable_dense,
+                                setup.theta0, lr, settings.score_momentum)
     server_round = int(config.get("server-round", 0))
     seed = local_seed(settings.seed, server_round, local.partition_id)
-    stats = train_epochs(model, local.train, optimizer, epochs=epochs, batch_size=batch_size, seed=seed)
+    stats = train_epochs(model, local.train, optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
+                         logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, num_classes))
     scores = {k: v.detach().numpy().copy() for k, v in latent.items()}
     state = model.state_dict()
     trained_dense = {k: state[k].detach().numpy().copy() for k in setup.theta0 if k not in setup.mask}

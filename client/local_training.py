@@ -27,15 +27,19 @@ def local_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 def train_sgd(model: nn.Module, data: LabeledArrays, *, epochs: int, lr: float, momentum: float,
-              batch_size: int, seed: int) -> TrainStats:
+              batch_size: int, seed: int, logit_offset: torch.Tensor | None = None) -> TrainStats:
     """Plain minibatch SGD with momentum over ``epochs`` passes, shuffled with ``seed``."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    return train_epochs(model, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed)
+    return train_epochs(model, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
+                        logit_offset=logit_offset)
 
 
 def train_epochs(model: nn.Module, data: LabeledArrays, optimizer: torch.optim.Optimizer, *, epochs: int,
-                 batch_size: int, seed: int) -> TrainStats:
-    """Minibatch cross-entropy training with ``optimizer`` over ``epochs`` shuffled passes."""
+                 batch_size: int, seed: int, logit_offset: torch.Tensor | None = None) -> TrainStats:
+    """Minibatch cross-entropy training with ``optimizer`` over ``epochs`` shuffled passes.
+
+    ``logit_offset`` (``client.local_loss``) is added to the logits inside the loss only.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.train()
@@ -46,7 +50,8 @@ def train_epochs(model: nn.Module, data: LabeledArrays, optimizer: torch.optim.O
             idx = order[start:start + batch_size]
             xb, yb = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
+            logits = model(xb)
+            loss = F.cross_entropy(logits if logit_offset is None else logits + logit_offset, yb)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))

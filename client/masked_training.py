@@ -12,6 +12,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
 
 from client.local_data import LocalData
+from client.local_loss import logit_offset
 from client.local_training import TrainStats, local_seed, train_sgd
 from kernels.convert import export_dense_state, sparsify
 from protos.codec import Manifest, decode, encode
@@ -45,7 +46,7 @@ def receive_masked_model(msg: Message, context: Context) -> tuple[dict[str, np.n
 
 
 def train_masked(msg: Message, context: Context, settings: RunSettings, local: LocalData,
-                 model: torch.nn.Module) -> Message:
+                 model: torch.nn.Module, num_classes: int) -> Message:
     """One round of masked SGD through compact sparse layers (``kernels``): only kept weights exist,
     train and carry optimizer state; the dispatcher picks each layer's backend."""
     tensors, mask, manifest = receive_masked_model(msg, context)
@@ -61,6 +62,7 @@ def train_masked(msg: Message, context: Context, settings: RunSettings, local: L
         lr=float(config.get("lr", settings.lr)), momentum=float(config.get("momentum", settings.momentum)),
         batch_size=batch_size,
         seed=local_seed(settings.seed, int(config.get("server-round", 0)), local.partition_id),
+        logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, num_classes),
     )
     trained = {k: v.detach().numpy() for k, v in export_dense_state(model).items()}
     blob = encode(split_kept(trained, mask), reference=mask, manifest=Manifest(

@@ -59,7 +59,16 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="hidenseek biases/BatchNorm: averaged | personal")
     p.add_argument("--mask-transfer", default=defaults.mask_transfer,
                    help="hidenseek: send (coded mask to new nodes) | recompute (clients rebuild it, digest checked)")
-    p.add_argument("--score-lr", type=float, default=defaults.score_lr, help="hidenseek client Adam lr on scores")
+    p.add_argument("--score-lr", type=float, default=defaults.score_lr,
+                   help="hidenseek client step size on scores (relative to each layer's |θ0| for layer-sgd; "
+                        "absolute for adam, e.g. 0.001)")
+    p.add_argument("--score-optimizer", default=defaults.score_optimizer,
+                   help="hidenseek client optimizer on scores: layer-sgd (RMS-normalized per layer) | adam")
+    p.add_argument("--score-momentum", type=float, default=defaults.score_momentum,
+                   help="hidenseek layer-sgd momentum")
+    p.add_argument("--local-loss", default=defaults.local_loss,
+                   help="client loss: cross-entropy | logit-adjusted (by the client's label prior) | auto "
+                        "(logit-adjusted for hidenseek, cross-entropy otherwise)")
     p.add_argument("--server-lr", type=float, default=defaults.server_lr,
                    help="hidenseek: server step size on the clients' mean score change")
     p.add_argument("--server-momentum", type=float, default=defaults.server_momentum,
@@ -109,7 +118,8 @@ def _settings_from_args(args: argparse.Namespace, local_out: bool = True) -> Run
         min_train_nodes=args.min_train_nodes, rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr,
         momentum=args.momentum, batch_size=args.batch_size, density=args.density, seed=args.seed,
         score=args.score, aggregation=args.aggregation, dense_params=args.dense_params,
-        mask_transfer=args.mask_transfer, score_lr=args.score_lr, server_lr=args.server_lr,
+        mask_transfer=args.mask_transfer, score_lr=args.score_lr, score_optimizer=args.score_optimizer,
+        score_momentum=args.score_momentum, local_loss=args.local_loss, server_lr=args.server_lr,
         server_momentum=args.server_momentum, moved_share=args.moved_share,
         personal_eval_every=args.personal_eval_every, candidates=args.candidates,
         candidate_spread=args.candidate_spread, adjust_every=args.adjust_every, adjust_until=args.adjust_until,

@@ -49,7 +49,10 @@ class RunSettings:
     aggregation: str = "ternary-delta"
     dense_params: str = "averaged"
     mask_transfer: str = "send"
-    score_lr: float = 0.001
+    score_lr: float = 0.03
+    score_optimizer: str = "layer-sgd"
+    score_momentum: float = 0.9
+    local_loss: str = "auto"
     server_lr: float = 1.0
     server_momentum: float = 0.0
     moved_share: float = 0.15
@@ -93,6 +96,13 @@ class RunSettings:
     def option(self, name: str, default: Any = None) -> Any:
         """A strategy-specific run-config value not declared as a field (``extra``)."""
         return dict(self.extra).get(name.replace("-", "_"), default)
+
+    def resolved_local_loss(self) -> str:
+        """The local loss clients train with: ``auto`` is logit-adjusted for HideNseek (its sign scores
+        swing with the sampled clients' label skew otherwise) and plain cross-entropy for the rest."""
+        if self.local_loss != "auto":
+            return self.local_loss
+        return "logit-adjusted" if self.strategy == "hidenseek" else "cross-entropy"
 
     def validate(self, check_out_dir: bool = True) -> None:
         """Raise ``ConfigError`` naming the first option with a bad value."""
@@ -142,6 +152,16 @@ class RunSettings:
         allowed("mask-transfer", self.mask_transfer, MASK_TRANSFER)
         if self.score_lr <= 0:
             raise ConfigError("score-lr", f"{self.score_lr} must be > 0")
+        from client.local_loss import LOCAL_LOSSES
+        from client.score_optimizer import SCORE_OPTIMIZERS
+
+        allowed("score-optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
+        allowed("local-loss", self.local_loss, ("auto", *LOCAL_LOSSES))
+        if not 0 <= self.score_momentum < 1:
+            raise ConfigError("score-momentum", f"{self.score_momentum} must be in [0, 1)")
+        if self.aggregation == "tally" and self.score_optimizer != "adam":
+            raise ConfigError("score-optimizer", "aggregation 'tally' bounds a round's score movement by Adam's "
+                                                 "(~lr per step); use --score-optimizer adam with it")
         if self.server_lr <= 0:
             raise ConfigError("server-lr", f"{self.server_lr} must be > 0")
         if not 0 <= self.server_momentum < 1:

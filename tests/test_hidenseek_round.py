@@ -27,7 +27,8 @@ def _run(settings, **kwargs):
 @pytest.mark.parametrize("aggregation", ["tally", "vote", "score-average", "ternary-delta"])
 def test_rounds_complete_and_uplink_is_the_coded_payload(hns, aggregation):
     replies = []
-    doc, grid = _run(dataclasses.replace(hns, aggregation=aggregation),
+    optimizer = "adam" if aggregation == "tally" else "layer-sgd"
+    doc, grid = _run(dataclasses.replace(hns, aggregation=aggregation, score_optimizer=optimizer),
                      tamper=lambda node, reply: replies.append((node, reply)) or reply)
     assert doc["status"] == "completed"
     for entry in doc["rounds"]:
