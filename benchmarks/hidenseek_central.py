@@ -3,8 +3,9 @@
 Usage: python benchmarks/hidenseek_central.py [--backend parametrized|csr] [--lr 1e-3] [--steps 1875]
        [--optimizer adam|sgd|layer-sgd] [--momentum 0.9]
 Fashion-MNIST (all 60,000 training images), FL CNN, SynFlow mask at density 0.1, scores z started at
-θ0 and trained with Adam (or SGD / layer-normalized SGD), batch 32, one thread. Prints test accuracy and the share of flipped signs at
-50/100/250/500/1000/1875 steps: the ceiling the federated rules are measured against.
+θ0 and trained with Adam (or SGD / layer-normalized SGD), batch 32, one thread. Prints test accuracy
+and the share of flipped signs at 50/100/250/500/1000/1875 steps: the ceiling the federated rules are
+measured against.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from client.score_optimizer import score_optimizer  # noqa: E402
 from data.sources import load_dataset  # noqa: E402
 from kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse  # noqa: E402
-from client.score_optimizer import score_optimizer  # noqa: E402
 from models import build_model  # noqa: E402
 from models.evaluation import evaluate  # noqa: E402
 from strategies.scores import data_free_mask  # noqa: E402

@@ -5,7 +5,8 @@ Usage: python benchmarks/hidenseek_inprocess.py AGGREGATION ROUNDS SCORE_LR [key
         python benchmarks/hidenseek_inprocess.py score-average 30 0.001 score_optimizer=adam local_loss=cross-entropy
 Fashion-MNIST, FL CNN, Dirichlet 0.5, 100 clients, 10 per round, seed 0 (the acceptance setting); any other
 RunSettings field as key=value (density, server_lr, server_momentum, moved_share, local_epochs, batch_size,
-score_optimizer, score_momentum, local_loss, personal_eval_every (default 0 here), score, alpha, out). Prints
+score_optimizer, score_momentum, local_loss, personal_eval_every (default 0 here), score, alpha, out;
+strategy=fedavg for the dense baseline). Prints
 one line per round, then the last-5 mean accuracy, uplink bytes per client-round and the per-round flip rate of σ.
 """
 
@@ -30,10 +31,11 @@ _TYPES = {f.name: {"int": int, "float": float, "bool": lambda v: v.lower() in ("
 def main() -> int:
     aggregation, rounds, score_lr = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     extra = {k: _TYPES.get(k, str)(v) for k, v in (a.split("=", 1) for a in sys.argv[4:])}
-    density = extra.pop("density", 0.1)
+    strategy = extra.pop("strategy", "hidenseek")  # e.g. strategy=fedavg local_loss=logit-adjusted
+    density = extra.pop("density", 0.1 if strategy == "hidenseek" else 1.0)
     extra.setdefault("personal_eval_every", 0)
     out = extra.pop("out", f"runs/hns-inprocess/{aggregation}-{score_lr}-{'-'.join(sys.argv[4:]) or 'default'}")
-    settings = RunSettings(strategy="hidenseek", density=density, aggregation=aggregation, rounds=rounds,
+    settings = RunSettings(strategy=strategy, density=density, aggregation=aggregation, rounds=rounds,
                            score_lr=score_lr, out=out, **extra)
     grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())
     start = time.time()
@@ -43,7 +45,7 @@ def main() -> int:
           f"uplink/client-round {doc['summary']['total_uplink_bytes'] / sampled:,.0f} "
           f"downlink/client-round {doc['summary']['total_downlink_bytes'] / sampled:,.0f} "
           f"final {doc['summary']['final_accuracy']:.4f} "
-          f"flip {[round(r['flip_rate'], 4) for r in doc['rounds']]} {time.time() - start:.0f}s")
+          f"flip {[round(r.get('flip_rate') or 0.0, 4) for r in doc['rounds']]} {time.time() - start:.0f}s")
     return 0
 
 

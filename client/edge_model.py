@@ -24,9 +24,8 @@ import torch
 from flwr.app import Context, Message
 from torch import nn
 
-from client.hidenseek import STATE_DENSE, STATE_SCORES, STATE_SETUP, Setup, _model, _stored
+from client.hidenseek import STATE_SETUP, Setup, _stored, personal_model
 from kernels.convert import export_for_inference
-from kernels.sign_supermask import fold
 from models import build_model
 from protos.codec import decode
 from protos.flower_records import payload_of
@@ -128,13 +127,10 @@ def load_edge_model(path: str | Path) -> EdgeModel:
 
 def _hidenseek_personal(context: Context, settings: RunSettings, input_shape: tuple,
                         num_classes: int) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
-    """The node's own model after training: own scores z and own dense params, folded."""
+    """The node's own model after training: own scores z, dense params and label prior, folded."""
     setup = Setup(_stored(context, STATE_SETUP), input_shape, num_classes)
-    scores = decode(_stored(context, STATE_SCORES)).tensors
     dense = {k: v for k, v in setup.theta0.items() if k not in setup.mask}
-    dense.update(decode(_stored(context, STATE_DENSE)).tensors)
-    model, _ = _model(settings, input_shape, num_classes, setup, dense, scores)
-    return fold(model).state_dict(), setup.mask
+    return personal_model(context, settings, setup, dense, input_shape, num_classes).state_dict(), setup.mask
 
 
 def _masked_trained(reply: Message, context: Context, template: dict[str, np.ndarray]

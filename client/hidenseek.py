@@ -15,7 +15,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.local_data import LocalData
-from client.local_loss import logit_offset
+from client.local_loss import add_label_prior, logit_offset
 from client.local_training import local_seed, train_epochs
 from client.score_optimizer import score_optimizer
 from kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse, fold
@@ -28,6 +28,7 @@ from strategies.aggregation import stochastic_ternary
 from strategies.hidenseek import MASK, MOVED, SCORE_DOWNLINK, SCORES, SIGMA, STEP_SCALE, STEP_SIGNS, theta0_digest
 
 STATE_SETUP, STATE_SIGMA, STATE_SCORES, STATE_DENSE = "hns-setup", "hns-sigma", "hns-scores", "hns-dense"
+STATE_PRIOR = "hns-label-prior"  # log label frequencies a logit-adjusted node trained with (its personal bias)
 
 
 @functools.lru_cache(maxsize=4)
@@ -156,8 +157,11 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
                                 setup.theta0, lr, settings.score_momentum)
     server_round = int(config.get("server-round", 0))
     seed = local_seed(settings.seed, server_round, local.partition_id)
+    offset = logit_offset(settings.resolved_local_loss(), local.train.y, num_classes)
     stats = train_epochs(model, local.train, optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
-                         logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, num_classes))
+                         logit_offset=offset)
+    if offset is not None:
+        _store(context, STATE_PRIOR, encode({"label-prior": offset.numpy()}))
     scores = {k: v.detach().numpy().copy() for k, v in latent.items()}
     state = model.state_dict()
     trained_dense = {k: state[k].detach().numpy().copy() for k in setup.theta0 if k not in setup.mask}
@@ -197,9 +201,25 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
     return Message(content_with_payload(blob, metrics=metrics), reply_to=msg)
 
 
+def personal_model(context: Context, settings: RunSettings, setup: Setup, dense: dict[str, np.ndarray],
+                   input_shape: tuple, num_classes: int) -> torch.nn.Module | None:
+    """The node's own folded model: its scores z and dense parameters over ``dense``, plus its label prior
+    in the last bias when it trained logit-adjusted (None before it has trained)."""
+    scores_blob, dense_blob = _stored(context, STATE_SCORES), _stored(context, STATE_DENSE)
+    if scores_blob is None or dense_blob is None:
+        return None
+    own = {**dense, **decode(dense_blob).tensors}
+    model = fold(_model(settings, input_shape, num_classes, setup, own, decode(scores_blob).tensors)[0])
+    prior_blob = _stored(context, STATE_PRIOR)
+    if prior_blob is not None:
+        add_label_prior(model, decode(prior_blob).tensors["label-prior"])
+    return model
+
+
 def evaluate_hidenseek(msg: Message, context: Context, settings: RunSettings, local: LocalData,
                        input_shape: tuple, num_classes: int) -> Message:
-    """Accuracy on the local test split of the personal model (own z, own dense) and of the global one."""
+    """Accuracy on the local test split of the personal model (own z, own dense, own label prior) and of
+    the global one."""
     config = msg.content.config_records.get("config", ConfigRecord())
     setup, first_contact = _setup(msg, context, input_shape, num_classes)
     tensors = _receive(msg, context, setup, first_contact)
@@ -208,12 +228,10 @@ def evaluate_hidenseek(msg: Message, context: Context, settings: RunSettings, lo
     global_model, _ = _model(settings, input_shape, num_classes, setup, global_dense,
                              {k: sigma[k] * setup.magnitude[k] for k in setup.mask})
     _, global_acc = evaluate(fold(global_model), local.test.x, local.test.y, settings.eval_batch_size)
-    scores_blob, dense_blob = _stored(context, STATE_SCORES), _stored(context, STATE_DENSE)
+    personal = personal_model(context, settings, setup, global_dense, input_shape, num_classes)
     personal_acc = global_acc
-    if scores_blob is not None and dense_blob is not None:
-        own = {**global_dense, **decode(dense_blob).tensors}
-        personal, _ = _model(settings, input_shape, num_classes, setup, own, decode(scores_blob).tensors)
-        _, personal_acc = evaluate(fold(personal), local.test.x, local.test.y, settings.eval_batch_size)
+    if personal is not None:
+        _, personal_acc = evaluate(personal, local.test.x, local.test.y, settings.eval_batch_size)
     return Message(RecordDict({"metrics": MetricRecord({
         "num-examples": len(local.test), "personal-accuracy": personal_acc, "global-accuracy": global_acc})}),
         reply_to=msg)

@@ -30,6 +30,18 @@ def label_prior_offset(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.from_numpy(np.log(counts / counts.sum()).astype(np.float32))
 
 
+def add_label_prior(model: torch.nn.Module, offset: torch.Tensor | np.ndarray) -> torch.nn.Module:
+    """Fold ``offset`` into the bias of ``model``'s last Linear layer: the balanced classifier a
+    logit-adjusted client trained, turned into the Bayes classifier for its own label distribution
+    (its personalized model). Returns ``model``."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not last or last[-1].bias is None or last[-1].out_features != len(offset):
+        raise ValueError("model has no final Linear layer with a bias matching the offset")
+    with torch.no_grad():
+        last[-1].bias.add_(torch.as_tensor(np.asarray(offset), dtype=last[-1].bias.dtype))
+    return model
+
+
 def logit_offset(local_loss: str, labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
     """What ``train_epochs`` adds to the logits for ``local_loss`` (None: plain cross-entropy)."""
     if local_loss == "cross-entropy":

@@ -14,7 +14,8 @@ import torch
 from client.app import app as client_app
 from client.edge_inference import EdgeInferenceServer, describe, predict
 from client.edge_model import EDGE_MODEL_NAME, load_edge_model, save_edge_model
-from client.hidenseek import STATE_DENSE, STATE_SCORES, STATE_SETUP, Setup, _model, _stored
+from client.hidenseek import STATE_DENSE, STATE_PRIOR, STATE_SCORES, STATE_SETUP, Setup, _model, _stored
+from client.local_loss import add_label_prior
 from data import load_dataset
 from kernels.sign_supermask import fold
 from protos import edge_inference_pb2 as pb
@@ -51,13 +52,16 @@ def hidenseek_run(tmp_path_factory):
 
 
 def _personal_reference(grid, node, settings):
-    """The node's personalized model built the way the ClientApp evaluates it (dense folded weights)."""
+    """The node's personalized model built the way the ClientApp evaluates it (dense folded weights, its own
+    label prior in the last bias: HideNseek trains logit-adjusted by default)."""
     context = grid.contexts[node]
     setup = Setup(_stored(context, STATE_SETUP), (1, 8, 8), 10)
     dense = {k: v for k, v in setup.theta0.items() if k not in setup.mask}
     dense.update(decode(_stored(context, STATE_DENSE)).tensors)
     model, _ = _model(settings, (1, 8, 8), 10, setup, dense, decode(_stored(context, STATE_SCORES)).tensors)
-    return fold(model).eval()
+    prior = decode(_stored(context, STATE_PRIOR)).tensors["label-prior"]
+    assert prior.shape == (10,) and np.isfinite(prior).all()
+    return add_label_prior(fold(model), prior).eval()
 
 
 def test_hidenseek_nodes_keep_their_personalized_folded_compact_model(hidenseek_run, test_images):

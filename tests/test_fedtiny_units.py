@@ -54,6 +54,17 @@ def test_perturbed_counts_sum_exactly_within_layer_bounds():
         assert all(1 <= counts[k] <= sizes[k] for k in sizes)
 
 
+def test_perturbation_keeps_a_nearly_dense_layer_nearly_dense():
+    # FedTiny at 0.01 on the FL CNN: SynFlow keeps 97% of conv1 and ~0.5% of fc1
+    sizes = {"conv1": 800, "conv2": 51_200, "fc1": 1_605_632, "fc2": 5_120}
+    base = {"conv1": 776, "conv2": 6_000, "fc1": 8_000, "fc2": 1_850}
+    rng = np.random.default_rng(1)
+    drawn = [perturbed_counts(base, sizes, rng, spread=0.5) for _ in range(50)]
+    assert min(c["conv1"] for c in drawn) >= 0.85 * 800
+    ratios = [c["fc1"] / base["fc1"] for c in drawn]
+    assert max(ratios) / min(ratios) > 1.5  # sparse layers really are perturbed
+
+
 def _digits_batch(n=64, seed=0):
     rng = np.random.default_rng(seed)
     return LabeledArrays(rng.normal(size=(n, *SHAPE)).astype(np.float32), rng.integers(0, 10, n).astype(np.int64))

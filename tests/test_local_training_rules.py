@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from client.local_loss import PRIOR_PSEUDO_COUNT, label_prior_offset, logit_offset
+from client.local_loss import PRIOR_PSEUDO_COUNT, add_label_prior, label_prior_offset, logit_offset
 from client.local_training import train_epochs
 from client.score_optimizer import LayerNormalizedSGD, score_optimizer
 from data import LabeledArrays
@@ -94,3 +94,15 @@ def test_settings_resolve_the_local_loss_and_refuse_bad_combinations():
             dataclasses.replace(base, **change).validate(check_out_dir=False)
         assert err.value.option == option
     dataclasses.replace(base, aggregation="tally", score_optimizer="adam").validate(check_out_dir=False)
+
+
+def test_label_prior_folds_into_the_last_bias_exactly():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    x = torch.randn(5, 4)
+    before = model(x).detach()
+    offset = label_prior_offset(np.array([0, 0, 1]), 3)
+    add_label_prior(model, offset)
+    assert torch.allclose(model(x).detach(), before + offset, atol=1e-6)
+    with pytest.raises(ValueError, match="final Linear"):
+        add_label_prior(model, np.zeros(4, np.float32))
