@@ -22,10 +22,11 @@ for d in 0.05 0.01; do
   rows[static-magnitude-$d]="--strategy static-magnitude --density $d"
   rows[static-random-$d]="--strategy static-random --density $d"
 done
-# Tried after the table (not in the default list): a smaller progressive-pruning step.
-rows[fedtiny-alpha0.05-0.05]="--strategy fedtiny --density 0.05 --adjust-alpha 0.05"
-rows[fedtiny-no-bn-alpha0.05-0.05]="--strategy fedtiny --density 0.05 --adjust-alpha 0.05 --candidates 1"
-rows[fedtiny-alpha0.05-0.01]="--strategy fedtiny --density 0.01 --adjust-alpha 0.05"
+# The previous default step (α = 0.2), kept for comparison (not in the default list).
+for d in 0.05 0.01; do
+  rows[fedtiny-alpha0.2-$d]="--strategy fedtiny --density $d --adjust-alpha 0.2"
+  rows[fedtiny-no-bn-alpha0.2-$d]="--strategy fedtiny --density $d --adjust-alpha 0.2 --candidates 1"
+done
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for d in 0.05 0.01; do

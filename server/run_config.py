@@ -61,7 +61,7 @@ class RunSettings:
     candidate_spread: float = 0.5
     adjust_every: int = 3
     adjust_until: int = 24
-    adjust_alpha: float = 0.2
+    adjust_alpha: float = 0.05
     adjust_layers: str = "output-first"
     budget_tiers: str = ""
     out: str = "runs/latest"
