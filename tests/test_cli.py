@@ -23,6 +23,9 @@ from fedprune.cli import main
     (["--aggregation", "median"], "--aggregation: 'median' is not one of"),
     (["--server-momentum", "1"], "--server-momentum: 1.0 must be in [0, 1)"),
     (["--moved-share", "0"], "--moved-share: 0.0 must be in (0, 1]"),
+    (["--score-optimizer", "sgd"], "--score-optimizer: 'sgd' is not one of: adam, layer-sgd"),
+    (["--local-loss", "focal"], "--local-loss: 'focal' is not one of"),
+    (["--strategy", "hidenseek", "--density", "0.1", "--aggregation", "tally"], "--score-optimizer: aggregation"),
 ])
 def test_bad_option_exits_2_with_one_line(args, needle, tmp_path, capsys):
     out = ["--out", str(tmp_path / "o")] if "--out" not in args else []
@@ -49,3 +52,18 @@ def test_console_script_exit_code():
     result = subprocess.run([sys.executable, "-m", "fedprune.cli", "simulate", "--density", "2"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--density" in result.stderr
+
+
+def test_flower_app_config_declares_every_run_setting_with_its_default():
+    """Flower refuses a run config key the app's pyproject does not declare ("Invalid run configuration")."""
+    import tomllib
+    from pathlib import Path
+
+    from server.run_config import RunSettings
+
+    declared = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    declared = declared["tool"]["flwr"]["app"]["config"]
+    defaults = RunSettings().to_run_config()
+    assert set(declared) == set(defaults)
+    for key, value in defaults.items():
+        assert declared[key] == value, key
