@@ -5,13 +5,16 @@
 # progressive pruning (--adjust-every 0), static-synflow, static-magnitude, static-random.
 # Each run writes runs/bench-fedtiny/<name>/results.json (Ray simulation through a private SuperLink); the
 # table is printed at the end. Usage: benchmarks/fedtiny_table.sh [NAME ...]   (default: all rows)
+# SEED=N (default 0) runs every row with seed N (partition, sampling, θ0, candidates) into
+# runs/bench-fedtiny-seedN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/bench-fedtiny}
+SEED=${SEED:-0}
+if [ "$SEED" = 0 ]; then OUT=${OUT:-runs/bench-fedtiny}; else OUT=${OUT:-runs/bench-fedtiny-seed$SEED}; fi
 ROUNDS=${ROUNDS:-30}
 PY=${PYTHON:-python}
 common=(--dataset fashion-mnist --model fl-cnn-bn --partition dirichlet --alpha 0.5 --num-clients 100
-        --clients-per-round 10 --local-epochs 1 --batch-size 32 --lr 0.05 --momentum 0.9 --seed 0
+        --clients-per-round 10 --local-epochs 1 --batch-size 32 --lr 0.05 --momentum 0.9 --seed "$SEED"
         --rounds "$ROUNDS")
 declare -A rows
 for d in 0.05 0.01; do

@@ -9,22 +9,28 @@ OUT=${OUT:-runs/bench-hns}
 ROUNDS=${ROUNDS:-30}
 common=(--dataset fashion-mnist --model fl-cnn --partition dirichlet --alpha 0.5 --num-clients 100
         --clients-per-round 10 --local-epochs 1 --batch-size 32 --seed 0 --rounds "$ROUNDS")
+# The hns-* rows below the first five are the previous client (Adam lr 1e-3 on scores, plain cross-entropy).
+old="--score-optimizer adam --score-lr 0.001 --local-loss cross-entropy"
 declare -A rows=(
-  [hns-tally-0.1]="--strategy hidenseek --density 0.1 --aggregation tally"
-  [hns-vote-0.1]="--strategy hidenseek --density 0.1 --aggregation vote"
-  [hns-score-average-0.1]="--strategy hidenseek --density 0.1 --aggregation score-average"
-  [hns-vote-lr0.01-0.1]="--strategy hidenseek --density 0.1 --aggregation vote --score-lr 0.01"
-  [hns-tally-3ep-0.1]="--strategy hidenseek --density 0.1 --aggregation tally --local-epochs 3"
-  [hns-tally-0.01]="--strategy hidenseek --density 0.01 --aggregation tally"
-  [hns-random-mask-0.1]="--strategy hidenseek --density 0.1 --aggregation tally --score random"
+  [hns-0.1]="--strategy hidenseek --density 0.1"
+  [hns-3ep-0.1]="--strategy hidenseek --density 0.1 --local-epochs 3"
+  [hns-0.01]="--strategy hidenseek --density 0.01"
+  [hns-random-mask-new-0.1]="--strategy hidenseek --density 0.1 --score random"
+  [hns-vote-new-0.1]="--strategy hidenseek --density 0.1 --aggregation vote"
+  [hns-tally-0.1]="--strategy hidenseek --density 0.1 --aggregation tally $old"
+  [hns-vote-0.1]="--strategy hidenseek --density 0.1 --aggregation vote $old"
+  [hns-score-average-0.1]="--strategy hidenseek --density 0.1 --aggregation score-average $old"
+  [hns-vote-lr0.01-0.1]="--strategy hidenseek --density 0.1 --aggregation vote $old --score-lr 0.01"
+  [hns-tally-3ep-0.1]="--strategy hidenseek --density 0.1 --aggregation tally --local-epochs 3 $old"
+  [hns-tally-0.01]="--strategy hidenseek --density 0.01 --aggregation tally $old"
+  [hns-random-mask-0.1]="--strategy hidenseek --density 0.1 --aggregation tally --score random $old"
   [static-synflow-0.1]="--strategy static-synflow --density 0.1 --lr 0.05 --momentum 0.9"
   [static-magnitude-0.1]="--strategy static-magnitude --density 0.1 --lr 0.05 --momentum 0.9"
   [static-random-0.1]="--strategy static-random --density 0.1 --lr 0.05 --momentum 0.9"
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(hns-tally-0.1 hns-vote-0.1 hns-score-average-0.1 static-synflow-0.1
-                                 static-magnitude-0.1 static-random-0.1 hns-tally-0.01 hns-vote-lr0.01-0.1
-                                 hns-random-mask-0.1 hns-tally-3ep-0.1)
+[ ${#names[@]} -gt 0 ] || names=(hns-0.1 hns-3ep-0.1 hns-0.01 hns-random-mask-new-0.1 hns-vote-new-0.1
+                                 static-synflow-0.1 static-magnitude-0.1 static-random-0.1)
 for name in "${names[@]}"; do
   # shellcheck disable=SC2086
   fedprune simulate "${common[@]}" ${rows[$name]} --out "$OUT/$name"

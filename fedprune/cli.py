@@ -81,7 +81,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, default=defaults.candidates,
                    help="fedtiny: candidate masks for adaptive BN selection (1 = no BN selection)")
     p.add_argument("--candidate-spread", type=float, default=defaults.candidate_spread,
-                   help="fedtiny: log-normal spread of candidates' layer-wise densities")
+                   help="fedtiny: spread (std of a normal shift in logit space) of candidates' layer-wise densities")
     p.add_argument("--adjust-every", type=int, default=defaults.adjust_every,
                    help="fedtiny: rounds between progressive-pruning adjustments, ΔT (0 = no progressive pruning)")
     p.add_argument("--adjust-until", type=int, default=defaults.adjust_until,
