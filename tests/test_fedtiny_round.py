@@ -232,3 +232,18 @@ def test_static_mask_trains_a_batchnorm_model(digits_settings):
 
 def test_candidate_key_round_trips():
     assert candidate_key(3, "features.1.running_mean") == f"{CANDIDATE}/3/features.1.running_mean"
+
+
+def test_resume_after_an_adjustment_matches_uninterrupted(tiny, tmp_path):
+    full = dataclasses.replace(tiny, rounds=4, adjust_until=4, out=str(tmp_path / "full"))
+    doc_full, _ = _run(full)
+    part = dataclasses.replace(full, rounds=2, out=str(tmp_path / "part"))
+    _run(part)
+    doc_resumed, _ = _run(dataclasses.replace(part, rounds=4, resume=True))
+    assert doc_resumed["status"] == "completed"
+    for a, b in zip(doc_full["rounds"], doc_resumed["rounds"], strict=True):
+        assert a["accuracy"] == b["accuracy"]
+        assert a["layer_densities"] == b["layer_densities"]
+        assert a.get("adjustment", {}).get("layers") == b.get("adjustment", {}).get("layers")
+    assert doc_resumed["rounds"][0]["bn_selection"]["selected"] == doc_full["rounds"][0]["bn_selection"]["selected"]
+    assert any(r.get("adjustment", {}).get("layers") for r in doc_resumed["rounds"][2:])  # adjusted after resuming
