@@ -81,3 +81,21 @@ class InProcessGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return [self._deliver(message) for message in messages]
+
+
+def full_and_resumed(settings, stop_after: int, root) -> tuple[dict, dict]:
+    """Run ``settings`` uninterrupted, and again stopped after ``stop_after`` rounds then resumed from the
+    checkpoint; returns both results documents (what a resume test compares)."""
+    import dataclasses
+
+    from client.app import app as client_app
+    from server.runner import run_federation
+
+    def run(s):
+        grid = InProcessGrid(client_app, s.num_clients, s.to_run_config())
+        return run_federation(grid, s, progress=lambda line: None)
+
+    full = run(dataclasses.replace(settings, out=str(root / "full")))
+    part = dataclasses.replace(settings, rounds=stop_after, out=str(root / "part"))
+    run(part)
+    return full, run(dataclasses.replace(part, rounds=settings.rounds, resume=True))

@@ -16,7 +16,7 @@ from server.runner import run_federation
 from strategies import build_strategy
 from strategies.budgets import BudgetError
 from strategies.fedtiny import CANDIDATE, GRAD, FedTiny, candidate_key
-from tests.inprocess_grid import InProcessGrid
+from tests.inprocess_grid import InProcessGrid, full_and_resumed
 
 
 @pytest.fixture
@@ -235,11 +235,7 @@ def test_candidate_key_round_trips():
 
 
 def test_resume_after_an_adjustment_matches_uninterrupted(tiny, tmp_path):
-    full = dataclasses.replace(tiny, rounds=4, adjust_until=4, out=str(tmp_path / "full"))
-    doc_full, _ = _run(full)
-    part = dataclasses.replace(full, rounds=2, out=str(tmp_path / "part"))
-    _run(part)
-    doc_resumed, _ = _run(dataclasses.replace(part, rounds=4, resume=True))
+    doc_full, doc_resumed = full_and_resumed(dataclasses.replace(tiny, rounds=4, adjust_until=4), 2, tmp_path)
     assert doc_resumed["status"] == "completed"
     for a, b in zip(doc_full["rounds"], doc_resumed["rounds"], strict=True):
         assert a["accuracy"] == b["accuracy"]

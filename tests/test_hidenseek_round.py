@@ -10,7 +10,7 @@ from client.app import app as client_app
 from client.hidenseek import STATE_SCORES, STATE_SETUP, STATE_SIGMA
 from protos.flower_records import payload_of
 from server.runner import run_federation
-from tests.inprocess_grid import InProcessGrid
+from tests.inprocess_grid import InProcessGrid, full_and_resumed
 
 
 @pytest.fixture
@@ -86,11 +86,7 @@ def test_lost_state_is_detected_and_repaired(hns):
 
 
 def test_resume_matches_uninterrupted(hns, tmp_path):
-    full = dataclasses.replace(hns, rounds=4, personal_eval_every=0, out=str(tmp_path / "full"))
-    doc_full, _ = _run(full)
-    part = dataclasses.replace(full, rounds=2, out=str(tmp_path / "part"))
-    _run(part)
-    doc_resumed, _ = _run(dataclasses.replace(part, rounds=4, resume=True))
+    doc_full, doc_resumed = full_and_resumed(dataclasses.replace(hns, rounds=4, personal_eval_every=0), 2, tmp_path)
     for a, b in zip(doc_full["rounds"], doc_resumed["rounds"], strict=True):
         assert a["accuracy"] == b["accuracy"] and a["flip_rate"] == b["flip_rate"]
 
