@@ -50,9 +50,7 @@ def main() -> int:
         model = build_model("fl-cnn", (1, 28, 28), 10, seed=0)
         scores = {k: np.sign(theta0[k][m]) * magnitude[k] for k, m in mask.items()}
         latent = apply_sign_supermask_sparse(model, mask, magnitude, scores, batch=32)
-        ids = {id(p) for p in latent.values()}
-        dense = {n: p for n, p in model.named_parameters() if id(p) not in ids}
-        optimizer = score_optimizer(settings.score_optimizer, latent, magnitude, dense, theta0,
+        optimizer = score_optimizer(settings.score_optimizer, model, latent, magnitude, theta0,
                                     settings.score_lr, settings.score_momentum)
         train_epochs(model, local.train, optimizer, epochs=1, batch_size=32, seed=1,
                      logit_offset=logit_offset("logit-adjusted", local.train.y, 10))

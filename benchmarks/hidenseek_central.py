@@ -52,9 +52,7 @@ def main() -> int:
     else:
         latent = apply_sign_supermask(model, mask, magnitude, start)
     if args.optimizer == "layer-sgd":
-        ids = {id(p) for p in latent.values()}
-        dense = {n: p for n, p in model.named_parameters() if id(p) not in ids}
-        optimizer = score_optimizer("layer-sgd", latent, magnitude, dense, theta0, args.lr, args.momentum)
+        optimizer = score_optimizer("layer-sgd", model, latent, magnitude, theta0, args.lr, args.momentum)
     elif args.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     else:

@@ -57,9 +57,10 @@ def train(msg: Message, context: Context) -> Message:
     if context.node_config.get("model-dir"):
         from client.edge_model import export_after_training
 
-        data = load_dataset_shape(_settings(context))
+        settings = _settings(context)
+        data = load_dataset_shape(settings)
         try:
-            export_after_training(reply, msg, context, _settings(context), data.input_shape, data.num_classes)
+            export_after_training(reply, msg, context, settings, data.input_shape, data.num_classes)
         except (OSError, ValueError, KeyError) as exc:  # a full disk on the device must not cost the round
             log(WARNING, "could not keep the trained model in %s: %s", context.node_config["model-dir"], exc)
     return reply

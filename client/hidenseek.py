@@ -151,10 +151,8 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
         start = {k: sigma[k] * setup.magnitude[k] for k in setup.mask}
     dense = _dense_params(tensors, context, setup, dense_mode)
     model, latent = _model(settings, input_shape, num_classes, setup, dense, start, train_batch=batch_size)
-    score_ids = {id(p) for p in latent.values()}
-    trainable_dense = {name: p for name, p in model.named_parameters() if id(p) not in score_ids}
-    optimizer = score_optimizer(settings.score_optimizer, latent, setup.magnitude, trainable_dense,
-                                setup.theta0, lr, settings.score_momentum)
+    optimizer = score_optimizer(settings.score_optimizer, model, latent, setup.magnitude, setup.theta0, lr,
+                                settings.score_momentum)
     server_round = int(config.get("server-round", 0))
     seed = local_seed(settings.seed, server_round, local.partition_id)
     offset = logit_offset(settings.resolved_local_loss(), local.train.y, num_classes)

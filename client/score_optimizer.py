@@ -53,14 +53,17 @@ class LayerNormalizedSGD(torch.optim.Optimizer):
                 param.add_(state["buffer"], alpha=-group["lr"] * group["scale"])
 
 
-def score_optimizer(kind: str, scores: dict[str, torch.nn.Parameter], magnitudes: dict[str, np.ndarray],
-                    dense: dict[str, torch.nn.Parameter], initial_dense: dict[str, np.ndarray], lr: float,
+def score_optimizer(kind: str, model: torch.nn.Module, scores: dict[str, torch.nn.Parameter],
+                    magnitudes: dict[str, np.ndarray], initial: dict[str, np.ndarray], lr: float,
                     momentum: float) -> torch.optim.Optimizer:
-    """The optimizer a client trains ``scores`` (and the trainable ``dense`` biases/BN parameters) with.
+    """The optimizer a client trains ``model`` with: its ``scores`` and every other parameter (the
+    dense biases/BN parameters, by state-dict name in ``initial``).
 
     For ``layer-sgd`` each score tensor's step scale is the RMS of its |θ0| and each dense tensor's the
     RMS of its initial value (floored), so ``lr`` means the same relative step everywhere.
     """
+    score_ids = {id(param) for param in scores.values()}
+    dense = {name: param for name, param in model.named_parameters() if id(param) not in score_ids}
     if kind == "adam":
         return torch.optim.Adam([*scores.values(), *dense.values()], lr=lr)
     if kind != "layer-sgd":
@@ -68,5 +71,5 @@ def score_optimizer(kind: str, scores: dict[str, torch.nn.Parameter], magnitudes
     groups = [{"params": [param], "scale": float(np.sqrt(np.mean(np.square(magnitudes[name], dtype=np.float64))))}
               for name, param in scores.items()]
     groups += [{"params": [param], "scale": max(DENSE_SCALE_FLOOR, float(np.sqrt(np.mean(
-        np.square(initial_dense[name], dtype=np.float64)))))} for name, param in dense.items()]
+        np.square(initial[name], dtype=np.float64)))))} for name, param in dense.items()]
     return LayerNormalizedSGD(groups, lr=lr, momentum=momentum)

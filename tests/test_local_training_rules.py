@@ -34,16 +34,21 @@ def test_first_step_is_the_rms_normalized_gradient_times_lr_and_scale():
 
 
 def test_score_optimizer_scales_each_layer_by_its_weights_and_rejects_unknown_kinds():
-    scores = {"a": torch.nn.Parameter(torch.ones(3)), "b": torch.nn.Parameter(torch.ones(2))}
-    bias = {"bias": torch.nn.Parameter(torch.zeros(2))}
+    model = torch.nn.Module()
+    model.a, model.b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    model.bias = torch.nn.Parameter(torch.zeros(2))
+    scores = {"a": model.a, "b": model.b}
     magnitudes = {"a": np.array([0.3, 0.4, 0.0], np.float32), "b": np.array([0.02, 0.02], np.float32)}
-    opt = score_optimizer("layer-sgd", scores, magnitudes, bias, {"bias": np.zeros(2, np.float32)}, 0.1, 0.9)
+    initial = {"bias": np.zeros(2, np.float32)}
+    opt = score_optimizer("layer-sgd", model, scores, magnitudes, initial, 0.1, 0.9)
     scales = [g["scale"] for g in opt.param_groups]
     assert scales[0] == pytest.approx(np.sqrt((0.09 + 0.16) / 3)) and scales[1] == pytest.approx(0.02)
     assert scales[2] == pytest.approx(0.01)  # all-zero initial bias: the floor
-    assert isinstance(score_optimizer("adam", scores, magnitudes, bias, {}, 1e-3, 0.9), torch.optim.Adam)
+    assert [g["params"][0] for g in opt.param_groups][2] is model.bias  # the model's other parameters train too
+    adam = score_optimizer("adam", model, scores, magnitudes, initial, 1e-3, 0.9)
+    assert isinstance(adam, torch.optim.Adam) and len(adam.param_groups[0]["params"]) == 3
     with pytest.raises(ValueError, match="not one of"):
-        score_optimizer("rmsprop", scores, magnitudes, bias, {}, 0.1, 0.9)
+        score_optimizer("rmsprop", model, scores, magnitudes, initial, 0.1, 0.9)
     with pytest.raises(ValueError):
         LayerNormalizedSGD([torch.nn.Parameter(torch.ones(1))], lr=0.1, momentum=1.0)
 
