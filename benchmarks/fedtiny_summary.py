@@ -3,7 +3,8 @@
 Usage: python benchmarks/fedtiny_summary.py OUT_DIR NAME [NAME ...]
 Per run: final / last-5 mean / best test accuracy, measured bytes per client-round; for FedTiny runs also the
 selected candidate and every candidate's pooled validation loss, each adjustment's grown/pruned counts, and each
-adjustment upload's measured size against the coded size of its (index, value) pairs.
+adjustment upload's measured size (the bytes its pairs add to the training reply) against the coded size of
+its (index, value) pairs.
 """
 
 from __future__ import annotations
@@ -41,16 +42,16 @@ def main() -> int:
         for entry in (r["adjustment"] for r in doc["rounds"] if "adjustment" in r):
             layers = {k: (v["k"], v["grown"], v["pruned"], v["active"]) for k, v in entry["layers"].items()}
             ups = entry["uploads"]
-            worst_content = max((u["content_bytes"] / u["coded_pairs_bytes"] for u in ups if u["coded_pairs_bytes"]),
-                                default=float("nan"))
-            worst_payload = max((u["payload_bytes"] / u["coded_pairs_bytes"] for u in ups if u["coded_pairs_bytes"]),
-                                default=float("nan"))
+            coded = [u["coded_pairs_bytes"] for u in ups]
+            added = [u["pairs_bytes"] for u in ups]  # what the pairs add to the training reply, measured
+            worst = max((a / c for a, c in zip(added, coded, strict=True) if c), default=float("nan"))
             mean_pairs = sum(u["pairs"] for u in ups) / len(ups) if ups else 0
-            mean_coded = sum(u["coded_pairs_bytes"] for u in ups) / len(ups) if ups else 0
+            within = sum(a <= 1.01 * c for a, c in zip(added, coded, strict=True))
             print(f"  after round {entry['after_round']:>2}: (K, grown, pruned, active) {layers} "
                   f"{entry.get('skipped') or ''}| uploads {len(ups)}, mean pairs {mean_pairs:,.0f}, "
-                  f"mean coded pairs {mean_coded:,.0f} B, worst message/coded {worst_content:.4f}, "
-                  f"worst payload/coded {worst_payload:.4f}")
+                  f"mean coded pairs {sum(coded) / max(1, len(coded)):,.0f} B, mean added to the reply "
+                  f"{sum(added) / max(1, len(added)):,.0f} B, worst added/coded {worst:.4f}, "
+                  f"{within}/{len(ups)} within coded + 1%")
     return 0
 
 

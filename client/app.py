@@ -16,13 +16,12 @@ from client.local_data import load_local_data, partition_of
 from client.local_loss import logit_offset
 from client.local_training import local_seed, train_sgd
 from client.masked_training import train_masked
-from client.topk_gradients import topk_reply
 from data import load_dataset
 from data.sources import DatasetSplits
 from models import build_model
 from models.evaluation import evaluate as evaluate_model
 from server.run_config import RunSettings, settings_from_run_config
-from strategies.fedtiny import BN_EVAL_TASK, BN_STATS_TASK, TOPK_TASK
+from strategies.fedtiny import BN_EVAL_TASK, BN_STATS_TASK
 from strategies.hidenseek import TASK as HIDENSEEK_TASK
 from strategies.static_mask import TASK as MASKED_TASK
 
@@ -81,8 +80,6 @@ def _train(msg: Message, context: Context) -> Message:
         return train_masked(msg, context, settings, local, model, data.num_classes)
     if task == BN_STATS_TASK:
         return bn_statistics_reply(msg, local, data.input_shape, data.num_classes, batch_size)
-    if task == TOPK_TASK:
-        return topk_reply(msg, context, local, model, batch_size)
     if config.get("task") == HIDENSEEK_TASK:
         return train_hidenseek(msg, context, settings, local, data.input_shape, data.num_classes)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())

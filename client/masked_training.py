@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from client.local_data import LocalData
 from client.local_loss import logit_offset
 from client.local_training import TrainStats, local_seed, train_sgd
+from client.topk_gradients import PrunedGradientTap, pairs_payload, requested_adjustment
 from kernels.convert import export_dense_state, sparsify
 from protos.codec import Manifest, decode, encode
 from protos.flower_records import content_with_payload, payload_of
@@ -48,14 +49,19 @@ def receive_masked_model(msg: Message, context: Context) -> tuple[dict[str, np.n
 def train_masked(msg: Message, context: Context, settings: RunSettings, local: LocalData,
                  model: torch.nn.Module, num_classes: int) -> Message:
     """One round of masked SGD through compact sparse layers (``kernels``): only kept weights exist,
-    train and carry optimizer state; the dispatcher picks each layer's backend."""
+    train and carry optimizer state; the dispatcher picks each layer's backend. When the request names
+    layers to adjust (FedTiny), the reply also carries their top-K pruned-position gradient pairs."""
     tensors, mask, manifest = receive_masked_model(msg, context)
     template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     state = join_kept(tensors, mask, template)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()})
     config = msg.content.config_records.get("config", ConfigRecord())
     batch_size = int(config.get("batch-size", settings.batch_size))
+    adjust = requested_adjustment(config, mask)  # FedTiny: layers whose pruned-position gradients to report
+    tap = PrunedGradientTap(model, list(adjust)) if adjust else None
     sparsify(model, mask, batch=batch_size, training=True)
+    if tap is not None:
+        tap.attach(model)
     stats: TrainStats = train_sgd(
         model, local.train,
         epochs=int(config.get("local-epochs", settings.local_epochs)),
@@ -65,8 +71,11 @@ def train_masked(msg: Message, context: Context, settings: RunSettings, local: L
         logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, num_classes),
     )
     trained = {k: v.detach().numpy() for k, v in export_dense_state(model).items()}
-    blob = encode(split_kept(trained, mask), reference=mask, manifest=Manifest(
-        manifest.architecture, manifest.model_seed, manifest.density, manifest.round, "static-mask-update"))
+    tensors = split_kept(trained, mask)
+    pairs = {} if tap is None else pairs_payload(tap, mask, adjust)
+    blob = encode({**tensors, **pairs}, reference=mask, force=dict.fromkeys(pairs, "INDEX_VALUES"),
+                  manifest=Manifest(manifest.architecture, manifest.model_seed, manifest.density, manifest.round,
+                                    "static-mask-update"))
     metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,
                             "partition-id": local.partition_id})
     return Message(content_with_payload(blob, metrics=metrics), reply_to=msg)

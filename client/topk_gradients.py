@@ -1,54 +1,101 @@
 """Client side of FedTiny's progressive pruning: top-K gradient magnitudes at pruned positions, coded.
 
-The node decodes the current global model (kept values against the mask it
-holds, or the coded mask when it changed), keeps every layer on its compact
-sparse kernel except the layer(s) being adjusted, which run as plain dense
-layers with zeros at pruned positions so autograd yields their gradient there;
-everything else is frozen. One pass over the local training data accumulates
-the mean gradient; only the K largest magnitudes at pruned positions (and only
-nonzero ones) travel, as (index, value) pairs — never a dense gradient.
+In a round the server marks for adjustment, the training request names the
+layer(s) to adjust and their K. The client trains exactly as in any other
+round (every layer on its compact sparse kernel, only kept weights exist), and
+a :class:`PrunedGradientTap` watches the adjusted layers: for each batch it
+takes the layer's input and the gradient at its output and forms the weight
+gradient a dense layer would have had there (a linear layer: gᵀx; a
+convolution: ``conv2d_weight``). Summed over the local steps and divided by
+their count, that is the mean gradient along the client's own trajectory. Only
+the K largest magnitudes at pruned positions (and only nonzero ones) travel,
+as coded (index, value) pairs inside the training reply — never a dense
+gradient, and no extra exchange.
+
+Memory: the tap holds one dense accumulator per adjusted layer (the same size
+as that layer's dense weight) for the round; the trained weights, their
+gradients and the optimizer state stay compact.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from torch import nn
-from torch.nn import functional as F
+from torch.nn.grad import conv2d_weight
 
-from client.local_data import LocalData
-from client.masked_training import receive_masked_model
-from data import LabeledArrays
-from kernels.convert import sparsify
-from protos.codec import Manifest, encode
-from protos.flower_records import content_with_payload
 from strategies.fedtiny import GRAD
-from strategies.static_mask import join_kept
 
 
-def pruned_gradient_magnitudes(model: nn.Module, mask: dict[str, np.ndarray], layers: list[str],
-                               data: LabeledArrays, batch_size: int) -> dict[str, np.ndarray]:
-    """|mean gradient| of the loss over ``data`` w.r.t. each of ``layers``' weights, zero at active positions.
+class PrunedGradientTap:
+    """Accumulates the dense weight gradient of chosen layers while they train on sparse kernels.
 
-    ``model`` must hold the global weights (zeros at pruned positions) as plain layers; every layer not
-    adjusted is swapped for its sparse kernel and frozen, so only the adjusted layers get gradients.
+    Build it on the model *before* ``sparsify`` (it reads each layer's geometry), then call
+    :meth:`attach` on the sparsified model. Reading only: the training step is unchanged.
     """
-    sparsify(model, {k: v for k, v in mask.items() if k not in layers}, batch=batch_size, training=True)
-    params = dict(model.named_parameters())
-    for name, param in params.items():
-        param.requires_grad_(name in layers)
-    model.train()  # BatchNorm as in training; no optimizer, no weight changes
-    batches = max(1, -(-len(data) // batch_size))
-    for start in range(0, len(data), batch_size):
-        xb, yb = torch.from_numpy(data.x[start:start + batch_size]), torch.from_numpy(data.y[start:start + batch_size])
-        (F.cross_entropy(model(xb), yb) / batches).backward()
-    out = {}
-    for name in layers:
-        grad = params[name].grad
-        magnitude = np.zeros(params[name].shape, np.float32) if grad is None else grad.abs().numpy()
-        out[name] = np.where(mask[name], 0.0, magnitude).astype(np.float32)
-    return out
+
+    def __init__(self, model: nn.Module, layers: list[str]) -> None:
+        modules = dict(model.named_modules())
+        self.geometry: dict[str, dict[str, Any]] = {}
+        for name in layers:
+            module = modules[name.rsplit(".", 1)[0]]
+            if isinstance(module, nn.Conv2d):
+                self.geometry[name] = {"shape": tuple(module.weight.shape), "stride": module.stride,
+                                       "padding": module.padding, "dilation": module.dilation,
+                                       "groups": module.groups}
+            elif isinstance(module, nn.Linear):
+                self.geometry[name] = {"shape": tuple(module.weight.shape)}
+            else:
+                raise TypeError(f"{name}: {type(module).__name__} is not Linear/Conv2d")
+        self.sums = {name: torch.zeros(g["shape"]) for name, g in self.geometry.items()}
+        self.batches = dict.fromkeys(self.geometry, 0)
+        self._handles: list[Any] = []
+
+    def attach(self, model: nn.Module) -> PrunedGradientTap:
+        """Hook the (sparsified) modules of the tapped layers; each forward adds one batch's gradient."""
+        modules = dict(model.named_modules())
+        for name in self.geometry:
+            self._handles.append(modules[name.rsplit(".", 1)[0]].register_forward_hook(self._forward_hook(name)))
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks (the accumulated gradients stay)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _forward_hook(self, name: str):
+        geometry = self.geometry[name]
+
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+            if not (module.training and torch.is_grad_enabled() and output.requires_grad):
+                return None
+            x = inputs[0].detach()
+            self.batches[name] += 1
+
+            def on_grad(grad: torch.Tensor) -> None:
+                with torch.no_grad():
+                    if "stride" in geometry:
+                        step = conv2d_weight(x, geometry["shape"], grad, geometry["stride"], geometry["padding"],
+                                             geometry["dilation"], geometry["groups"])
+                    else:
+                        step = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+                    self.sums[name].add_(step)
+
+            output.register_hook(on_grad)
+            return output.clone()  # what follows may work in place (ReLU(inplace=True)); the tapped tensor stays
+
+        return hook
+
+    def mean_magnitudes(self, mask: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """|mean gradient over the tapped batches| per layer, zero at the positions ``mask`` keeps."""
+        out = {}
+        for name, total in self.sums.items():
+            mean = total.abs().numpy() / max(1, self.batches[name])
+            out[name] = np.where(mask[name], 0.0, mean).astype(np.float32)
+        return out
 
 
 def top_k_pairs(magnitude: np.ndarray, k: int) -> np.ndarray:
@@ -61,18 +108,17 @@ def top_k_pairs(magnitude: np.ndarray, k: int) -> np.ndarray:
     return out.reshape(magnitude.shape)
 
 
-def topk_reply(msg: Message, context: Context, local: LocalData, model: nn.Module, batch_size: int) -> Message:
-    """Answer an adjustment request: the coded top-K pairs of each requested layer."""
-    tensors, mask, _ = receive_masked_model(msg, context)
-    template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    state = join_kept(tensors, mask, template)
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()})
-    config = msg.content.config_records.get("config", ConfigRecord())
+def pairs_payload(tap: PrunedGradientTap, mask: dict[str, np.ndarray], ks: dict[str, int]) -> dict[str, np.ndarray]:
+    """The tensors a training reply adds for an adjustment: ``grad/<layer>`` holding only its top-K pairs."""
+    magnitudes = tap.mean_magnitudes(mask)
+    return {GRAD + name: top_k_pairs(magnitudes[name], k) for name, k in ks.items()}
+
+
+def requested_adjustment(config: Any, mask: dict[str, np.ndarray]) -> dict[str, int]:
+    """The layers and K a training request asks pairs for (empty when the round adjusts nothing)."""
+    if "adjust-layers" not in config:
+        return {}
     layers, ks = [str(x) for x in config["adjust-layers"]], [int(k) for k in config["adjust-k"]]
-    if len(layers) != len(ks) or any(name not in mask for name in layers):
-        raise ValueError(f"adjustment names unknown layers or mismatched K: {layers} / {ks}")
-    magnitudes = pruned_gradient_magnitudes(model, mask, layers, local.train, batch_size)
-    pairs = {GRAD + name: top_k_pairs(magnitudes[name], k) for name, k in zip(layers, ks, strict=True)}
-    blob = encode(pairs, manifest=Manifest(kind="fedtiny-topk"), force={name: "INDEX_VALUES" for name in pairs})
-    metrics = MetricRecord({"num-examples": len(local.train), "partition-id": local.partition_id})
-    return Message(content_with_payload(blob, metrics=metrics), reply_to=msg)
+    if len(layers) != len(ks) or any(name not in mask for name in layers) or any(k < 1 for k in ks):
+        raise ValueError(f"adjustment names unknown layers or bad K: {layers} / {ks}")
+    return dict(zip(layers, ks, strict=True))

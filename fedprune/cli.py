@@ -83,9 +83,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidate-spread", type=float, default=defaults.candidate_spread,
                    help="fedtiny: spread (std of a normal shift in logit space) of candidates' layer-wise densities")
     p.add_argument("--adjust-every", type=int, default=defaults.adjust_every,
-                   help="fedtiny: rounds between progressive-pruning adjustments, ΔT (0 = no progressive pruning)")
+                   help="fedtiny: every ΔT-th round also reports top-K pairs and adjusts the mask after it (0 = off)")
     p.add_argument("--adjust-until", type=int, default=defaults.adjust_until,
-                   help="fedtiny: last round after which the mask is adjusted, T_end")
+                   help="fedtiny: last round whose training reports top-K pairs for an adjustment, T_end")
     p.add_argument("--adjust-alpha", type=float, default=defaults.adjust_alpha,
                    help="fedtiny: α in K_t = α/2·(1+cos(πt/T_end)) × the layer's active count")
     p.add_argument("--adjust-layers", default=defaults.adjust_layers,

@@ -17,7 +17,7 @@ Every failure raises ``WireFormatError`` with what was wrong.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -414,3 +414,23 @@ def encoded_sizes(blob: bytes) -> dict[str, int]:
     """Serialized bytes of each tensor in a payload (for reports), keyed by name."""
     payload = pb.Payload.FromString(pb.Envelope.FromString(blob).body)
     return {t.name: t.ByteSize() for t in payload.tensors}
+
+
+def tensor_cost(blob: bytes, names: Iterable[str]) -> tuple[int, int]:
+    """(bytes the named tensors add to the payload ``blob``, bytes of their coded data and values alone).
+
+    The first is measured, not estimated: ``blob`` minus the same payload re-serialized without them
+    (protobuf serializes a parsed message back to the same bytes), so it counts each tensor's name,
+    shape and field framing too. For FedTiny's top-K pairs riding on a training reply, this is what
+    the adjustment's upload costs on the wire beyond the training update.
+    """
+    wanted = set(names)
+    envelope = pb.Envelope.FromString(bytes(blob))
+    payload = pb.Payload.FromString(envelope.body)
+    kept = [t for t in payload.tensors if t.name not in wanted]
+    coded = sum(len(t.data) + len(t.values) for t in payload.tensors if t.name in wanted)
+    del payload.tensors[:]
+    payload.tensors.extend(kept)
+    without = pb.Envelope(format_version=envelope.format_version, body=payload.SerializeToString(),
+                          digest=envelope.digest).SerializeToString()
+    return len(blob) - len(without), coded

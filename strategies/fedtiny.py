@@ -18,15 +18,17 @@ How a run goes (DESIGN §1, §4):
   a client whose declared memory/compute budget is below the global mask trains
   the nested submodel its budget allows (``strategies.budgets``), and kept values
   are averaged over the clients that trained them;
-* ``prepare_round`` after every ``adjust-every`` completed rounds up to ``adjust-until``
-  — progressive pruning: sampled clients get the current model and upload only the
-  top-K gradient magnitudes at pruned positions of the layer(s) being adjusted,
-  coded as (index, value) pairs; the server grows the K best by aggregate magnitude
-  (new weights start at 0) and prunes the K smallest active weights of that layer
-  (``strategies.progressive``).
+* in every ``adjust-every``-th round up to ``adjust-until`` — progressive pruning,
+  riding on training (no extra exchange): the training request names the
+  layer(s) to adjust and K_t; each trainer taps the gradient a dense layer would
+  have had at their pruned positions during its local steps and adds only the
+  top-K magnitudes, coded as (index, value) pairs, to its update. After
+  averaging the updates the server grows the K best by aggregate magnitude (new
+  weights start at 0) and prunes the K smallest active weights of that layer
+  (``strategies.progressive``); the next round trains the new mask.
 
 Hostile replies in any exchange (malformed or oversized payloads, wrong shapes,
-NaN statistics, gradients at active positions) are dropped with the node id and
+NaN statistics, more than K pairs or pairs at active positions) are dropped with the node id and
 reason by the base's screening; the server never crashes on them.
 """
 
@@ -42,7 +44,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from protos.codec import DecodeLimits, Manifest, decode, encode, reference_digest
+from protos.codec import Manifest, decode, encode, reference_digest, tensor_cost
 from protos.flower_records import content_with_payload, payload_of
 from protos.wire_size import content_bytes
 from strategies import budgets, progressive
@@ -51,7 +53,6 @@ from strategies.static_mask import KEPT_SUFFIX, StaticMaskFedAvg, join_kept, spl
 
 BN_STATS_TASK = "fedtiny-bn-statistics"
 BN_EVAL_TASK = "fedtiny-bn-evaluate"
-TOPK_TASK = "fedtiny-topk-gradients"
 CANDIDATE = "candidate"  # tensor names: candidate/<i>/<layer> (masks) and candidate/<i>/<bn buffer> (stats)
 GRAD = "grad/"
 THETA0_DIGEST = "theta0-digest"
@@ -118,7 +119,9 @@ class FedTiny(StaticMaskFedAvg):
         self._round_masks: dict[int, dict[str, np.ndarray]] = {}
         self._costs: dict[int, list[dict[str, Any]]] = {}
         self._phase_data: dict[int, Any] = {}
-        self._expected_k: dict[str, int] = {}
+        self._plan: dict[str, int] = {}
+        self._pairs: dict[int, dict[str, Any]] = {}
+        self._pending_pairs: dict[int, dict[str, Any]] = {}
 
     def summary(self) -> None:
         """Log candidates, adjustment schedule and budgets."""
@@ -150,14 +153,9 @@ class FedTiny(StaticMaskFedAvg):
 
     def prepare_round(self, server_round: int, arrays: ArrayRecord, grid: Grid,
                       timeout: float | None = None) -> ArrayRecord | None:
-        """Extra exchanges before round ``server_round`` trains: BN selection (round 1), mask adjustment after
-        every ``adjust-every`` completed rounds up to ``adjust-until``. Returns the new global arrays, if any."""
+        """The extra exchanges before round 1 trains: BN selection. Returns the arrays to train from."""
         if server_round == 1 and self.selection is None and len(self.candidates) > 1:
             arrays = self._select_by_bn(arrays, grid, timeout)
-        completed = server_round - 1
-        schedule = progressive.adjustment_rounds(self.adjust_every, self.adjust_until)
-        if completed in schedule and not any(a["after_round"] == completed for a in self.adjustments):
-            arrays = self._adjust(schedule.index(completed), completed, server_round, arrays, grid, timeout)
         return arrays
 
     # -- adaptive BN selection -----------------------------------------------------------
@@ -260,72 +258,38 @@ class FedTiny(StaticMaskFedAvg):
 
     # -- progressive pruning -----------------------------------------------------------
 
-    def _adjust(self, step: int, completed: int, server_round: int, arrays: ArrayRecord, grid: Grid,
-                timeout: float | None) -> ArrayRecord:
-        layers = progressive.layers_to_adjust(self.layer_names, step, self.adjust_layers)
-        ks = {name: progressive.cosine_k(completed, self.adjust_until, self.adjust_alpha, int(self.mask[name].sum()))
-              for name in layers}
-        entry: dict[str, Any] = {"after_round": completed, "round": server_round, "layers": {}, "uploads": []}
-        ks = {name: k for name, k in ks.items() if k > 0}
-        if not ks:
-            entry["skipped"] = "K_t = 0 for every layer"
-            self.adjustments.append(entry)
-            return arrays
-        state = {k: arrays[k].numpy() for k in arrays.keys()}
-        kept = split_kept(state, self.mask)
-        nodes = self.sample_nodes(-server_round, grid)  # negative key: its own draw, not this round's trainers
-        config = ConfigRecord({"task": TOPK_TASK, "server-round": server_round,
-                               "adjust-layers": list(ks), "adjust-k": [int(k) for k in ks.values()]})
-        manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, "fedtiny-adjust")
-        messages = []
-        for node in nodes:
-            blob = self.delivery.payload(node, kept, self.mask, manifest, self.mask_digest)
-            messages.append(Message(content=content_with_payload(blob, config=config), dst_node_id=node,
-                                    message_type=MessageType.TRAIN))
-        self._expected_k = ks
-        valid = self._exchange(server_round, TOPK_TASK, messages, grid, timeout)
-        for reply in valid:
-            node = reply.metadata.src_node_id
-            upload = self._phase_data[node]
-            entry["uploads"].append({"node_id": node, "content_bytes": content_bytes(reply),
-                                     "payload_bytes": upload["payload_bytes"],
-                                     "coded_pairs_bytes": upload["coded_pairs_bytes"], "pairs": upload["pairs"]})
-        if not self.enough_replies(server_round, valid):
-            entry["skipped"] = "too few valid top-K uploads"
-            self.adjustments.append(entry)
-            return arrays
-        weights = [self.weight_of(m) for m in valid]
-        new_mask = dict(self.mask)
-        for name, k in ks.items():
-            size = self.mask[name].size
-            uploads = [self._phase_data[m.metadata.src_node_id]["pairs_of"][name] for m in valid]
-            score = progressive.aggregate_magnitudes(uploads, weights, size)
-            weights_new, mask_new, moved = progressive.grow_and_prune(state[name], self.mask[name], score, k)
-            state[name], new_mask[name] = weights_new, mask_new
-            entry["layers"][name] = {"k": k, "grown": int(moved.grown.size), "pruned": int(moved.pruned.size),
-                                     "active": int(mask_new.sum()), "size": int(size),
-                                     "candidates_reported": int((score > 0).sum())}
-        self._install_mask(new_mask)
-        self.adjustments.append(entry)
-        log(INFO, "FedTiny adjustment after round %d: %s", completed,
-            {n: (v["grown"], v["pruned"]) for n, v in entry["layers"].items()})
-        return ArrayRecord({k: Array(np.asarray(state[k], order="C")) for k in arrays.keys()})
+    def adjustment_plan(self, server_round: int) -> dict[str, int]:
+        """Layers adjusted after round ``server_round`` and their K_t (empty when the round adjusts nothing).
 
-    def _check_topk(self, reply: Message) -> dict[str, Any]:
-        blob = payload_of(reply)
-        pairs_cap = sum(self._expected_k.values())
-        limits = DecodeLimits(max_payload_bytes=16 * pairs_cap + 4096)  # 8 B index + 4 B value each, and framing
-        decoded = decode(blob, limits=limits)
-        expected = {GRAD + name for name in self._expected_k}
-        if set(decoded.tensors) != expected:
-            raise ValueError(f"top-K tensors {sorted(decoded.tensors)[:3]} differ from {sorted(expected)}")
-        from protos import fedprune_wire_pb2 as pb
+        The round's training request names them; each trainer reports its top-K pairs with its update."""
+        schedule = progressive.adjustment_rounds(self.adjust_every, self.adjust_until)
+        if server_round not in schedule:
+            return {}
+        layers = progressive.layers_to_adjust(self.layer_names, schedule.index(server_round), self.adjust_layers)
+        ks = {name: progressive.cosine_k(server_round, self.adjust_until, self.adjust_alpha,
+                                         int(self.mask[name].sum())) for name in layers}
+        return {name: k for name, k in ks.items() if k > 0}
 
-        coded = {t.name: len(t.data) + len(t.values)
-                 for t in pb.Payload.FromString(pb.Envelope.FromString(blob).body).tensors}
-        pairs_of, total = {}, 0
-        for name, k in self._expected_k.items():
-            value = decoded.tensors[GRAD + name]
+    def model_tensors(self, server_round: int, reply: Message, blob: bytes,
+                      tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Split a training reply into its model update and its top-K pairs (checked, kept for this round)."""
+        grads = {k: v for k, v in tensors.items() if k.startswith(GRAD)}
+        if not grads:
+            return tensors
+        node = reply.metadata.src_node_id
+        self._pending_pairs[node] = self._check_pairs(node, grads, blob)
+        return {k: v for k, v in tensors.items() if not k.startswith(GRAD)}
+
+    def _check_pairs(self, node: int, grads: dict[str, np.ndarray], blob: bytes) -> dict[str, Any]:
+        """Validate one reply's pairs: requested layers only, at most K each, magnitudes >= 0, only at positions
+        the node's own mask prunes. Positions the global mask keeps (a budgeted node's submodel prunes more)
+        carry no growth signal and are dropped."""
+        expected = {GRAD + name for name in self._plan}
+        if set(grads) - expected:
+            raise ValueError(f"top-K pairs for {sorted(set(grads) - expected)[:3]}, requested {sorted(expected)}")
+        node_mask, pairs_of, total = self.mask_for(node), {}, 0
+        for name, k in self._plan.items():
+            value = grads.get(GRAD + name, np.zeros(self.mask[name].shape, np.float32))
             if value.shape != self.mask[name].shape:
                 raise ValueError(f"'{GRAD + name}' has shape {value.shape}, expected {self.mask[name].shape}")
             flat = value.reshape(-1)
@@ -334,12 +298,41 @@ class FedTiny(StaticMaskFedAvg):
                 raise ValueError(f"'{GRAD + name}' carries {indices.size} pairs, more than K = {k}")
             if (flat[indices] < 0).any():
                 raise ValueError(f"'{GRAD + name}' carries negative magnitudes")
-            if self.mask[name].reshape(-1)[indices].any():
+            if node_mask[name].reshape(-1)[indices].any():
                 raise ValueError(f"'{GRAD + name}' reports gradients at active positions")
+            indices = indices[~self.mask[name].reshape(-1)[indices]]
             pairs_of[name] = (indices, flat[indices])
             total += int(indices.size)
-        return {"pairs_of": pairs_of, "pairs": total, "payload_bytes": len(blob),
-                "coded_pairs_bytes": int(sum(coded.values()))}
+        added, coded = tensor_cost(blob, grads)
+        return {"pairs_of": pairs_of, "pairs": total, "pairs_bytes": added, "coded_pairs_bytes": coded,
+                "payload_bytes": len(blob)}
+
+    def _adjust(self, server_round: int, arrays: ArrayRecord, valid: list[Message]) -> ArrayRecord:
+        """Grow/prune each planned layer from the aggregated pairs of this round's valid replies."""
+        entry: dict[str, Any] = {"after_round": server_round, "round": server_round, "layers": {}, "uploads": []}
+        for reply in valid:
+            node = reply.metadata.src_node_id
+            upload = self._pairs[node]
+            entry["uploads"].append({"node_id": node, "content_bytes": content_bytes(reply),
+                                     **{k: upload[k] for k in ("payload_bytes", "pairs_bytes", "coded_pairs_bytes",
+                                                               "pairs")}})
+        state = {k: arrays[k].numpy() for k in arrays.keys()}
+        weights = [self.weight_of(m) for m in valid]
+        new_mask = dict(self.mask)
+        for name, k in self._plan.items():
+            size = self.mask[name].size
+            uploads = [self._pairs[m.metadata.src_node_id]["pairs_of"][name] for m in valid]
+            score = progressive.aggregate_magnitudes(uploads, weights, size)
+            weights_new, mask_new, moved = progressive.grow_and_prune(state[name], self.mask[name], score, k)
+            state[name], new_mask[name] = weights_new, mask_new
+            entry["layers"][name] = {"k": k, "grown": int(moved.grown.size), "pruned": int(moved.pruned.size),
+                                     "active": int(mask_new.sum()), "size": int(size),
+                                     "candidates_reported": int((score > 0).sum())}
+        self._install_mask(new_mask)
+        self.adjustments.append(entry)
+        log(INFO, "FedTiny adjustment after round %d: %s", server_round,
+            {n: (v["grown"], v["pruned"]) for n, v in entry["layers"].items()})
+        return ArrayRecord({k: Array(np.asarray(state[k], order="C")) for k in arrays.keys()})
 
     # -- training with budgets ------------------------------------------------------------
 
@@ -360,7 +353,11 @@ class FedTiny(StaticMaskFedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Sparse FedAvg messages (``StaticMaskFedAvg``), each node on the submodel its budget allows."""
-        self._round_masks = {}
+        self._round_masks, self._pairs, self._pending_pairs = {}, {}, {}
+        self._plan = self.adjustment_plan(server_round)
+        if self._plan:
+            config = ConfigRecord({**dict(config), "adjust-layers": list(self._plan),
+                                   "adjust-k": [int(k) for k in self._plan.values()]})
         messages = list(super().configure_train(server_round, arrays, config, grid))
         rows = []
         for message in messages:
@@ -379,7 +376,11 @@ class FedTiny(StaticMaskFedAvg):
     def check_reply(self, server_round: int, reply: Message) -> str | None:
         """Training replies as in ``StaticMaskFedAvg``; setup/adjustment replies by their own checks."""
         if self._phase == "train":
-            return super().check_reply(server_round, reply)
+            reason = super().check_reply(server_round, reply)
+            pairs = self._pending_pairs.pop(reply.metadata.src_node_id, None)
+            if reason is None and pairs is not None:  # a valid update without pairs only gives no growth signal
+                self._pairs[reply.metadata.src_node_id] = pairs
+            return reason
         reason = super(StaticMaskFedAvg, self).check_reply(server_round, reply)
         if reason:
             return reason
@@ -387,19 +388,30 @@ class FedTiny(StaticMaskFedAvg):
         try:
             if self._phase == BN_STATS_TASK:
                 self._phase_data[node] = self._check_bn_statistics(reply)
-            elif self._phase == BN_EVAL_TASK:
-                self._check_bn_evaluation(reply)
             else:
-                self._phase_data[node] = self._check_topk(reply)
-                self.delivery.confirm(node, self.mask, self.mask_digest)
+                self._check_bn_evaluation(reply)
         except ValueError as exc:  # WireFormatError is a ValueError
-            if self._phase == TOPK_TASK:
-                self.delivery.forget(node)
             return f"{self._phase} payload rejected: {exc}"
         return None
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Sparse FedAvg of the round's updates; in a round with an adjustment plan, then the grow/prune
+        step from the top-K pairs that rode on the valid updates (the new mask trains from the next round)."""
+        replies = list(replies)
+        arrays, metrics = self._average_kept(server_round, replies)
+        if arrays is None or not self._plan:
+            return arrays, metrics
+        reporting = sorted((m for m in replies if m.metadata.src_node_id in self._pairs),
+                           key=lambda m: self.node_partitions.get(m.metadata.src_node_id, m.metadata.src_node_id))
+        if not reporting:
+            self.adjustments.append({"after_round": server_round, "round": server_round, "layers": {},
+                                     "uploads": [], "skipped": "no valid top-K pairs"})
+            return arrays, metrics
+        return self._adjust(server_round, arrays, reporting), metrics
+
+    def _average_kept(self, server_round: int,
+                      replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Plain sparse FedAvg when everyone trained the global mask; else kept values averaged over the
         clients whose submodel holds them (a weight no client trained keeps its global value)."""
         if all(m is self.mask for m in self._round_masks.values()):

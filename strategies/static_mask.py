@@ -117,14 +117,21 @@ class StaticMaskFedAvg(FederatedStrategy):
         node = reply.metadata.src_node_id
         mask = self.mask_for(node)
         try:
-            decoded = decode(payload_of(reply), reference=mask)
-            join_kept(decoded.tensors, mask, self._template)
+            blob = payload_of(reply)
+            tensors = self.model_tensors(server_round, reply, blob, decode(blob, reference=mask).tensors)
+            join_kept(tensors, mask, self._template)
         except ValueError as exc:  # WireFormatError is a ValueError
             self.forget_node(node)  # resend the full mask next time: never a silent desync
             return f"payload rejected: {exc}"
         self.delivery.confirm(node, mask, self._digest_of(mask))
-        self._decoded[node] = decoded.tensors
+        self._decoded[node] = tensors
         return None
+
+    def model_tensors(self, server_round: int, reply: Message, blob: bytes,
+                      tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The tensors of a training reply that update the model (here: all of them). A subclass takes out
+        what else its replies carry (FedTiny: top-K gradient pairs) and raises ``ValueError`` on bad ones."""
+        return tensors
 
     def forget_node(self, node_id: int) -> None:
         """A node that failed may have lost its mask: send it again next time."""

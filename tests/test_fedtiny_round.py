@@ -31,11 +31,16 @@ def _run(settings, **kwargs):
     return run_federation(grid, settings, progress=lambda line: None), grid
 
 
-def _replace_payload(reply, tensors):
+def _replace_payload(reply, tensors, reference=None):
     content = RecordDict(dict(reply.content.items()))
-    content[PAYLOAD_RECORD] = ConfigRecord({PAYLOAD_KEY: encode(tensors)})
+    force = {k: "INDEX_VALUES" for k in tensors if k.startswith(GRAD)}
+    content[PAYLOAD_RECORD] = ConfigRecord({PAYLOAD_KEY: encode(tensors, reference=reference, force=force)})
     reply.content = content
     return reply
+
+
+def _held_mask(grid, node):
+    return decode(grid.contexts[node].state.config_records[MASK_STATE]["payload"]).tensors
 
 
 def _kind(reply):
@@ -47,9 +52,13 @@ def _kind(reply):
         return "train"
     if any(k.startswith(CANDIDATE + "/") for k in names):
         return "bn-stats"
-    if any(k.startswith(GRAD) for k in names):
-        return "topk"
     return "train"
+
+
+def _pairs_in(grid, node, reply):
+    """(all tensors of a training reply decoded against the node's mask, its top-K pair tensors)."""
+    tensors = decode(payload_of(reply), reference=_held_mask(grid, node)).tensors
+    return dict(tensors), {k: v for k, v in tensors.items() if k.startswith(GRAD)}
 
 
 def _selection(settings):
@@ -103,32 +112,37 @@ def test_a_candidate_whose_bn_statistics_ruin_accuracy_is_never_selected(tiny):
     assert doc["strategy_report"]["selected_candidate"] == selection["selected"]
 
 
-def test_adjustments_keep_density_and_upload_only_coded_pairs(tiny):
+def test_adjustments_ride_on_training_keep_density_and_upload_only_coded_pairs(tiny):
     uploads = []
 
     def tamper(node, reply):
-        if _kind(reply) == "topk":
-            uploads.append(reply)
+        if _kind(reply) == "train":
+            uploads.append(_pairs_in(grid, node, reply)[1])
         return reply
 
-    doc, _ = _run(tiny, tamper=tamper)
+    grid = InProcessGrid(client_app, tiny.num_clients, tiny.to_run_config(), tamper=tamper)
+    doc = run_federation(grid, tiny, progress=lambda line: None)
     assert doc["status"] == "completed"
     adjusted = [r for r in doc["rounds"] if "adjustment" in r]
-    assert [r["adjustment"]["after_round"] for r in adjusted] == [1, 2]
+    assert [r["adjustment"]["after_round"] for r in adjusted] == [r["round"] for r in adjusted] == [1, 2]
     assert [list(r["adjustment"]["layers"]) for r in adjusted] == [["classifier.3.weight"], ["classifier.1.weight"]]
     densities = [r["layer_densities"] for r in doc["rounds"]]
     for entry in adjusted:
         for name, layer in entry["adjustment"]["layers"].items():
             assert layer["grown"] == layer["pruned"] <= layer["k"] and layer["grown"] > 0
             assert layer["active"] == round(densities[0][name] * layer["size"])  # density constant
+        assert len(entry["adjustment"]["uploads"]) == tiny.clients_per_round
         for upload in entry["adjustment"]["uploads"]:
-            assert upload["pairs"] <= sum(v["k"] for v in entry["adjustment"]["layers"].values())
-            assert upload["coded_pairs_bytes"] < upload["payload_bytes"] < upload["coded_pairs_bytes"] + 120
-            assert 0 < upload["content_bytes"] - upload["payload_bytes"] < 200
-    assert len(uploads) == 2 * tiny.clients_per_round
+            assert 0 < upload["pairs"] <= sum(v["k"] for v in entry["adjustment"]["layers"].values())
+            # what the pairs add to the training reply: their coded bytes plus one tensor header
+            assert upload["coded_pairs_bytes"] < upload["pairs_bytes"] < upload["coded_pairs_bytes"] + 60
+            assert upload["pairs_bytes"] < upload["payload_bytes"] < upload["content_bytes"]
     k_of = {name: layer["k"] for r in adjusted for name, layer in r["adjustment"]["layers"].items()}
-    for reply in uploads:  # only pairs: never a dense gradient
-        (name, grad), = decode(payload_of(reply)).tensors.items()
+    per_round = [uploads[i:i + tiny.clients_per_round] for i in range(0, len(uploads), tiny.clients_per_round)]
+    assert [sorted({n for u in rnd for n in u}) for rnd in per_round] == [
+        [GRAD + "classifier.3.weight"], [GRAD + "classifier.1.weight"], []]  # only in adjusting rounds
+    for pairs in per_round[0] + per_round[1]:  # only pairs: never a dense gradient
+        (name, grad), = pairs.items()
         assert 0 < np.count_nonzero(grad) <= k_of[name[len(GRAD):]]
     report = doc["strategy_report"]
     assert [a["after_round"] for a in report["adjustments"]] == [1, 2]
@@ -140,7 +154,28 @@ def test_adjustments_keep_density_and_upload_only_coded_pairs(tiny):
     assert sum(int(m.sum()) for m in mask.values()) == sum(int(m.sum()) for m in first.mask.values())
 
 
-def test_hostile_bn_statistics_and_topk_uploads_are_dropped_with_node_and_reason(tiny):
+def test_tapping_gradients_leaves_the_training_update_unchanged(tiny):
+    updates = {}
+
+    def keep(label):
+        def tamper(node, reply):
+            if _kind(reply) == "train":
+                tensors, _ = _pairs_in(grids[label], node, reply)
+                updates.setdefault(label, []).append({k: v for k, v in tensors.items() if not k.startswith(GRAD)})
+            return reply
+        return tamper
+
+    grids = {}
+    for label, every in (("tap", 1), ("plain", 0)):
+        settings = dataclasses.replace(tiny, rounds=1, candidates=1, adjust_every=every, out=f"{tiny.out}-{label}")
+        grids[label] = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(), tamper=keep(label))
+        run_federation(grids[label], settings, progress=lambda line: None)
+    assert len(updates["tap"]) == len(updates["plain"]) == tiny.clients_per_round
+    for tapped, plain in zip(updates["tap"], updates["plain"], strict=True):
+        assert tapped.keys() == plain.keys() and all(np.array_equal(tapped[k], plain[k]) for k in plain)
+
+
+def test_hostile_bn_statistics_and_topk_pairs_are_dropped_with_node_and_reason(tiny):
     victims = {}
 
     def tamper(node, reply):
@@ -157,31 +192,36 @@ def test_hostile_bn_statistics_and_topk_uploads_are_dropped_with_node_and_reason
             key = next(k for k in tensors if k.endswith("running_var"))
             tensors[key] = np.ones(3, np.float32)
             return _replace_payload(reply, tensors)
-        if kind == "topk" and "oversized" not in victims:
-            victims["oversized"] = node
-            (name, grad), = decode(payload_of(reply)).tensors.items()
-            return _replace_payload(reply, {name: np.ones_like(grad)})  # every position: far more than K pairs
-        if kind == "topk" and "active" not in victims:
-            victims["active"] = node
-            (name, grad), = decode(payload_of(reply)).tensors.items()
-            held = decode(grid.contexts[node].state.config_records[MASK_STATE]["payload"]).tensors
-            forged = grad.copy().reshape(-1)
-            forged[np.flatnonzero(forged)[0]] = 0.0  # same number of pairs, one moved onto an active weight
-            forged[np.flatnonzero(held[name[len(GRAD):]])[0]] = 1.0
-            return _replace_payload(reply, {name: forged.reshape(grad.shape)})
+        if kind == "train" and "oversized" not in victims:
+            tensors, pairs = _pairs_in(grid, node, reply)
+            if pairs:
+                victims["oversized"] = node
+                (name, grad), = pairs.items()
+                tensors[name] = np.ones_like(grad)  # every position: far more than K pairs
+                return _replace_payload(reply, tensors, _held_mask(grid, node))
+        if kind == "train" and "active" not in victims:
+            tensors, pairs = _pairs_in(grid, node, reply)
+            if pairs:
+                victims["active"] = node
+                (name, grad), = pairs.items()
+                forged = grad.copy().reshape(-1)
+                forged[np.flatnonzero(forged)[0]] = 0.0  # same number of pairs, one moved onto an active weight
+                forged[np.flatnonzero(_held_mask(grid, node)[name[len(GRAD):]])[0]] = 1.0
+                tensors[name] = forged.reshape(grad.shape)
+                return _replace_payload(reply, tensors, _held_mask(grid, node))
         return reply
 
     grid = InProcessGrid(client_app, tiny.num_clients, tiny.to_run_config(), tamper=tamper)
     doc = run_federation(grid, tiny, progress=lambda line: None)
     assert doc["status"] == "completed" and len(victims) == 4
-    dropped = [r for entry in doc["rounds"] for r in entry["exchange_rejected_replies"]]
+    dropped = [r for entry in doc["rounds"] for r in entry["exchange_rejected_replies"] + entry["rejected_replies"]]
     rejected = {(r["node_id"], r["reason"].split(":")[0]) for r in dropped}
     reasons = [r["reason"] for r in dropped]
-    assert all(not entry["rejected_replies"] and entry["clients_failed"] == 0 for entry in doc["rounds"])
+    assert sum(len(entry["rejected_replies"]) for entry in doc["rounds"]) == 2  # the two forged updates
     assert (victims["nan"], "fedtiny-bn-statistics payload rejected") in rejected
     assert (victims["shape"], "fedtiny-bn-statistics payload rejected") in rejected
-    assert (victims["oversized"], "fedtiny-topk-gradients payload rejected") in rejected
-    assert (victims["active"], "fedtiny-topk-gradients payload rejected") in rejected
+    assert (victims["oversized"], "payload rejected") in rejected
+    assert (victims["active"], "payload rejected") in rejected
     assert any("NaN" in r for r in reasons) and any("expected float32" in r for r in reasons)
     assert any("exceeds the cap" in r or "more than K" in r for r in reasons)
     assert any("reports gradients at active positions" in r for r in reasons)

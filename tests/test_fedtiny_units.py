@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from client.bn_statistics import reestimate_bn
-from client.topk_gradients import top_k_pairs
+from client.topk_gradients import PrunedGradientTap, top_k_pairs
 from data import LabeledArrays
+from kernels.convert import sparsify
+from kernels.dispatch import Backend
 from models import build_model, prunable_names
 from protos import fedprune_wire_pb2 as pb
-from protos.codec import Manifest, decode, encode
+from protos.codec import Manifest, decode, encode, tensor_cost
 from server.run_config import ConfigError, RunSettings
 from strategies.budgets import Budget, BudgetError, ModelCost, nested_submask, parse_budget_tiers, ratio_for_budget
 from strategies.candidates import candidate_masks, perturbed_counts
@@ -182,6 +184,55 @@ def test_top_k_upload_is_exactly_the_coded_pairs():
     few = np.zeros((10, 10), np.float32)
     few.flat[[3, 7]] = [1.0, 2.0]
     assert np.flatnonzero(top_k_pairs(few, 5)).tolist() == [3, 7]  # never pads with zero-magnitude pairs
+
+
+@pytest.mark.parametrize("backend", [Backend.MASKED, Backend.COMPACT, Backend.CSR])
+def test_gradient_tap_on_sparse_kernels_equals_the_dense_layers_gradient(backend):
+    model = build_model("digits-cnn-bn", SHAPE, seed=2)
+    rng = np.random.default_rng(3)
+    mask = {n: rng.random(p.shape) < 0.3 for n, p in model.named_parameters() if n in prunable_names(model)}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in mask:
+                param.mul_(torch.from_numpy(mask[name]))
+    dense = copy.deepcopy(model)
+    x, y = torch.randn(3, 16, *SHAPE), torch.randint(0, 10, (3, 16))
+    dense.train()
+    for xb, yb in zip(x, y, strict=True):  # two ReLUs run in place right after tapped layers
+        torch.nn.functional.cross_entropy(dense(xb), yb).backward()
+    tap = PrunedGradientTap(model, list(mask))
+    backends = {n: Backend.MASKED if backend == Backend.CSR and n.startswith("features") else backend for n in mask}
+    sparsify(model, mask, batch=16, training=True, backends=backends)
+    tap.attach(model)
+    model.train()
+    for xb, yb in zip(x, y, strict=True):
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+    tap.detach()
+    model(x[0])  # detached: no more batches counted
+    grads = dict(dense.named_parameters())
+    for name in mask:
+        assert tap.batches[name] == 3
+        torch.testing.assert_close(tap.sums[name], grads[name].grad, rtol=1e-5, atol=1e-6)
+    magnitudes = tap.mean_magnitudes(mask)
+    for name in mask:
+        expected = np.where(mask[name], 0.0, grads[name].grad.abs().numpy() / 3)
+        np.testing.assert_allclose(magnitudes[name], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_tensor_cost_is_what_the_named_tensors_add_to_a_payload():
+    rng = np.random.default_rng(1)
+    update = {"fc1.weight/kept": rng.normal(size=300).astype(np.float32)}
+    pairs = np.zeros((64, 100), np.float32)
+    pairs.flat[rng.choice(6400, 250, replace=False)] = rng.random(250).astype(np.float32) + 0.1
+    manifest = Manifest(kind="static-mask-update")
+    alone = encode(update, manifest=manifest)
+    both = encode({**update, "grad/fc1.weight": pairs}, manifest=manifest, force={"grad/fc1.weight": "INDEX_VALUES"})
+    added, coded = tensor_cost(both, ["grad/fc1.weight"])
+    assert added == len(both) - len(alone)
+    body = pb.Payload.FromString(pb.Envelope.FromString(both).body)
+    (tensor,) = [t for t in body.tensors if t.name.startswith("grad")]
+    assert coded == len(tensor.data) + len(tensor.values) and 4 * 250 <= coded < added < coded + 40
+    assert tensor_cost(both, []) == (0, 0)
 
 
 def test_budget_arithmetic():
