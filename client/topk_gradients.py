@@ -78,11 +78,11 @@ class PrunedGradientTap:
             def on_grad(grad: torch.Tensor) -> None:
                 with torch.no_grad():
                     if "stride" in geometry:
-                        step = conv2d_weight(x, geometry["shape"], grad, geometry["stride"], geometry["padding"],
-                                             geometry["dilation"], geometry["groups"])
-                    else:
-                        step = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
-                    self.sums[name].add_(step)
+                        self.sums[name].add_(conv2d_weight(x, geometry["shape"], grad, geometry["stride"],
+                                                           geometry["padding"], geometry["dilation"],
+                                                           geometry["groups"]))
+                    else:  # gᵀx added in place: no weight-sized temporary per batch
+                        self.sums[name].addmm_(grad.reshape(-1, grad.shape[-1]).T, x.reshape(-1, x.shape[-1]))
 
             output.register_hook(on_grad)
             return output.clone()  # what follows may work in place (ReLU(inplace=True)); the tapped tensor stays
