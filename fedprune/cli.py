@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -220,9 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm() -> None:
+    """Make ``kill PID`` end a command like Ctrl-C does: ``SystemExit`` runs the ``finally`` blocks that stop
+    the SuperLink, Ray and SuperNodes a run started (the default SIGTERM action would orphan them)."""
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _exit_on_sigterm()
     from deploy.cli import HANDLERS as deploy_handlers
 
     handlers = {"simulate": cmd_simulate, "report": cmd_report, "bench": cmd_bench, **deploy_handlers}

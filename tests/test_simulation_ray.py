@@ -132,3 +132,50 @@ def test_hidenseek_ray_simulation_3_rounds_on_digits(tmp_path):
         for client in entry["clients"]:
             assert 0 < client["uplink_bytes"] - payloads[str(client["node_id"])] < 400
     assert "federated_evaluation" in document["rounds"][2]
+
+
+def _descendants(root: int) -> set[int]:
+    """Every live process below ``root`` (from /proc), however deep (Ray daemons start their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def test_sigterm_to_simulate_stops_everything_it_started(tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "fedprune.cli", "simulate", "--dataset", "digits", "--model", "digits-cnn",
+               "--partition", "iid", "--num-clients", "6", "--clients-per-round", "3", "--rounds", "50",
+               "--out", str(out)]
+    run = subprocess.Popen(command, cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    started: set[int] = set()
+    try:
+        for line in run.stdout:  # wait until a round has trained: SuperLink, Ray and its actors are all up
+            started |= _descendants(run.pid)
+            if line.startswith("round   1/"):
+                break
+        started |= _descendants(run.pid)
+        assert len(started) >= 4, started  # SuperLink, flwr-simulation, raylet, actors, ...
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in started):
+            time.sleep(0.5)
+        assert not [pid for pid in started if _alive(pid)]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
