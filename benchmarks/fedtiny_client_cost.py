@@ -10,6 +10,11 @@ steps — parameters, their gradients, SGD momentum buffers, and every buffer (B
 structures of the sparse layers). Activations are not included: unstructured weight sparsity leaves every layer's
 output the same size, so they are the same for both models.
 
+Adjusting rounds (progressive pruning): the client trains the same sparse model with a
+``client.topk_gradients.PrunedGradientTap`` on the adjusted layer, which holds one dense, weight-sized
+accumulator for the round and adds gᵀx (or the convolution's weight gradient) per batch; the rows
+``adjusting <layer>`` count that accumulator with the training state and the tap's work in the FLOPs.
+
 FLOPs per sample: torch.utils.flop_counter.FlopCounterMode over one forward+backward step, divided by the batch.
 What the counter sees: dense and compact (sliced) layers run ordinary aten convolutions/matmuls and are counted
 exactly; for CSR layers it counts the sparse ``mm`` as if it were dense and does not see the sampled weight
@@ -30,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from client.topk_gradients import PrunedGradientTap  # noqa: E402
 from kernels.convert import sparsify  # noqa: E402
 from kernels.csr import CSRLinear  # noqa: E402
 from models import build_model  # noqa: E402
@@ -70,6 +76,28 @@ def flops_per_sample(model, x, y) -> tuple[float, float]:
     return raw / x.shape[0], corrected / x.shape[0]
 
 
+def tap_flops_per_sample(model: torch.nn.Module, layer: str, x: torch.Tensor) -> float:
+    """FlopCounterMode's count of the tap's per-batch op on ``layer`` (gᵀx, or the convolution's weight
+    gradient) at the real input and output shapes, per sample. Counted on its own because the counter
+    attributes ops run inside backward hooks to the sparse module, whose count the CSR correction replaces."""
+    captured = {}
+    module = dict(model.named_modules())[layer.rsplit(".", 1)[0]]
+    handle = module.register_forward_hook(lambda m, i, o: captured.update(x=i[0].detach(), g=torch.ones_like(o)))
+    with torch.no_grad():
+        model.eval()(x)
+    handle.remove()
+    tap = PrunedGradientTap(model, [layer])
+    geometry = tap.geometry[layer]
+    with FlopCounterMode(display=False) as counter:
+        if "stride" in geometry:
+            torch.nn.grad.conv2d_weight(captured["x"], geometry["shape"], captured["g"], geometry["stride"],
+                                        geometry["padding"], geometry["dilation"], geometry["groups"])
+        else:
+            torch.addmm(tap.sums[layer], captured["g"].reshape(-1, captured["g"].shape[-1]).T,
+                        captured["x"].reshape(-1, captured["x"].shape[-1]))
+    return counter.get_total_flops() / x.shape[0]
+
+
 def _core(row: dict) -> int:
     state = row["state_bytes"]
     return state["parameters"] + state["gradients"] + state["optimizer_state"]
@@ -96,6 +124,23 @@ def main() -> int:
         raw, corrected = flops_per_sample(model, x, y)
         rows[name] = {"state_bytes": training_state_bytes(model, optimizer),
                       "flops_per_sample_counter": raw, "flops_per_sample_corrected": corrected}
+    for layer in mask:  # an adjusting round: the same sparse model, plus the tap on one layer
+        model = copy.deepcopy(base)
+        tap = PrunedGradientTap(model, [layer])
+        sparsify(model, mask, batch=batch, training=True, backends=backends)
+        tap.attach(model)
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for _ in range(2):
+            step(model, optimizer, x, y)
+        state = training_state_bytes(model, optimizer)
+        accumulator = sum(t.numel() * t.element_size() for t in tap.sums.values())
+        state = {**state, "tap_accumulator": accumulator, "total": state["total"] + accumulator}
+        tap_flops = tap_flops_per_sample(base, layer, x)
+        rows[f"adjusting {layer}"] = {
+            "state_bytes": state, "state_ratio": state["total"] / rows["dense"]["state_bytes"]["total"],
+            "tap_flops_per_sample": tap_flops,
+            "flops_per_sample_corrected": rows["sparse"]["flops_per_sample_corrected"] + tap_flops}
     kept = sum(int(m.sum()) for m in mask.values())
     total = sum(m.size for m in mask.values())
     result = {"density": density, "kept": kept, "prunable": total, "batch": batch,
