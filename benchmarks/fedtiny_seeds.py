@@ -15,10 +15,13 @@ from pathlib import Path
 
 
 def accuracies(path: Path) -> list[float] | None:
-    """Per-round test accuracy of one run, or None when it has not run."""
+    """Per-round test accuracy of one completed run, or None."""
     if not path.is_file():
         return None
-    return [float(r["accuracy"]) for r in json.loads(path.read_text())["rounds"]]
+    doc = json.loads(path.read_text())
+    if doc.get("status") != "completed":  # still running (results.json is rewritten every round) or failed
+        return None
+    return [float(r["accuracy"]) for r in doc["rounds"]]
 
 
 def main() -> int:
