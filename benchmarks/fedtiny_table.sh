@@ -25,6 +25,10 @@ for d in 0.05 0.01; do
   rows[static-magnitude-$d]="--strategy static-magnitude --density $d"
   rows[static-random-$d]="--strategy static-random --density $d"
 done
+# Every layer at every adjustment instead of one layer per step, output→input (not in the default list).
+for d in 0.05 0.01; do
+  rows[fedtiny-adjust-all-$d]="--strategy fedtiny --density $d --adjust-layers all"
+done
 # The previous default step (α = 0.2), kept for comparison (not in the default list).
 for d in 0.05 0.01; do
   rows[fedtiny-alpha0.2-$d]="--strategy fedtiny --density $d --adjust-alpha 0.2"
