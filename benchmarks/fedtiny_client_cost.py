@@ -83,8 +83,10 @@ def tap_flops_per_sample(model: torch.nn.Module, layer: str, x: torch.Tensor) ->
     captured = {}
     module = dict(model.named_modules())[layer.rsplit(".", 1)[0]]
     handle = module.register_forward_hook(lambda m, i, o: captured.update(x=i[0].detach(), g=torch.ones_like(o)))
+    was_training = model.training
     with torch.no_grad():
         model.eval()(x)
+    model.train(was_training)
     handle.remove()
     tap = PrunedGradientTap(model, [layer])
     geometry = tap.geometry[layer]

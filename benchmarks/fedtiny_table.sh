@@ -29,6 +29,9 @@ done
 for d in 0.05 0.01; do
   rows[fedtiny-adjust-all-$d]="--strategy fedtiny --density $d --adjust-layers all"
 done
+# A slower client step for FedTiny and its closest baseline (the later --lr overrides the common one).
+rows[fedtiny-lr0.01-0.01]="--strategy fedtiny --density 0.01 --lr 0.01"
+rows[static-synflow-lr0.01-0.01]="--strategy static-synflow --density 0.01 --lr 0.01"
 # The previous default step (α = 0.2), kept for comparison (not in the default list).
 for d in 0.05 0.01; do
   rows[fedtiny-alpha0.2-$d]="--strategy fedtiny --density $d --adjust-alpha 0.2"

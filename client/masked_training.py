@@ -71,9 +71,9 @@ def train_masked(msg: Message, context: Context, settings: RunSettings, local: L
         logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, num_classes),
     )
     trained = {k: v.detach().numpy() for k, v in export_dense_state(model).items()}
-    tensors = split_kept(trained, mask)
+    update = split_kept(trained, mask)
     pairs = {} if tap is None else pairs_payload(tap, mask, adjust)
-    blob = encode({**tensors, **pairs}, reference=mask, force=dict.fromkeys(pairs, "INDEX_VALUES"),
+    blob = encode({**update, **pairs}, reference=mask, force=dict.fromkeys(pairs, "INDEX_VALUES"),
                   manifest=Manifest(manifest.architecture, manifest.model_seed, manifest.density, manifest.round,
                                     "static-mask-update"))
     metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,

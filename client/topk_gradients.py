@@ -118,7 +118,7 @@ def requested_adjustment(config: Any, mask: dict[str, np.ndarray]) -> dict[str, 
     """The layers and K a training request asks pairs for (empty when the round adjusts nothing)."""
     if "adjust-layers" not in config:
         return {}
-    layers, ks = [str(x) for x in config["adjust-layers"]], [int(k) for k in config["adjust-k"]]
+    layers, ks = [str(x) for x in config["adjust-layers"]], [int(k) for k in config.get("adjust-k", [])]
     if len(layers) != len(ks) or any(name not in mask for name in layers) or any(k < 1 for k in ks):
         raise ValueError(f"adjustment names unknown layers or bad K: {layers} / {ks}")
     return dict(zip(layers, ks, strict=True))

@@ -118,8 +118,13 @@ class FederatedStrategy(Strategy):
                 rejected.append((node, reason))
                 log(WARNING, "round %d: dropped reply from node %d: %s", server_round, node, reason)
         self.rejected.setdefault(server_round, []).extend(rejected)
-        valid.sort(key=lambda m: self.node_partitions.get(m.metadata.src_node_id, m.metadata.src_node_id))
+        valid.sort(key=self.partition_order)
         return valid
+
+    def partition_order(self, message: Message) -> int:
+        """Sort key of a reply: its node's partition id (the node id if unknown), so aggregation sums in an
+        order fixed by the run seed, not by arrival."""
+        return self.node_partitions.get(message.metadata.src_node_id, message.metadata.src_node_id)
 
     def forget_node(self, node_id: int) -> None:
         """Drop what the server believes ``node_id`` holds: it failed and may have lost its state.

@@ -402,8 +402,7 @@ class FedTiny(StaticMaskFedAvg):
         arrays, metrics = self._average_kept(server_round, replies)
         if arrays is None or not self._plan:
             return arrays, metrics
-        reporting = sorted((m for m in replies if m.metadata.src_node_id in self._pairs),
-                           key=lambda m: self.node_partitions.get(m.metadata.src_node_id, m.metadata.src_node_id))
+        reporting = sorted((m for m in replies if m.metadata.src_node_id in self._pairs), key=self.partition_order)
         if not reporting:
             self.adjustments.append({"after_round": server_round, "round": server_round, "layers": {},
                                      "uploads": [], "skipped": "no valid top-K pairs"})

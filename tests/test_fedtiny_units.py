@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from client.bn_statistics import reestimate_bn
-from client.topk_gradients import PrunedGradientTap, top_k_pairs
+from client.topk_gradients import PrunedGradientTap, requested_adjustment, top_k_pairs
 from data import LabeledArrays
 from kernels.convert import sparsify
 from kernels.dispatch import Backend
@@ -217,6 +217,16 @@ def test_gradient_tap_on_sparse_kernels_equals_the_dense_layers_gradient(backend
     for name in mask:
         expected = np.where(mask[name], 0.0, grads[name].grad.abs().numpy() / 3)
         np.testing.assert_allclose(magnitudes[name], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_malformed_adjustment_request_is_a_clear_error():
+    mask = {"fc.weight": np.ones((2, 3), bool)}
+    assert requested_adjustment({}, mask) == {}
+    assert requested_adjustment({"adjust-layers": ["fc.weight"], "adjust-k": [2]}, mask) == {"fc.weight": 2}
+    for bad in ({"adjust-layers": ["fc.weight"]}, {"adjust-layers": ["other.weight"], "adjust-k": [2]},
+                {"adjust-layers": ["fc.weight"], "adjust-k": [0]}):
+        with pytest.raises(ValueError, match="adjustment names unknown layers or bad K"):
+            requested_adjustment(bad, mask)
 
 
 def test_tensor_cost_is_what_the_named_tensors_add_to_a_payload():
