@@ -25,17 +25,28 @@ for d in 0.05 0.01; do
   rows[static-magnitude-$d]="--strategy static-magnitude --density $d"
   rows[static-random-$d]="--strategy static-random --density $d"
 done
+# FedTiny with neither BN selection nor progressive pruning: its candidate 0 as a static mask (SynFlow's layer
+# counts, the largest |θ0| within each layer), to tell the candidate family's effect from BN selection's and PP's.
+for d in 0.05 0.01; do
+  rows[fedtiny-no-bn-no-pp-$d]="--strategy fedtiny --density $d --candidates 1 --adjust-every 0"
+done
+# The earlier candidate family: within a layer the score's own choice (candidate 0 = SynFlow's mask).
+for d in 0.05 0.01; do
+  rows[fedtiny-score-ranked-$d]="--strategy fedtiny --density $d --candidate-ranking score"
+  rows[fedtiny-no-bn-score-ranked-$d]="--strategy fedtiny --density $d --candidate-ranking score --candidates 1"
+  rows[fedtiny-no-pp-score-ranked-$d]="--strategy fedtiny --density $d --candidate-ranking score --adjust-every 0"
+done
 # Every layer at every adjustment instead of one layer per step, output→input (not in the default list).
 for d in 0.05 0.01; do
-  rows[fedtiny-adjust-all-$d]="--strategy fedtiny --density $d --adjust-layers all"
+  rows[fedtiny-adjust-all-$d]="--strategy fedtiny --density $d --adjust-layers all --candidate-ranking score"
 done
 # A slower client step for FedTiny and its closest baseline (the later --lr overrides the common one).
-rows[fedtiny-lr0.01-0.01]="--strategy fedtiny --density 0.01 --lr 0.01"
+rows[fedtiny-lr0.01-0.01]="--strategy fedtiny --density 0.01 --lr 0.01 --candidate-ranking score"
 rows[static-synflow-lr0.01-0.01]="--strategy static-synflow --density 0.01 --lr 0.01"
 # The previous default step (α = 0.2), kept for comparison (not in the default list).
 for d in 0.05 0.01; do
-  rows[fedtiny-alpha0.2-$d]="--strategy fedtiny --density $d --adjust-alpha 0.2"
-  rows[fedtiny-no-bn-alpha0.2-$d]="--strategy fedtiny --density $d --adjust-alpha 0.2 --candidates 1"
+  rows[fedtiny-alpha0.2-$d]="--strategy fedtiny --density $d --adjust-alpha 0.2 --candidate-ranking score"
+  rows[fedtiny-no-bn-alpha0.2-$d]="--strategy fedtiny --density $d --adjust-alpha 0.2 --candidates 1 --candidate-ranking score"
 done
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then

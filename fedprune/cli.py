@@ -83,6 +83,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="fedtiny: candidate masks for adaptive BN selection (1 = no BN selection)")
     p.add_argument("--candidate-spread", type=float, default=defaults.candidate_spread,
                    help="fedtiny: spread (std of a normal shift in logit space) of candidates' layer-wise densities")
+    p.add_argument("--candidate-ranking", default=defaults.candidate_ranking,
+                   help="fedtiny: which weights a candidate keeps within a layer once --score set the layer's count: "
+                        "magnitude (largest |θ0|) | score (the score's own choice)")
     p.add_argument("--adjust-every", type=int, default=defaults.adjust_every,
                    help="fedtiny: every ΔT-th round also reports top-K pairs and adjusts the mask after it (0 = off)")
     p.add_argument("--adjust-until", type=int, default=defaults.adjust_until,
@@ -123,8 +126,9 @@ def _settings_from_args(args: argparse.Namespace, local_out: bool = True) -> Run
         score_momentum=args.score_momentum, local_loss=args.local_loss, server_lr=args.server_lr,
         server_momentum=args.server_momentum, moved_share=args.moved_share,
         personal_eval_every=args.personal_eval_every, candidates=args.candidates,
-        candidate_spread=args.candidate_spread, adjust_every=args.adjust_every, adjust_until=args.adjust_until,
-        adjust_alpha=args.adjust_alpha, adjust_layers=args.adjust_layers, budget_tiers=args.budget_tiers,
+        candidate_spread=args.candidate_spread, candidate_ranking=args.candidate_ranking,
+        adjust_every=args.adjust_every, adjust_until=args.adjust_until, adjust_alpha=args.adjust_alpha,
+        adjust_layers=args.adjust_layers, budget_tiers=args.budget_tiers,
         out=str(Path(args.out).expanduser().resolve()) if local_out else args.out, resume=args.resume,
         round_timeout=args.round_timeout,
     )

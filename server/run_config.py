@@ -59,6 +59,7 @@ class RunSettings:
     personal_eval_every: int = 5
     candidates: int = 5
     candidate_spread: float = 0.5
+    candidate_ranking: str = "magnitude"
     adjust_every: int = 3
     adjust_until: int = 24
     adjust_alpha: float = 0.05
@@ -180,12 +181,15 @@ class RunSettings:
     def _validate_fedtiny(self) -> None:
         from models import BATCHNORM_MODELS
         from strategies.budgets import parse_budget_tiers
+        from strategies.candidates import RANKINGS
         from strategies.progressive import LAYER_ORDERS
 
         if self.candidates < 1:
             raise ConfigError("candidates", f"{self.candidates} must be >= 1 (1 = no BN selection)")
         if self.candidate_spread < 0:
             raise ConfigError("candidate-spread", f"{self.candidate_spread} must be >= 0")
+        if self.candidate_ranking not in RANKINGS:
+            raise ConfigError("candidate-ranking", f"'{self.candidate_ranking}' is not one of: {', '.join(RANKINGS)}")
         if self.adjust_every < 0:
             raise ConfigError("adjust-every", f"{self.adjust_every} must be >= 0 (0 = no progressive pruning)")
         if self.adjust_until < 0:

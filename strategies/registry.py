@@ -72,7 +72,7 @@ def _fedtiny(settings: RunSettings) -> Strategy:
     model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
     theta0 = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     candidates = candidate_masks(model, settings.score, settings.density, settings.candidates, settings.seed,
-                                 settings.candidate_spread)
+                                 settings.candidate_spread, settings.candidate_ranking)
     return FedTiny(theta0=theta0, candidates=candidates, cost=check_budget_tiers(settings, model, splits.input_shape),
                    architecture=settings.model, model_seed=settings.seed, score=settings.score,
                    clients_per_round=settings.clients_per_round, min_train_nodes=settings.min_train_nodes,

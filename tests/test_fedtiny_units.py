@@ -30,7 +30,7 @@ SHAPE = (1, 8, 8)
                                                ("synflow", 0.05)])
 def test_candidate_densities_are_exact_and_candidates_differ(score, density):
     model = build_model("digits-cnn-bn", SHAPE, seed=4)
-    masks = candidate_masks(model, score, density, 5, seed=4, spread=0.5)
+    masks = candidate_masks(model, score, density, 5, seed=4, spread=0.5, ranking="score")
     total = sum(m.size for m in masks[0].values())
     for mask in masks:
         assert list(mask) == prunable_names(model)
@@ -42,8 +42,35 @@ def test_candidate_densities_are_exact_and_candidates_differ(score, density):
         return  # 100 SynFlow iterations: the checks below run on the cheap scores
     base = data_free_mask(build_model("digits-cnn-bn", SHAPE, seed=4), score, density, 4)
     assert all(np.array_equal(masks[0][k], base[k]) for k in base)  # candidate 0 = the score's own mask
-    again = candidate_masks(build_model("digits-cnn-bn", SHAPE, seed=4), score, density, 5, seed=4, spread=0.5)
+    again = candidate_masks(build_model("digits-cnn-bn", SHAPE, seed=4), score, density, 5, seed=4, spread=0.5,
+                            ranking="score")
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(masks, again, strict=True) for k in a)
+
+
+@pytest.mark.parametrize("density", [0.01, 0.05])
+def test_magnitude_ranking_keeps_the_scores_layer_counts_and_the_largest_weights(density):
+    """Default ranking: the score sets each layer's count, θ0 magnitude picks the weights; candidates nest."""
+    model = build_model("digits-cnn-bn", SHAPE, seed=3)
+    base = data_free_mask(build_model("digits-cnn-bn", SHAPE, seed=3), "synflow", density, 3)
+    masks = candidate_masks(model, "synflow", density, 4, seed=3, spread=0.5)
+    by_score = candidate_masks(build_model("digits-cnn-bn", SHAPE, seed=3), "synflow", density, 4, seed=3,
+                               spread=0.5, ranking="score")
+    params = dict(model.named_parameters())
+    total = sum(int(m.sum()) for m in base.values())
+    assert [int(m.sum()) for m in masks[0].values()] == [int(m.sum()) for m in base.values()]
+    assert any(not np.array_equal(masks[0][k], base[k]) for k in base)  # magnitude really picks differently
+    for mask, scored in zip(masks, by_score, strict=True):
+        assert sum(int(m.sum()) for m in mask.values()) == total
+        assert [int(m.sum()) for m in mask.values()] == [int(m.sum()) for m in scored.values()]  # same allocation
+        for name, kept in mask.items():
+            weight = params[name].detach().abs().numpy()
+            if 0 < kept.sum() < kept.size:
+                assert weight[kept].min() >= weight[~kept].max()
+            for other in masks:  # nested: more kept in a layer means a superset
+                if other[name].sum() >= kept.sum():
+                    assert not (kept & ~other[name]).any()
+    with pytest.raises(ValueError, match="ranking"):
+        candidate_masks(model, "magnitude", density, 2, seed=3, ranking="synflow")
 
 
 def test_perturbed_counts_sum_exactly_within_layer_bounds():
@@ -294,6 +321,7 @@ def test_fedtiny_options_are_validated():
     good = RunSettings(strategy="fedtiny", model="digits-cnn-bn", dataset="digits", density=0.1)
     good.validate(check_out_dir=False)
     cases = {"candidates": 0, "adjust_every": -1, "adjust_until": -2, "adjust_alpha": 0.0, "candidate_spread": -1.0,
+             "candidate_ranking": "synflow",
              "adjust_layers": "random", "budget_tiers": "1:2:3"}
     import dataclasses
 
