@@ -41,7 +41,8 @@ def main() -> int:
         mean_last5 = sum(sum(a[-5:]) / 5 for a in done) / len(done) if done else float("nan")
         pairs = [sum(x - y for x, y in zip(a[20:30], r[20:30], strict=True)) / 10
                  for a, r in zip(runs[row], reference, strict=True) if a and r]
-        paired = f"{sum(pairs) / len(pairs):+.4f} ({len(pairs)} seeds)" if pairs and row != rows[0] else "—"
+        each = " / ".join(f"{p * 100:+.2f}" for p in pairs)
+        paired = f"{sum(pairs) / len(pairs):+.4f} (per seed, points: {each})" if pairs and row != rows[0] else "—"
         print(f"| {row} | {cells} | {mean_final:.4f} ({len(done)}) | {mean_last5:.4f} | {paired} |")
     return 0
 

@@ -107,6 +107,22 @@ class ModelCost:
         """Estimated training FLOPs per sample (forward + backward) of a submodel."""
         return 6 * sum(kept[n] * self.positions[n] for n in kept)
 
+    def tap_memory_bytes(self, layers: list[str]) -> int:
+        """What FedTiny's gradient tap adds in an adjusting round: one dense float32 accumulator per layer."""
+        return 4 * sum(self.sizes[n] for n in layers)
+
+    def tap_flops_per_sample(self, layers: list[str]) -> int:
+        """The tap's FLOPs per sample: the dense weight gradient gᵀx of each adjusted layer (one multiply-add
+        per weight and output position)."""
+        return 2 * sum(self.sizes[n] * self.positions[n] for n in layers)
+
+
+def fits_budget(cost: ModelCost, kept: dict[str, int], budget: Budget, tap_layers: list[str] | None = None) -> bool:
+    """Whether a submodel (plus, in an adjusting round, the gradient tap on ``tap_layers``) fits ``budget``."""
+    layers = tap_layers or []
+    return (cost.memory_bytes(kept) + cost.tap_memory_bytes(layers) <= budget.memory_mb * MB
+            and cost.flops_per_sample(kept) + cost.tap_flops_per_sample(layers) <= budget.flops_per_sample)
+
 
 def scaled_counts(kept: dict[str, int], ratio: float) -> dict[str, int]:
     """Per-layer kept counts of a nested submodel: floor(ratio·k), at least 1, at most k."""
@@ -116,8 +132,7 @@ def scaled_counts(kept: dict[str, int], ratio: float) -> dict[str, int]:
 def ratio_for_budget(cost: ModelCost, kept: dict[str, int], budget: Budget) -> float:
     """Largest r in (0, 1] whose nested submodel fits ``budget``; ``BudgetError`` if none does."""
     def fits(counts: dict[str, int]) -> bool:
-        return (cost.memory_bytes(counts) <= budget.memory_mb * MB
-                and cost.flops_per_sample(counts) <= budget.flops_per_sample)
+        return fits_budget(cost, counts, budget)
 
     if fits(kept):
         return 1.0

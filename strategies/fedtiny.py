@@ -17,7 +17,9 @@ How a run goes (DESIGN §1, §4):
   and the coded mask whenever the mask a node holds is not the current one);
   a client whose declared memory/compute budget is below the global mask trains
   the nested submodel its budget allows (``strategies.budgets``), and kept values
-  are averaged over the clients that trained them;
+  are averaged over the clients that trained them; in an adjusting round only
+  clients whose budget also holds the gradient tap (a dense accumulator of the
+  adjusted layer, and its FLOPs) are asked for pairs;
 * in every ``adjust-every``-th round up to ``adjust-until`` — progressive pruning,
   riding on training (no extra exchange): the training request names the
   layer(s) to adjust and K_t; each trainer taps the gradient a dense layer would
@@ -120,6 +122,7 @@ class FedTiny(StaticMaskFedAvg):
         self._costs: dict[int, list[dict[str, Any]]] = {}
         self._phase_data: dict[int, Any] = {}
         self._plan: dict[str, int] = {}
+        self._asked: set[int] = set()
         self._pairs: dict[int, dict[str, Any]] = {}
         self._pending_pairs: dict[int, dict[str, Any]] = {}
 
@@ -284,7 +287,7 @@ class FedTiny(StaticMaskFedAvg):
         """Validate one reply's pairs: requested layers only, at most K each, magnitudes >= 0, only at positions
         the node's own mask prunes. Positions the global mask keeps (a budgeted node's submodel prunes more)
         carry no growth signal and are dropped."""
-        expected = {GRAD + name for name in self._plan}
+        expected = {GRAD + name for name in self._plan} if node in self._asked else set()
         if set(grads) - expected:
             raise ValueError(f"top-K pairs for {sorted(set(grads) - expected)[:3]}, requested {sorted(expected)}")
         node_mask, pairs_of, total = self.mask_for(node), {}, 0
@@ -309,7 +312,8 @@ class FedTiny(StaticMaskFedAvg):
 
     def _adjust(self, server_round: int, arrays: ArrayRecord, valid: list[Message]) -> ArrayRecord:
         """Grow/prune each planned layer from the aggregated pairs of this round's valid replies."""
-        entry: dict[str, Any] = {"after_round": server_round, "round": server_round, "layers": {}, "uploads": []}
+        entry: dict[str, Any] = {"after_round": server_round, "round": server_round, "layers": {}, "uploads": [],
+                                 "nodes_asked": len(self._asked)}
         for reply in valid:
             node = reply.metadata.src_node_id
             upload = self._pairs[node]
@@ -353,25 +357,39 @@ class FedTiny(StaticMaskFedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Sparse FedAvg messages (``StaticMaskFedAvg``), each node on the submodel its budget allows."""
-        self._round_masks, self._pairs, self._pending_pairs = {}, {}, {}
+        self._round_masks, self._pairs, self._pending_pairs, self._asked = {}, {}, {}, set()
         self._plan = self.adjustment_plan(server_round)
-        if self._plan:
-            config = ConfigRecord({**dict(config), "adjust-layers": list(self._plan),
-                                   "adjust-k": [int(k) for k in self._plan.values()]})
         messages = list(super().configure_train(server_round, arrays, config, grid))
         rows = []
         for message in messages:
             node = message.metadata.dst_node_id
             kept = {n: int(m.sum()) for n, m in self.mask_for(node).items()}
             budget = self.budgets.get(node, Budget())
+            tap = list(self._plan) if node in self._asked else []
             rows.append({"node_id": node, "partition_id": self.node_partitions.get(node),
                          "density": sum(kept.values()) / sum(m.size for m in self.mask.values()),
                          "est_param_memory_bytes": self.cost.memory_bytes(kept),
                          "est_flops_per_sample": self.cost.flops_per_sample(kept),
+                         "reports_pairs": bool(tap),
+                         "est_tap_memory_bytes": self.cost.tap_memory_bytes(tap),
+                         "est_tap_flops_per_sample": self.cost.tap_flops_per_sample(tap),
                          "memory_budget_mb": None if np.isinf(budget.memory_mb) else budget.memory_mb,
                          "flops_budget": None if np.isinf(budget.flops_per_sample) else budget.flops_per_sample})
         self._costs[server_round] = rows
         return messages
+
+    def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
+        """In an adjusting round, ask for top-K pairs every node whose budget also holds the gradient tap (one
+        dense accumulator per adjusted layer, and its FLOPs); a node it would overrun trains without it."""
+        if not self._plan:
+            return config
+        budget = self.budgets.get(node, Budget())
+        kept = {n: int(m.sum()) for n, m in self.mask_for(node).items()}
+        if not budget.unlimited and not budgets.fits_budget(self.cost, kept, budget, list(self._plan)):
+            return config
+        self._asked.add(node)
+        return ConfigRecord({**dict(config), "adjust-layers": list(self._plan),
+                             "adjust-k": [int(k) for k in self._plan.values()]})
 
     def check_reply(self, server_round: int, reply: Message) -> str | None:
         """Training replies as in ``StaticMaskFedAvg``; setup/adjustment replies by their own checks."""
@@ -405,7 +423,8 @@ class FedTiny(StaticMaskFedAvg):
         reporting = sorted((m for m in replies if m.metadata.src_node_id in self._pairs), key=self.partition_order)
         if not reporting:
             self.adjustments.append({"after_round": server_round, "round": server_round, "layers": {},
-                                     "uploads": [], "skipped": "no valid top-K pairs"})
+                                     "uploads": [], "nodes_asked": len(self._asked),
+                                     "skipped": "no valid top-K pairs"})
             return arrays, metrics
         return self._adjust(server_round, arrays, reporting), metrics
 

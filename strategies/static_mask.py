@@ -105,9 +105,14 @@ class StaticMaskFedAvg(FederatedStrategy):
             mask = self.mask_for(node)
             values = kept if mask is self.mask else split_kept(self._template, mask)
             blob = self.delivery.payload(node, values, mask, self._manifest(server_round), self._digest_of(mask))
-            messages.append(Message(content=content_with_payload(blob, config=config), dst_node_id=node,
-                                    message_type=MessageType.TRAIN))
+            messages.append(Message(content=content_with_payload(blob, config=self.node_config(node, config)),
+                                    dst_node_id=node, message_type=MessageType.TRAIN))
         return messages
+
+    def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
+        """The training config one node gets (here: the round's, for everyone). A subclass asks some nodes
+        for more (FedTiny: top-K pairs from those whose budget holds the gradient tap)."""
+        return config
 
     def check_reply(self, server_round: int, reply: Message) -> str | None:
         """Decode the reply against the mask (digest must match) and check every tensor."""

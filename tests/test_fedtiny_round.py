@@ -283,3 +283,30 @@ def test_resume_after_an_adjustment_matches_uninterrupted(tiny, tmp_path):
         assert a.get("adjustment", {}).get("layers") == b.get("adjustment", {}).get("layers")
     assert doc_resumed["rounds"][0]["bn_selection"]["selected"] == doc_full["rounds"][0]["bn_selection"]["selected"]
     assert any(r.get("adjustment", {}).get("layers") for r in doc_resumed["rounds"][2:])  # adjusted after resuming
+
+
+def test_a_budget_that_cannot_hold_the_gradient_tap_trains_without_reporting_pairs(tiny):
+    """A node whose budget fits its submodel but not the tap's dense accumulator is not asked for pairs."""
+    settings = dataclasses.replace(tiny, rounds=1, candidates=1, clients_per_round=6, num_clients=6)
+    strategy = build_strategy(settings)
+    kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
+    adjusted = strategy.adjustment_plan(1)
+    assert adjusted  # round 1 adjusts the output layer
+    need = strategy.cost.memory_bytes(kept)
+    tap = strategy.cost.tap_memory_bytes(list(adjusted))
+    assert tap > 0
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())
+    tight = grid.node_ids[0]
+    grid.contexts[tight].node_config["memory-budget-mb"] = (need + tap / 2) / 1e6  # submodel fits, tap does not
+    roomy = grid.node_ids[1]
+    grid.contexts[roomy].node_config["memory-budget-mb"] = (need + tap) / 1e6  # both fit exactly
+    doc = run_federation(grid, settings, progress=lambda line: None)
+    assert doc["status"] == "completed"
+    costs = {c["node_id"]: c for c in doc["rounds"][0]["client_costs"]}
+    assert costs[tight]["density"] == costs[roomy]["density"] == costs[grid.node_ids[2]]["density"]
+    assert not costs[tight]["reports_pairs"] and costs[tight]["est_tap_memory_bytes"] == 0
+    assert costs[roomy]["reports_pairs"] and costs[roomy]["est_tap_memory_bytes"] == tap
+    assert costs[roomy]["est_param_memory_bytes"] + costs[roomy]["est_tap_memory_bytes"] <= (need + tap)
+    adjustment = doc["rounds"][0]["adjustment"]
+    assert adjustment["nodes_asked"] == 5 and {u["node_id"] for u in adjustment["uploads"]} == set(costs) - {tight}
+    assert doc["rounds"][0]["clients_failed"] == 0
