@@ -30,6 +30,10 @@ done
 for d in 0.05 0.01; do
   rows[fedtiny-no-bn-no-pp-$d]="--strategy fedtiny --density $d --candidates 1 --adjust-every 0"
 done
+# Progressive pruning ending earlier (T_end 15 of 30 rounds: the last adjustment leaves 15 rounds to recover).
+for d in 0.05 0.01; do
+  rows[fedtiny-until15-$d]="--strategy fedtiny --density $d --adjust-until 15"
+done
 # The earlier candidate family: within a layer the score's own choice (candidate 0 = SynFlow's mask).
 for d in 0.05 0.01; do
   rows[fedtiny-score-ranked-$d]="--strategy fedtiny --density $d --candidate-ranking score"
