@@ -28,7 +28,12 @@ def test_fedtiny_ray_simulation_3_rounds_with_bn_selection_and_one_adjustment(tm
     assert adjustment["after_round"] == adjustment["round"] == 2  # pairs ride on round 2's training replies
     (layer,) = adjustment["layers"].values()
     assert 0 < layer["grown"] == layer["pruned"] <= layer["k"]
-    assert len(adjustment["uploads"]) == 4
+    asked = [c for c in rounds[1]["client_costs"] if c["reports_pairs"]]
+    assert asked and {u["node_id"] for u in adjustment["uploads"]} == {c["node_id"] for c in asked}
+    assert any(not c["reports_pairs"] for c in rounds[1]["client_costs"] if c["partition_id"] % 2)
+    for c in rounds[1]["client_costs"]:  # a 0.05 MB node cannot also hold the tap's dense accumulator
+        if c["partition_id"] % 2:
+            assert not c["reports_pairs"] or c["est_param_memory_bytes"] + c["est_tap_memory_bytes"] <= 0.05e6
     for r in rounds:  # budget-limited partitions (odd ids) train a smaller submodel
         costs = {c["partition_id"]: c for c in r["client_costs"]}
         assert all(c["est_param_memory_bytes"] <= 0.05e6 for pid, c in costs.items() if pid % 2)
