@@ -310,3 +310,31 @@ def test_a_budget_that_cannot_hold_the_gradient_tap_trains_without_reporting_pai
     adjustment = doc["rounds"][0]["adjustment"]
     assert adjustment["nodes_asked"] == 5 and {u["node_id"] for u in adjustment["uploads"]} == set(costs) - {tight}
     assert doc["rounds"][0]["clients_failed"] == 0
+
+
+def test_pairs_from_a_node_that_was_not_asked_are_rejected(tiny):
+    """A node outside the adjustment (its budget cannot hold the tap) that sends pairs anyway is dropped."""
+    settings = dataclasses.replace(tiny, rounds=1, candidates=1, clients_per_round=6, num_clients=6)
+    strategy = build_strategy(settings)
+    kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
+    (name,) = strategy.adjustment_plan(1)
+    budget_mb = (strategy.cost.memory_bytes(kept) + strategy.cost.tap_memory_bytes([name]) / 2) / 1e6
+
+    def tamper(node, reply):
+        if node == grid.node_ids[0] and _kind(reply) == "train":
+            tensors, pairs = _pairs_in(grid, node, reply)
+            assert not pairs  # the honest client sends none: it was not asked
+            held = _held_mask(grid, node)[name]
+            forged = np.zeros(held.size, np.float32)
+            forged[np.flatnonzero(~held.reshape(-1))[0]] = 1.0
+            tensors[GRAD + name] = forged.reshape(held.shape)
+            return _replace_payload(reply, tensors, _held_mask(grid, node))
+        return reply
+
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(), tamper=tamper)
+    grid.contexts[grid.node_ids[0]].node_config["memory-budget-mb"] = budget_mb
+    doc = run_federation(grid, settings, progress=lambda line: None)
+    assert doc["status"] == "completed"
+    (rejected,) = doc["rounds"][0]["rejected_replies"]
+    assert rejected["node_id"] == grid.node_ids[0] and "requested []" in rejected["reason"]
+    assert doc["rounds"][0]["adjustment"]["nodes_asked"] == 5
