@@ -22,6 +22,7 @@ density: ``BudgetError``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,21 +108,20 @@ class ModelCost:
         """Estimated training FLOPs per sample (forward + backward) of a submodel."""
         return 6 * sum(kept[n] * self.positions[n] for n in kept)
 
-    def tap_memory_bytes(self, layers: list[str]) -> int:
+    def tap_memory_bytes(self, layers: Sequence[str]) -> int:
         """What FedTiny's gradient tap adds in an adjusting round: one dense float32 accumulator per layer."""
         return 4 * sum(self.sizes[n] for n in layers)
 
-    def tap_flops_per_sample(self, layers: list[str]) -> int:
+    def tap_flops_per_sample(self, layers: Sequence[str]) -> int:
         """The tap's FLOPs per sample: the dense weight gradient gᵀx of each adjusted layer (one multiply-add
         per weight and output position)."""
         return 2 * sum(self.sizes[n] * self.positions[n] for n in layers)
 
 
-def fits_budget(cost: ModelCost, kept: dict[str, int], budget: Budget, tap_layers: list[str] | None = None) -> bool:
+def fits_budget(cost: ModelCost, kept: dict[str, int], budget: Budget, tap_layers: Sequence[str] = ()) -> bool:
     """Whether a submodel (plus, in an adjusting round, the gradient tap on ``tap_layers``) fits ``budget``."""
-    layers = tap_layers or []
-    return (cost.memory_bytes(kept) + cost.tap_memory_bytes(layers) <= budget.memory_mb * MB
-            and cost.flops_per_sample(kept) + cost.tap_flops_per_sample(layers) <= budget.flops_per_sample)
+    return (cost.memory_bytes(kept) + cost.tap_memory_bytes(tap_layers) <= budget.memory_mb * MB
+            and cost.flops_per_sample(kept) + cost.tap_flops_per_sample(tap_layers) <= budget.flops_per_sample)
 
 
 def scaled_counts(kept: dict[str, int], ratio: float) -> dict[str, int]:
@@ -131,13 +131,10 @@ def scaled_counts(kept: dict[str, int], ratio: float) -> dict[str, int]:
 
 def ratio_for_budget(cost: ModelCost, kept: dict[str, int], budget: Budget) -> float:
     """Largest r in (0, 1] whose nested submodel fits ``budget``; ``BudgetError`` if none does."""
-    def fits(counts: dict[str, int]) -> bool:
-        return fits_budget(cost, counts, budget)
-
-    if fits(kept):
+    if fits_budget(cost, kept, budget):
         return 1.0
     smallest = {n: 1 for n in kept}
-    if not fits(smallest):
+    if not fits_budget(cost, smallest, budget):
         raise BudgetError(
             f"memory {budget.memory_mb:g} MB / compute {budget.flops_per_sample:g} FLOPs per sample cannot be met "
             f"by any density: the smallest submodel (one weight per layer) needs "
@@ -145,7 +142,7 @@ def ratio_for_budget(cost: ModelCost, kept: dict[str, int], budget: Budget) -> f
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits(scaled_counts(kept, mid)) else (lo, mid)
+        lo, hi = (mid, hi) if fits_budget(cost, scaled_counts(kept, mid), budget) else (lo, mid)
     return lo
 
 

@@ -36,6 +36,8 @@ from torch import nn
 
 from models import prunable_names
 
+RANKINGS = ("magnitude", "score")  # how a candidate picks the weights within a layer (module docstring)
+
 
 def perturbed_counts(base: dict[str, int], sizes: dict[str, int], rng: np.random.Generator,
                      spread: float) -> dict[str, int]:
@@ -84,9 +86,6 @@ def _ranked_layer(base_mask: np.ndarray, score: np.ndarray, magnitude: np.ndarra
     out = np.zeros(flat_base.size, dtype=bool)
     out[order[:keep]] = True
     return out.reshape(base_mask.shape)
-
-
-RANKINGS = ("magnitude", "score")
 
 
 def _largest(magnitude: np.ndarray, keep: int) -> np.ndarray:

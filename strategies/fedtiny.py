@@ -340,6 +340,10 @@ class FedTiny(StaticMaskFedAvg):
 
     # -- training with budgets ------------------------------------------------------------
 
+    def _kept_counts(self, node: int) -> dict[str, int]:
+        """Per layer, how many weights the node's submodel keeps."""
+        return {n: int(m.sum()) for n, m in self.mask_for(node).items()}
+
     def _ratio(self, node: int) -> float:
         budget = self.budgets.get(node)
         if budget is None or budget.unlimited:
@@ -363,7 +367,7 @@ class FedTiny(StaticMaskFedAvg):
         rows = []
         for message in messages:
             node = message.metadata.dst_node_id
-            kept = {n: int(m.sum()) for n, m in self.mask_for(node).items()}
+            kept = self._kept_counts(node)
             budget = self.budgets.get(node, Budget())
             tap = list(self._plan) if node in self._asked else []
             rows.append({"node_id": node, "partition_id": self.node_partitions.get(node),
@@ -383,9 +387,8 @@ class FedTiny(StaticMaskFedAvg):
         dense accumulator per adjusted layer, and its FLOPs); a node it would overrun trains without it."""
         if not self._plan:
             return config
-        budget = self.budgets.get(node, Budget())
-        kept = {n: int(m.sum()) for n, m in self.mask_for(node).items()}
-        if not budget.unlimited and not budgets.fits_budget(self.cost, kept, budget, list(self._plan)):
+        budget, layers = self.budgets.get(node, Budget()), list(self._plan)
+        if not budget.unlimited and not budgets.fits_budget(self.cost, self._kept_counts(node), budget, layers):
             return config
         self._asked.add(node)
         return ConfigRecord({**dict(config), "adjust-layers": list(self._plan),
