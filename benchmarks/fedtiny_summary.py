@@ -34,7 +34,8 @@ def main() -> int:
     for name, doc in details:
         report = doc["strategy_report"]
         print(f"\n{name}: selected candidate {report['selected_candidate']}, candidate losses "
-              f"{[round(v, 4) for v in report['candidate_losses'] or []]}")
+              f"{[round(v, 4) for v in report['candidate_losses'] or []]}, runner-up beyond two standard errors: "
+              f"{report.get('selection_beyond_noise', 'not recorded')}")
         selection = doc["rounds"][0].get("bn_selection")
         if selection:
             print("  candidate layer densities:",

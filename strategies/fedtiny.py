@@ -94,6 +94,24 @@ def select_candidate(losses: list[list[float]], weights: list[float]) -> tuple[i
     return int(np.argmin(mean)), [float(v) for v in mean]
 
 
+def loss_margins(losses: list[list[float]], weights: list[float], chosen: int) -> list[tuple[float, float]]:
+    """Each candidate's sample-weighted mean loss minus the chosen one's, paired client by client, and the
+    standard error of that difference across clients (0 with one client).
+
+    Why: at initialization every candidate's loss sits near ln(classes); a margin within about two standard
+    errors means the clients' data did not tell the candidates apart, which the run report should say.
+    """
+    table = np.asarray(losses, dtype=np.float64)  # clients x candidates
+    w = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+    diffs = table - table[:, [chosen]]
+    mean = (diffs * w[:, None]).sum(0)
+    n = table.shape[0]
+    if n < 2:
+        return [(float(m), 0.0) for m in mean]
+    var = ((diffs - mean) ** 2 * (w ** 2)[:, None]).sum(0) * n / (n - 1)
+    return [(float(m), float(np.sqrt(v))) for m, v in zip(mean, var, strict=True)]
+
+
 class FedTiny(StaticMaskFedAvg):
     """FedTiny (see module docstring). Options mirror the run config (``candidates``, ``adjust-*``, budgets)."""
 
@@ -218,8 +236,17 @@ class FedTiny(StaticMaskFedAvg):
         chosen, losses = select_candidate([[float(r[f"loss-{i}"]) for i in range(count)] for r in rows], eval_weights)
         _, accuracies = select_candidate([[float(r[f"accuracy-{i}"]) for i in range(count)] for r in rows],
                                          eval_weights)
-        self.selection = {**report, "selected": chosen, "losses": losses, "accuracies": accuracies}
-        log(INFO, "FedTiny BN selection: candidate %d (losses %s)", chosen, [round(v, 4) for v in losses])
+        margins = loss_margins([[float(r[f"loss-{i}"]) for i in range(count)] for r in rows], eval_weights, chosen)
+        runner_up = min((m for i, m in enumerate(margins) if i != chosen), default=None)
+        distinct = runner_up is not None and runner_up[0] > 2 * runner_up[1]
+        self.selection = {**report, "selected": chosen, "losses": losses, "accuracies": accuracies,
+                          "loss_margins": [m for m, _ in margins], "loss_margin_stderr": [se for _, se in margins],
+                          "beyond_noise": distinct}
+        log(INFO, "FedTiny BN selection: candidate %d (losses %s); runner-up %s", chosen,
+            [round(v, 4) for v in losses],
+            "none" if runner_up is None else f"{runner_up[0]:+.4f} ± {runner_up[1]:.4f} (one standard error): "
+            + ("beyond noise" if distinct else "within two standard errors, the clients' data did not separate "
+               "the candidates"))
         self._install_mask(self.candidates[chosen])
         state = {k: (self.theta0[k] * self.mask[k] if k in self.mask else self.theta0[k]) for k in arrays.keys()}
         state.update(pooled[chosen])
@@ -498,6 +525,7 @@ class FedTiny(StaticMaskFedAvg):
         return {"selected_candidate": None if self.selection is None else self.selection.get("selected"),
                 "candidate_losses": None if self.selection is None else self.selection.get("losses"),
                 "candidate_accuracies": None if self.selection is None else self.selection.get("accuracies"),
+                "selection_beyond_noise": None if self.selection is None else self.selection.get("beyond_noise"),
                 "adjustments": [{"after_round": a["after_round"], "skipped": a.get("skipped"),
                                  "layers": a["layers"]} for a in self.adjustments],
                 "budgeted_nodes": sum(not b.unlimited for b in self.budgets.values())}

@@ -110,6 +110,10 @@ def test_a_candidate_whose_bn_statistics_ruin_accuracy_is_never_selected(tiny):
     assert selection["selected"] != best
     assert selection["losses"][best] == max(selection["losses"]) > 2 * min(selection["losses"])
     assert doc["strategy_report"]["selected_candidate"] == selection["selected"]
+    # the broken candidate's loss is far above the chosen one's on every client: the report says so
+    margins, errors = selection["loss_margins"], selection["loss_margin_stderr"]
+    assert margins[selection["selected"]] == 0.0 and margins[best] > 2 * errors[best] > 0
+    assert doc["strategy_report"]["selection_beyond_noise"] == selection["beyond_noise"]
 
 
 def test_adjustments_ride_on_training_keep_density_and_upload_only_coded_pairs(tiny):

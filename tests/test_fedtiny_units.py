@@ -19,7 +19,7 @@ from protos.codec import Manifest, decode, encode, tensor_cost
 from server.run_config import ConfigError, RunSettings
 from strategies.budgets import Budget, BudgetError, ModelCost, nested_submask, parse_budget_tiers, ratio_for_budget
 from strategies.candidates import candidate_masks, perturbed_counts
-from strategies.fedtiny import pool_statistics, select_candidate
+from strategies.fedtiny import loss_margins, pool_statistics, select_candidate
 from strategies.progressive import adjustment_rounds, aggregate_magnitudes, cosine_k, grow_and_prune, layers_to_adjust
 from strategies.scores import data_free_mask
 
@@ -136,6 +136,19 @@ def test_selection_takes_the_lowest_sample_weighted_loss():
     assert np.allclose(mean, [1.0, 1.525, 1.125]) and chosen == 0
     assert select_candidate(losses, [1.0, 3.0])[0] == 1
     assert select_candidate([[1.0, 1.0]], [1.0])[0] == 0  # ties: lowest index
+
+
+def test_loss_margins_are_paired_differences_with_their_standard_error():
+    losses = [[1.0, 1.5, 0.9], [2.0, 2.1, 2.3], [1.0, 1.3, 1.1], [3.0, 3.1, 2.9]]
+    margins = loss_margins(losses, [1.0, 1.0, 1.0, 1.0], chosen=0)
+    assert margins[0] == (0.0, 0.0)
+    diffs = np.array([0.5, 0.1, 0.3, 0.1])  # candidate 1 − candidate 0, client by client
+    assert np.isclose(margins[1][0], diffs.mean()) and np.isclose(margins[1][1], diffs.std(ddof=1) / 2)
+    assert margins[1][0] > 2 * margins[1][1]  # consistently worse on every client: beyond noise
+    assert abs(margins[2][0]) < 2 * margins[2][1]  # better on some clients, worse on others: within noise
+    weighted = loss_margins(losses, [3.0, 1.0, 0.0, 0.0], chosen=0)
+    assert np.isclose(weighted[1][0], 0.75 * 0.5 + 0.25 * 0.1)
+    assert loss_margins([[1.0, 2.0]], [1.0], chosen=1) == [(-1.0, 0.0), (0.0, 0.0)]
 
 
 def test_cosine_k_schedule_and_adjustment_rounds():
