@@ -339,7 +339,7 @@ class FedTiny(StaticMaskFedAvg):
 
     def _adjust(self, server_round: int, arrays: ArrayRecord, valid: list[Message]) -> ArrayRecord:
         """Grow/prune each planned layer from the aggregated pairs of this round's valid replies."""
-        entry: dict[str, Any] = {"after_round": server_round, "round": server_round, "layers": {}, "uploads": [],
+        entry: dict[str, Any] = {"after_round": server_round, "layers": {}, "uploads": [],
                                  "nodes_asked": len(self._asked)}
         for reply in valid:
             node = reply.metadata.src_node_id
@@ -452,7 +452,7 @@ class FedTiny(StaticMaskFedAvg):
             return arrays, metrics
         reporting = sorted((m for m in replies if m.metadata.src_node_id in self._pairs), key=self.partition_order)
         if not reporting:
-            self.adjustments.append({"after_round": server_round, "round": server_round, "layers": {},
+            self.adjustments.append({"after_round": server_round, "layers": {},
                                      "uploads": [], "nodes_asked": len(self._asked),
                                      "skipped": "no valid top-K pairs"})
             return arrays, metrics
@@ -515,7 +515,7 @@ class FedTiny(StaticMaskFedAvg):
                                                 for node, reason in self.exchange_rejected.get(server_round, [])]}
         if server_round == 1 and self.selection is not None:
             report["bn_selection"] = self.selection
-        adjustment = next((a for a in self.adjustments if a["round"] == server_round), None)
+        adjustment = next((a for a in self.adjustments if a["after_round"] == server_round), None)
         if adjustment is not None:
             report["adjustment"] = adjustment
         return report
