@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from client.local_data import LocalData
 from client.local_loss import logit_offset
 from client.local_training import TrainStats, local_seed, train_sgd
-from client.topk_gradients import PrunedGradientTap, pairs_payload, requested_adjustment
+from client.topk_gradients import PrunedGradientTap, pairs_payload, requested_adjustment, requested_capacities
 from kernels.convert import export_dense_state, sparsify
 from protos.codec import Manifest, decode, encode
 from protos.flower_records import content_with_payload, payload_of
@@ -58,7 +58,7 @@ def train_masked(msg: Message, context: Context, settings: RunSettings, local: L
     config = msg.content.config_records.get("config", ConfigRecord())
     batch_size = int(config.get("batch-size", settings.batch_size))
     adjust = requested_adjustment(config, mask)  # FedTiny: layers whose pruned-position gradients to report
-    tap = PrunedGradientTap(model, list(adjust)) if adjust else None
+    tap = PrunedGradientTap(model, list(adjust), requested_capacities(config, adjust), mask) if adjust else None
     sparsify(model, mask, batch=batch_size, training=True)
     if tap is not None:
         tap.attach(model)

@@ -12,9 +12,17 @@ the K largest magnitudes at pruned positions (and only nonzero ones) travel,
 as coded (index, value) pairs inside the training reply — never a dense
 gradient, and no extra exchange.
 
-Memory: the tap holds one dense accumulator per adjusted layer (the same size
-as that layer's dense weight) for the round; the trained weights, their
-gradients and the optimizer state stay compact.
+Memory: the trained weights, their gradients and the optimizer state stay
+compact. The *dense* tap holds one accumulator per adjusted layer (the size of
+that layer's dense weight) for the round: exact, but fc1 of the FL CNN alone is
+6.4 MB. The *buffered* tap (``capacity`` per layer, 4·K from the server) never
+forms the whole gradient: it computes each batch's gradient a few output rows
+at a time (``strategies.progressive.tap_chunk_rows``) and keeps running sums at
+no more than ``capacity`` pruned positions — a position already held adds the
+chunk's value, the others compete by magnitude for the free or weakest slots.
+A position that enters late misses its earlier batches, so the result
+approximates the dense tap; with ``capacity`` ≥ the layer's pruned positions it
+is the dense tap exactly (tests/test_topk_gradients.py).
 """
 
 from __future__ import annotations
@@ -26,7 +34,45 @@ import torch
 from torch import nn
 from torch.nn.grad import conv2d_weight
 
+from strategies import progressive
 from strategies.fedtiny import GRAD
+
+
+class TopKBuffer:
+    """Running signed sums of one layer's gradient at no more than ``capacity`` pruned positions."""
+
+    def __init__(self, pruned: torch.Tensor, capacity: int) -> None:
+        self.pruned = pruned.reshape(-1)
+        self.capacity = capacity
+        self.index = torch.empty(0, dtype=torch.int64)
+        self.total = torch.empty(0)
+
+    def add(self, start: int, chunk: torch.Tensor) -> None:
+        """Add one batch's gradient for flat positions ``start .. start + chunk.numel()``."""
+        values = chunk.reshape(-1).masked_fill(~self.pruned[start:start + chunk.numel()], 0.0)
+        inside = (self.index >= start) & (self.index < start + values.numel())
+        local = self.index[inside] - start
+        self.total[inside] += values[local]  # positions already held keep summing
+        values[local] = 0.0
+        take = min(self.capacity, values.numel())
+        top = values.abs().topk(take, sorted=False).indices
+        top = top[values[top] != 0]
+        index = torch.cat([self.index, top + start])
+        total = torch.cat([self.total, values[top]])
+        if index.numel() > self.capacity:  # the weakest running sums give up their slots
+            keep = total.abs().topk(self.capacity, sorted=False).indices
+            index, total = index[keep], total[keep]
+        self.index, self.total = index, total
+
+    def dense(self, size: int) -> torch.Tensor:
+        """The held sums scattered into a flat tensor of ``size`` (zero elsewhere)."""
+        out = torch.zeros(size)
+        out[self.index] = self.total
+        return out
+
+    def held_bytes(self) -> int:
+        """Bytes the buffer holds now (index and sums)."""
+        return self.index.numel() * self.index.element_size() + self.total.numel() * self.total.element_size()
 
 
 class PrunedGradientTap:
@@ -34,9 +80,12 @@ class PrunedGradientTap:
 
     Build it on the model *before* ``sparsify`` (it reads each layer's geometry), then call
     :meth:`attach` on the sparsified model. Reading only: the training step is unchanged.
+    ``capacities`` (layer -> positions) makes those layers' taps buffered (module docstring); they need
+    ``mask`` to know the pruned positions.
     """
 
-    def __init__(self, model: nn.Module, layers: list[str]) -> None:
+    def __init__(self, model: nn.Module, layers: list[str], capacities: dict[str, int] | None = None,
+                 mask: dict[str, np.ndarray] | None = None) -> None:
         modules = dict(model.named_modules())
         self.geometry: dict[str, dict[str, Any]] = {}
         for name in layers:
@@ -49,8 +98,14 @@ class PrunedGradientTap:
                 self.geometry[name] = {"shape": tuple(module.weight.shape)}
             else:
                 raise TypeError(f"{name}: {type(module).__name__} is not Linear/Conv2d")
-        self.sums = {name: torch.zeros(g["shape"]) for name, g in self.geometry.items()}
+        capacities = capacities or {}
+        if capacities and mask is None:
+            raise ValueError("a buffered tap needs the mask (its pruned positions)")
+        self.buffers = {name: TopKBuffer(torch.from_numpy(~np.asarray(mask[name], dtype=bool)), capacities[name])
+                        for name in layers if name in capacities}
+        self.sums = {name: torch.zeros(g["shape"]) for name, g in self.geometry.items() if name not in self.buffers}
         self.batches = dict.fromkeys(self.geometry, 0)
+        self.peak_chunk_bytes = 0  # largest gradient chunk a buffered tap formed (measured)
         self._handles: list[Any] = []
 
     def attach(self, model: nn.Module) -> PrunedGradientTap:
@@ -77,7 +132,9 @@ class PrunedGradientTap:
 
             def on_grad(grad: torch.Tensor) -> None:
                 with torch.no_grad():
-                    if "stride" in geometry:
+                    if name in self.buffers:
+                        self._add_chunked(name, x, grad)
+                    elif "stride" in geometry:
                         self.sums[name].add_(conv2d_weight(x, geometry["shape"], grad, geometry["stride"],
                                                            geometry["padding"], geometry["dilation"],
                                                            geometry["groups"]))
@@ -89,11 +146,39 @@ class PrunedGradientTap:
 
         return hook
 
+    def _add_chunked(self, name: str, x: torch.Tensor, grad: torch.Tensor) -> None:
+        """One batch's weight gradient of a buffered layer, a few output rows at a time, into its buffer."""
+        geometry, buffer = self.geometry[name], self.buffers[name]
+        shape = geometry["shape"]
+        row = int(np.prod(shape[1:]))
+        conv = "stride" in geometry
+        # grouped convolutions: one chunk (the output-channel slice would need the matching input group)
+        rows = shape[0] if conv and geometry["groups"] != 1 else progressive.tap_chunk_rows(row)
+        flat_grad = grad if conv else grad.reshape(-1, grad.shape[-1])
+        flat_x = x if conv else x.reshape(-1, x.shape[-1])
+        for first in range(0, shape[0], rows):
+            last = min(shape[0], first + rows)
+            if conv:
+                chunk = conv2d_weight(flat_x, (last - first, *shape[1:]), flat_grad[:, first:last],
+                                      geometry["stride"], geometry["padding"], geometry["dilation"],
+                                      geometry["groups"])
+            else:
+                chunk = flat_grad[:, first:last].T @ flat_x
+            self.peak_chunk_bytes = max(self.peak_chunk_bytes, chunk.numel() * chunk.element_size())
+            buffer.add(first * row, chunk)
+
+    def held_bytes(self) -> int:
+        """Bytes the tap holds between batches: dense accumulators and buffers (measured, not estimated)."""
+        return (sum(t.numel() * t.element_size() for t in self.sums.values())
+                + sum(b.held_bytes() for b in self.buffers.values()))
+
     def mean_magnitudes(self, mask: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """|mean gradient over the tapped batches| per layer, zero at the positions ``mask`` keeps."""
         out = {}
-        for name, total in self.sums.items():
-            mean = total.abs().numpy() / max(1, self.batches[name])
+        for name, geometry in self.geometry.items():
+            size = int(np.prod(geometry["shape"]))
+            total = self.buffers[name].dense(size) if name in self.buffers else self.sums[name]
+            mean = total.abs().numpy().reshape(geometry["shape"]) / max(1, self.batches[name])
             out[name] = np.where(mask[name], 0.0, mean).astype(np.float32)
         return out
 
@@ -112,6 +197,16 @@ def pairs_payload(tap: PrunedGradientTap, mask: dict[str, np.ndarray], ks: dict[
     """The tensors a training reply adds for an adjustment: ``grad/<layer>`` holding only its top-K pairs."""
     magnitudes = tap.mean_magnitudes(mask)
     return {GRAD + name: top_k_pairs(magnitudes[name], k) for name, k in ks.items()}
+
+
+def requested_capacities(config: Any, adjust: dict[str, int]) -> dict[str, int]:
+    """Layers the training request asks to tap with a buffer, and each buffer's capacity (none: dense)."""
+    if "adjust-buffer" not in config:
+        return {}
+    capacities = [int(c) for c in config["adjust-buffer"]]
+    if len(capacities) != len(adjust) or any(c < 0 for c in capacities):
+        raise ValueError(f"adjust-buffer {capacities} does not match the adjusted layers {list(adjust)}")
+    return {name: c for name, c in zip(adjust, capacities, strict=True) if c > 0}
 
 
 def requested_adjustment(config: Any, mask: dict[str, np.ndarray]) -> dict[str, int]:

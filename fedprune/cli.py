@@ -94,6 +94,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="fedtiny: α in K_t = α/2·(1+cos(πt/T_end)) × the layer's active count")
     p.add_argument("--adjust-layers", default=defaults.adjust_layers,
                    help="fedtiny: output-first (one layer per adjustment, output→input) | all")
+    p.add_argument("--gradient-tap", default=defaults.gradient_tap,
+                   help="fedtiny: how an adjusting client forms pruned-position gradients: dense (exact, one "
+                        "accumulator the size of the layer) | buffered (running sums at 4·K positions, a few "
+                        "rows at a time) | auto (dense where the node's budget holds it, else buffered)")
     p.add_argument("--budget-tiers", default=defaults.budget_tiers,
                    help="fedtiny simulation: client budgets 'MB:FLOPS,...' assigned round-robin by partition "
                         "(a node's memory-budget-mb / flops-budget node config wins)")
@@ -128,7 +132,7 @@ def _settings_from_args(args: argparse.Namespace, local_out: bool = True) -> Run
         personal_eval_every=args.personal_eval_every, candidates=args.candidates,
         candidate_spread=args.candidate_spread, candidate_ranking=args.candidate_ranking,
         adjust_every=args.adjust_every, adjust_until=args.adjust_until, adjust_alpha=args.adjust_alpha,
-        adjust_layers=args.adjust_layers, budget_tiers=args.budget_tiers,
+        adjust_layers=args.adjust_layers, gradient_tap=args.gradient_tap, budget_tiers=args.budget_tiers,
         out=str(Path(args.out).expanduser().resolve()) if local_out else args.out, resume=args.resume,
         round_timeout=args.round_timeout,
     )

@@ -64,6 +64,7 @@ class RunSettings:
     adjust_until: int = 24
     adjust_alpha: float = 0.05
     adjust_layers: str = "output-first"
+    gradient_tap: str = "auto"
     budget_tiers: str = ""
     out: str = "runs/latest"
     resume: bool = False
@@ -182,7 +183,7 @@ class RunSettings:
         from models import BATCHNORM_MODELS
         from strategies.budgets import parse_budget_tiers
         from strategies.candidates import RANKINGS
-        from strategies.progressive import LAYER_ORDERS
+        from strategies.progressive import GRADIENT_TAPS, LAYER_ORDERS
 
         if self.candidates < 1:
             raise ConfigError("candidates", f"{self.candidates} must be >= 1 (1 = no BN selection)")
@@ -198,6 +199,8 @@ class RunSettings:
             raise ConfigError("adjust-alpha", f"{self.adjust_alpha} is outside (0, 1]")
         if self.adjust_layers not in LAYER_ORDERS:
             raise ConfigError("adjust-layers", f"'{self.adjust_layers}' is not one of: {', '.join(LAYER_ORDERS)}")
+        if self.gradient_tap not in GRADIENT_TAPS:
+            raise ConfigError("gradient-tap", f"'{self.gradient_tap}' is not one of: {', '.join(GRADIENT_TAPS)}")
         try:
             parse_budget_tiers(self.budget_tiers)
         except ValueError as exc:

@@ -22,14 +22,15 @@ density: ``BudgetError``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from models import prunable_names
+from strategies import progressive
 
 MB = 1_000_000
 MEMORY_KEY = "memory-budget-mb"
@@ -74,6 +75,7 @@ class ModelCost:
     positions: dict[str, int]  # prunable layer -> output positions per sample
     dense_values: int  # trainable values outside the prunable weights (biases, BatchNorm)
     buffer_values: int  # running statistics
+    row_sizes: dict[str, int] = field(default_factory=dict)  # prunable layer -> weights per output row/channel
 
     @classmethod
     def of(cls, model: nn.Module, input_shape: tuple[int, ...]) -> ModelCost:
@@ -97,7 +99,8 @@ class ModelCost:
         params = dict(model.named_parameters())
         dense = sum(p.numel() for n, p in params.items() if n not in names)
         buffers = sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))
-        return cls({n: params[n].numel() for n in names}, positions, dense, buffers)
+        return cls({n: params[n].numel() for n in names}, positions, dense, buffers,
+                   {n: params[n][0].numel() for n in names})
 
     def memory_bytes(self, kept: dict[str, int]) -> int:
         """Estimated parameter memory (values, gradients, momentum, indices, buffers) of a submodel."""
@@ -108,9 +111,19 @@ class ModelCost:
         """Estimated training FLOPs per sample (forward + backward) of a submodel."""
         return 6 * sum(kept[n] * self.positions[n] for n in kept)
 
-    def tap_memory_bytes(self, layers: Sequence[str]) -> int:
-        """What FedTiny's gradient tap adds in an adjusting round: one dense float32 accumulator per layer."""
-        return 4 * sum(self.sizes[n] for n in layers)
+    def tap_memory_bytes(self, layers: Sequence[str], capacities: Mapping[str, int] | None = None) -> int:
+        """What FedTiny's gradient tap adds in an adjusting round. Dense tap (``capacities`` None): one float32
+        accumulator per layer. Buffered tap: per layer, one gradient chunk and two chunk-sized temporaries
+        (float32), plus running sums at ``capacities[layer]`` positions (int64 index + float32 sum) and the
+        two merge temporaries of that size."""
+        if capacities is None:
+            return 4 * sum(self.sizes[n] for n in layers)
+        total = 0
+        for n in layers:
+            row = self.row_sizes.get(n, self.sizes[n])
+            chunk = min(self.sizes[n], progressive.tap_chunk_rows(row) * row)
+            total += 3 * 4 * chunk + 3 * 12 * capacities[n]
+        return total
 
     def tap_flops_per_sample(self, layers: Sequence[str]) -> int:
         """The tap's FLOPs per sample: the dense weight gradient gᵀx of each adjusted layer (one multiply-add
@@ -118,9 +131,11 @@ class ModelCost:
         return 2 * sum(self.sizes[n] * self.positions[n] for n in layers)
 
 
-def fits_budget(cost: ModelCost, kept: dict[str, int], budget: Budget, tap_layers: Sequence[str] = ()) -> bool:
-    """Whether a submodel (plus, in an adjusting round, the gradient tap on ``tap_layers``) fits ``budget``."""
-    return (cost.memory_bytes(kept) + cost.tap_memory_bytes(tap_layers) <= budget.memory_mb * MB
+def fits_budget(cost: ModelCost, kept: dict[str, int], budget: Budget, tap_layers: Sequence[str] = (),
+                tap_capacities: Mapping[str, int] | None = None) -> bool:
+    """Whether a submodel (plus, in an adjusting round, the gradient tap on ``tap_layers``: dense, or
+    buffered with ``tap_capacities``) fits ``budget``."""
+    return (cost.memory_bytes(kept) + cost.tap_memory_bytes(tap_layers, tap_capacities) <= budget.memory_mb * MB
             and cost.flops_per_sample(kept) + cost.tap_flops_per_sample(tap_layers) <= budget.flops_per_sample)
 
 

@@ -18,8 +18,10 @@ How a run goes (DESIGN §1, §4):
   a client whose declared memory/compute budget is below the global mask trains
   the nested submodel its budget allows (``strategies.budgets``), and kept values
   are averaged over the clients that trained them; in an adjusting round only
-  clients whose budget also holds the gradient tap (a dense accumulator of the
-  adjusted layer, and its FLOPs) are asked for pairs;
+  clients whose budget also holds a gradient tap are asked for pairs (``gradient_tap``:
+  ``dense`` — an exact accumulator the size of the adjusted layer; ``buffered`` —
+  running sums at 4·K positions, formed a few rows at a time; ``auto`` — dense where
+  the budget holds it, else buffered, else none);
 * in every ``adjust-every``-th round up to ``adjust-until`` — progressive pruning,
   riding on training (no extra exchange): the training request names the
   layer(s) to adjust and K_t; each trainer taps the gradient a dense layer would
@@ -118,9 +120,12 @@ class FedTiny(StaticMaskFedAvg):
     def __init__(self, *, theta0: dict[str, np.ndarray], candidates: list[dict[str, np.ndarray]], cost: ModelCost,
                  architecture: str, model_seed: int, score: str, clients_per_round: int, min_train_nodes: int = 1,
                  seed: int = 0, adjust_every: int = 3, adjust_until: int = 24, adjust_alpha: float = 0.2,
-                 adjust_layers: str = "output-first", eval_batch_size: int = 1000) -> None:
+                 adjust_layers: str = "output-first", gradient_tap: str = "auto",
+                 eval_batch_size: int = 1000) -> None:
         if adjust_layers not in progressive.LAYER_ORDERS:
             raise ValueError(f"fedtiny adjust-layers '{adjust_layers}' is not one of {progressive.LAYER_ORDERS}")
+        if gradient_tap not in progressive.GRADIENT_TAPS:
+            raise ValueError(f"fedtiny gradient-tap '{gradient_tap}' is not one of {progressive.GRADIENT_TAPS}")
         super().__init__(mask=candidates[0], architecture=architecture, model_seed=model_seed, score=score,
                          clients_per_round=clients_per_round, min_train_nodes=min_train_nodes, seed=seed)
         self.theta0 = {k: np.asarray(v) for k, v in theta0.items()}
@@ -128,7 +133,7 @@ class FedTiny(StaticMaskFedAvg):
         self.candidates = [{k: np.asarray(v, dtype=bool) for k, v in c.items()} for c in candidates]
         self.cost = cost
         self.adjust_every, self.adjust_until, self.adjust_alpha = adjust_every, adjust_until, adjust_alpha
-        self.adjust_layers, self.eval_batch_size = adjust_layers, eval_batch_size
+        self.adjust_layers, self.gradient_tap, self.eval_batch_size = adjust_layers, gradient_tap, eval_batch_size
         self.layer_names = list(self.mask)
         self.bn_names = bn_stat_names(self.theta0)
         self.budgets: dict[int, Budget] = {}
@@ -140,7 +145,7 @@ class FedTiny(StaticMaskFedAvg):
         self._costs: dict[int, list[dict[str, Any]]] = {}
         self._phase_data: dict[int, Any] = {}
         self._plan: dict[str, int] = {}
-        self._asked: set[int] = set()
+        self._asked: dict[int, str] = {}  # node -> the tap it was asked to run ("dense" | "buffered")
         self._pairs: dict[int, dict[str, Any]] = {}
         self._pending_pairs: dict[int, dict[str, Any]] = {}
 
@@ -388,7 +393,7 @@ class FedTiny(StaticMaskFedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Sparse FedAvg messages (``StaticMaskFedAvg``), each node on the submodel its budget allows."""
-        self._round_masks, self._pairs, self._pending_pairs, self._asked = {}, {}, {}, set()
+        self._round_masks, self._pairs, self._pending_pairs, self._asked = {}, {}, {}, {}
         self._plan = self.adjustment_plan(server_round)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         rows = []
@@ -397,12 +402,13 @@ class FedTiny(StaticMaskFedAvg):
             kept = self._kept_counts(node)
             budget = self.budgets.get(node, Budget())
             tap = list(self._plan) if node in self._asked else []
+            capacities = self._capacities() if self._asked.get(node) == "buffered" else None
             rows.append({"node_id": node, "partition_id": self.node_partitions.get(node),
                          "density": sum(kept.values()) / sum(m.size for m in self.mask.values()),
                          "est_param_memory_bytes": self.cost.memory_bytes(kept),
                          "est_flops_per_sample": self.cost.flops_per_sample(kept),
-                         "reports_pairs": bool(tap),
-                         "est_tap_memory_bytes": self.cost.tap_memory_bytes(tap),
+                         "reports_pairs": bool(tap), "gradient_tap": self._asked.get(node),
+                         "est_tap_memory_bytes": self.cost.tap_memory_bytes(tap, capacities),
                          "est_tap_flops_per_sample": self.cost.tap_flops_per_sample(tap),
                          "memory_budget_mb": None if np.isinf(budget.memory_mb) else budget.memory_mb,
                          "flops_budget": None if np.isinf(budget.flops_per_sample) else budget.flops_per_sample})
@@ -410,16 +416,33 @@ class FedTiny(StaticMaskFedAvg):
         return messages
 
     def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
-        """In an adjusting round, ask for top-K pairs every node whose budget also holds the gradient tap (one
-        dense accumulator per adjusted layer, and its FLOPs); a node it would overrun trains without it."""
+        """In an adjusting round, ask for top-K pairs every node whose budget also holds a gradient tap (the
+        dense one, or with ``gradient_tap`` auto/buffered the buffered one); a node it would overrun trains
+        without it."""
         if not self._plan:
             return config
-        budget, layers = self.budgets.get(node, Budget()), list(self._plan)
-        if not budget.unlimited and not budgets.fits_budget(self.cost, self._kept_counts(node), budget, layers):
+        tap = self._tap_for(node)
+        if tap is None:
             return config
-        self._asked.add(node)
-        return ConfigRecord({**dict(config), "adjust-layers": list(self._plan),
-                             "adjust-k": [int(k) for k in self._plan.values()]})
+        self._asked[node] = tap
+        extra: dict[str, Any] = {"adjust-layers": list(self._plan), "adjust-k": [int(k) for k in self._plan.values()]}
+        if tap == "buffered":
+            extra["adjust-buffer"] = [self._capacities()[name] for name in self._plan]
+        return ConfigRecord({**dict(config), **extra})
+
+    def _capacities(self) -> dict[str, int]:
+        """Buffered-tap capacity per adjusted layer this round (4·K, at most the layer's size)."""
+        return {name: min(progressive.tap_buffer_capacity(k), self.mask[name].size) for name, k in self._plan.items()}
+
+    def _tap_for(self, node: int) -> str | None:
+        """The tap a node runs this round: the configured one if its budget holds it (auto: dense first)."""
+        budget, layers, kept = self.budgets.get(node, Budget()), list(self._plan), self._kept_counts(node)
+        choices = {"auto": ("dense", "buffered"), "dense": ("dense",), "buffered": ("buffered",)}[self.gradient_tap]
+        for tap in choices:
+            capacities = self._capacities() if tap == "buffered" else None
+            if budget.unlimited or budgets.fits_budget(self.cost, kept, budget, layers, capacities):
+                return tap
+        return None
 
     def check_reply(self, server_round: int, reply: Message) -> str | None:
         """Training replies as in ``StaticMaskFedAvg``; setup/adjustment replies by their own checks."""

@@ -17,6 +17,25 @@ import numpy as np
 
 LAYER_ORDERS = ("output-first", "all")
 
+# How a client forms the pruned-position gradient of an adjusted layer (client/topk_gradients.py):
+# ``dense`` sums it over the local steps in one accumulator the size of the layer (exact); ``buffered`` forms
+# each batch's gradient a few output rows at a time and keeps running sums at only TAP_BUFFER_FACTOR·K pruned
+# positions (approximate, memory O(chunk + K)); ``auto`` gives each node the dense tap if its budget holds it,
+# else the buffered one if that fits, else no tap.
+GRADIENT_TAPS = ("auto", "dense", "buffered")
+TAP_CHUNK_ELEMENTS = 16_384  # weights of one gradient chunk (64 KiB in float32), at least one output row
+TAP_BUFFER_FACTOR = 4
+
+
+def tap_chunk_rows(row_size: int) -> int:
+    """Output rows (channels) per chunk of a buffered tap for a layer whose rows hold ``row_size`` weights."""
+    return max(1, TAP_CHUNK_ELEMENTS // max(1, row_size))
+
+
+def tap_buffer_capacity(k: int) -> int:
+    """Pruned positions a buffered tap keeps running sums for, when the server asks for K pairs."""
+    return TAP_BUFFER_FACTOR * k
+
 
 def adjustment_rounds(every: int, until: int) -> list[int]:
     """Completed-round counts t after which the mask is adjusted: every, 2·every, ... <= until."""

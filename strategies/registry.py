@@ -78,7 +78,7 @@ def _fedtiny(settings: RunSettings) -> Strategy:
                    clients_per_round=settings.clients_per_round, min_train_nodes=settings.min_train_nodes,
                    seed=settings.seed, adjust_every=settings.adjust_every, adjust_until=settings.adjust_until,
                    adjust_alpha=settings.adjust_alpha, adjust_layers=settings.adjust_layers,
-                   eval_batch_size=settings.eval_batch_size)
+                   gradient_tap=settings.gradient_tap, eval_batch_size=settings.eval_batch_size)
 
 
 def check_budget_tiers(settings: RunSettings, model=None, input_shape=None):

@@ -13,7 +13,7 @@ from models import build_model
 from protos.codec import WireFormatError, decode, encode
 from protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
 from server.runner import run_federation
-from strategies import build_strategy
+from strategies import build_strategy, progressive
 from strategies.budgets import BudgetError
 from strategies.fedtiny import CANDIDATE, GRAD, FedTiny, candidate_key
 from tests.inprocess_grid import InProcessGrid, full_and_resumed
@@ -290,8 +290,9 @@ def test_resume_after_an_adjustment_matches_uninterrupted(tiny, tmp_path):
 
 
 def test_a_budget_that_cannot_hold_the_gradient_tap_trains_without_reporting_pairs(tiny):
-    """A node whose budget fits its submodel but not the tap's dense accumulator is not asked for pairs."""
-    settings = dataclasses.replace(tiny, rounds=1, candidates=1, clients_per_round=6, num_clients=6)
+    """With the dense tap, a node whose budget fits its submodel but not the tap's accumulator is not asked."""
+    settings = dataclasses.replace(tiny, rounds=1, candidates=1, clients_per_round=6, num_clients=6,
+                                   gradient_tap="dense")
     strategy = build_strategy(settings)
     kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
     adjusted = strategy.adjustment_plan(1)
@@ -314,6 +315,44 @@ def test_a_budget_that_cannot_hold_the_gradient_tap_trains_without_reporting_pai
     adjustment = doc["rounds"][0]["adjustment"]
     assert adjustment["nodes_asked"] == 5 and {u["node_id"] for u in adjustment["uploads"]} == set(costs) - {tight}
     assert doc["rounds"][0]["clients_failed"] == 0
+
+
+def test_auto_tap_gives_a_tight_budget_the_buffered_tap_and_its_pairs_count(tiny, monkeypatch):
+    """gradient-tap auto: dense where the budget holds it, buffered (4·K running sums) where only that fits,
+    none where neither does; the buffered node's pairs are used like any other."""
+    monkeypatch.setattr(progressive, "TAP_CHUNK_ELEMENTS", 64)  # the tiny model's layers are smaller than a chunk
+    settings = dataclasses.replace(tiny, rounds=1, candidates=1, clients_per_round=6, num_clients=6,
+                                   adjust_layers="all", adjust_alpha=0.02)  # small K: buffers well below dense
+    strategy = build_strategy(settings)
+    kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
+    plan = strategy.adjustment_plan(1)
+    capacities = {n: min(4 * k, strategy.mask[n].size) for n, k in plan.items()}
+    need = strategy.cost.memory_bytes(kept)
+    dense_tap = strategy.cost.tap_memory_bytes(list(plan))
+    buffered_tap = strategy.cost.tap_memory_bytes(list(plan), capacities)
+    assert 0 < buffered_tap < dense_tap
+    uploads = []
+
+    def tamper(node, reply):
+        if _kind(reply) == "train":
+            uploads.append((node, _pairs_in(grid, node, reply)[1]))
+        return reply
+
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(), tamper=tamper)
+    buffered, none = grid.node_ids[0], grid.node_ids[1]
+    grid.contexts[buffered].node_config["memory-budget-mb"] = (need + buffered_tap) / 1e6
+    grid.contexts[none].node_config["memory-budget-mb"] = (need + buffered_tap / 2) / 1e6
+    doc = run_federation(grid, settings, progress=lambda line: None)
+    assert doc["status"] == "completed" and doc["rounds"][0]["clients_failed"] == 0
+    costs = {c["node_id"]: c for c in doc["rounds"][0]["client_costs"]}
+    assert costs[buffered]["gradient_tap"] == "buffered" and costs[buffered]["est_tap_memory_bytes"] == buffered_tap
+    assert costs[none]["gradient_tap"] is None and not costs[none]["reports_pairs"]
+    assert {c["gradient_tap"] for n, c in costs.items() if n not in (buffered, none)} == {"dense"}
+    sent = dict(uploads)
+    assert sent[buffered] and all(np.count_nonzero(v) <= plan[k[len("grad/"):]] for k, v in sent[buffered].items())
+    assert not sent[none]
+    adjustment = doc["rounds"][0]["adjustment"]
+    assert {u["node_id"] for u in adjustment["uploads"]} == set(costs) - {none}
 
 
 def test_pairs_from_a_node_that_was_not_asked_are_rejected(tiny):

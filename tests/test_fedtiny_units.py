@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from client.bn_statistics import reestimate_bn
-from client.topk_gradients import PrunedGradientTap, requested_adjustment, top_k_pairs
+from client.topk_gradients import (
+    PrunedGradientTap,
+    TopKBuffer,
+    requested_adjustment,
+    requested_capacities,
+    top_k_pairs,
+)
 from data import LabeledArrays
 from kernels.convert import sparsify
 from kernels.dispatch import Backend
@@ -17,6 +23,7 @@ from models import build_model, prunable_names
 from protos import fedprune_wire_pb2 as pb
 from protos.codec import Manifest, decode, encode, tensor_cost
 from server.run_config import ConfigError, RunSettings
+from strategies import progressive
 from strategies.budgets import Budget, BudgetError, ModelCost, nested_submask, parse_budget_tiers, ratio_for_budget
 from strategies.candidates import candidate_masks, perturbed_counts
 from strategies.fedtiny import loss_margins, pool_statistics, select_candidate
@@ -259,6 +266,53 @@ def test_gradient_tap_on_sparse_kernels_equals_the_dense_layers_gradient(backend
         np.testing.assert_allclose(magnitudes[name], expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("backend", [Backend.COMPACT, Backend.CSR])
+def test_buffered_tap_with_room_for_every_pruned_position_equals_the_dense_tap(backend, monkeypatch):
+    """Formed a few output rows at a time (tiny chunks force many per layer), the buffered sums are exact."""
+    monkeypatch.setattr(progressive, "TAP_CHUNK_ELEMENTS", 40)
+    model = build_model("digits-cnn-bn", SHAPE, seed=2)
+    rng = np.random.default_rng(4)
+    mask = {n: rng.random(p.shape) < 0.3 for n, p in model.named_parameters() if n in prunable_names(model)}
+    x, y = torch.randn(3, 16, *SHAPE), torch.randint(0, 10, (3, 16))
+    magnitudes, held = [], []
+    for buffered in (False, True):
+        trained = copy.deepcopy(model)
+        capacities = {n: int((~m).sum()) for n, m in mask.items()} if buffered else None
+        tap = PrunedGradientTap(trained, list(mask), capacities, mask)
+        backends = {n: Backend.MASKED if backend == Backend.CSR and n.startswith("features") else backend
+                    for n in mask}
+        sparsify(trained, mask, batch=16, training=True, backends=backends)
+        tap.attach(trained)
+        trained.train()
+        for xb, yb in zip(x, y, strict=True):
+            torch.nn.functional.cross_entropy(trained(xb), yb).backward()
+        magnitudes.append(tap.mean_magnitudes(mask))
+        held.append(tap.held_bytes())
+        if buffered:
+            assert not tap.sums and tap.peak_chunk_bytes <= 4 * max(40, max(m[0].size for m in mask.values()))
+    for name in mask:
+        np.testing.assert_allclose(magnitudes[1][name], magnitudes[0][name], rtol=1e-5, atol=1e-7)
+    assert held[0] == 4 * sum(m.size for m in mask.values())
+
+
+def test_buffered_tap_keeps_at_most_its_capacity_and_finds_persistent_gradients():
+    pruned = torch.ones(60, dtype=torch.bool)
+    pruned[[0, 1]] = False  # kept positions never enter the buffer
+    buffer = TopKBuffer(pruned, capacity=6)
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        batch = torch.from_numpy(rng.normal(0.0, 0.3, 60).astype(np.float32))
+        batch[[7, 41]] += torch.tensor([1.0, -1.0])  # a steady signal at two pruned positions
+        batch[[0, 1]] = 50.0
+        for start in range(0, 60, 16):  # chunks, as the tap forms them
+            buffer.add(start, batch[start:start + 16])
+        assert buffer.index.numel() <= 6 and not set(buffer.index.tolist()) & {0, 1}
+    sums = buffer.dense(60)
+    assert set(sums.abs().topk(2).indices.tolist()) == {7, 41}
+    assert sums[7] > 15 and sums[41] < -15
+    assert buffer.held_bytes() == 6 * (8 + 4)
+
+
 def test_a_malformed_adjustment_request_is_a_clear_error():
     mask = {"fc.weight": np.ones((2, 3), bool)}
     assert requested_adjustment({}, mask) == {}
@@ -267,6 +321,12 @@ def test_a_malformed_adjustment_request_is_a_clear_error():
                 {"adjust-layers": ["fc.weight"], "adjust-k": [0]}):
         with pytest.raises(ValueError, match="adjustment names unknown layers or bad K"):
             requested_adjustment(bad, mask)
+    adjust = {"fc.weight": 2, "out.weight": 3}
+    assert requested_capacities({}, adjust) == {}
+    assert requested_capacities({"adjust-buffer": [8, 0]}, adjust) == {"fc.weight": 8}  # 0: dense tap
+    for bad in ({"adjust-buffer": [8]}, {"adjust-buffer": [8, -1]}):
+        with pytest.raises(ValueError, match="does not match the adjusted layers"):
+            requested_capacities(bad, adjust)
 
 
 def test_tensor_cost_is_what_the_named_tensors_add_to_a_payload():
@@ -334,7 +394,7 @@ def test_fedtiny_options_are_validated():
     good = RunSettings(strategy="fedtiny", model="digits-cnn-bn", dataset="digits", density=0.1)
     good.validate(check_out_dir=False)
     cases = {"candidates": 0, "adjust_every": -1, "adjust_until": -2, "adjust_alpha": 0.0, "candidate_spread": -1.0,
-             "candidate_ranking": "synflow",
+             "candidate_ranking": "synflow", "gradient_tap": "sparse",
              "adjust_layers": "random", "budget_tiers": "1:2:3"}
     import dataclasses
 
