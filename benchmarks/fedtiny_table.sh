@@ -34,7 +34,7 @@ done
 for d in 0.05 0.01; do
   rows[fedtiny-until15-$d]="--strategy fedtiny --density $d --adjust-until 15"
 done
-# Every adjusting client on the buffered gradient tap (4·K running sums) instead of the dense accumulator.
+# Every adjusting client on the buffered gradient tap (8·K running sums) instead of the dense accumulator.
 for d in 0.05 0.01; do
   rows[fedtiny-buffered-$d]="--strategy fedtiny --density $d --gradient-tap buffered"
 done

@@ -4,7 +4,7 @@ Usage: python benchmarks/fedtiny_tap_agreement.py [DENSITY] [PARTITION ...]   (d
 Fashion-MNIST, fl-cnn-bn built from seed 0, FedTiny's candidate 0 at DENSITY (SynFlow's layer counts, largest
 |θ0| within), Dirichlet 0.5 over 100 clients (seed 0). For each PARTITION, one local epoch of the client's real
 training path (compact sparse kernels, SGD lr 0.05 momentum 0.9, batch 32) from θ0 with two taps on every
-prunable layer at once — the dense tap and the buffered tap (4·K running sums, gradient formed a few output
+prunable layer at once — the dense tap and the buffered tap (8·K running sums, gradient formed a few output
 rows at a time; ``client.topk_gradients``) — which see the same batches, since a tap does not change training.
 K is the first adjustment's K_3 = α/2·(1+cos(π·3/24))·active with α 0.05 (the defaults).
 
@@ -38,7 +38,7 @@ from data.sources import LabeledArrays, load_dataset  # noqa: E402
 from kernels.convert import sparsify  # noqa: E402
 from models import build_model  # noqa: E402
 from strategies.candidates import candidate_masks  # noqa: E402
-from strategies.progressive import cosine_k, tap_buffer_capacity  # noqa: E402
+from strategies.progressive import TAP_BUFFER_FACTOR, cosine_k, tap_buffer_capacity  # noqa: E402
 
 
 def masked_model(splits, mask: dict[str, np.ndarray]) -> torch.nn.Module:
@@ -88,7 +88,7 @@ def main() -> int:
             held = buffered.buffers[name].held_bytes()
             rows[name].append((overlap, captured, dense.sums[name].numel() * 4, held, buffered.peak_chunk_bytes))
         print(f"partition {p}: {len(data)} training images", flush=True)
-    print(f"\ndensity {density}, partitions {partitions}, K = K_3 at α 0.05, buffer 4·K")
+    print(f"\ndensity {density}, partitions {partitions}, K = K_3 at α 0.05, buffer {TAP_BUFFER_FACTOR}·K")
     print("| layer | active | K | dense tap held B | buffered held B (index+sums) | overlap | captured |")
     print("|---|---|---|---|---|---|---|")
     for name, values in rows.items():

@@ -15,7 +15,7 @@ gradient, and no extra exchange.
 Memory: the trained weights, their gradients and the optimizer state stay
 compact. The *dense* tap holds one accumulator per adjusted layer (the size of
 that layer's dense weight) for the round: exact, but fc1 of the FL CNN alone is
-6.4 MB. The *buffered* tap (``capacity`` per layer, 4·K from the server) never
+6.4 MB. The *buffered* tap (``capacity`` per layer, 8·K from the server) never
 forms the whole gradient: it computes each batch's gradient a few output rows
 at a time (``strategies.progressive.tap_chunk_rows``) and keeps running sums at
 no more than ``capacity`` pruned positions — a position already held adds the

@@ -96,7 +96,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="fedtiny: output-first (one layer per adjustment, output→input) | all")
     p.add_argument("--gradient-tap", default=defaults.gradient_tap,
                    help="fedtiny: how an adjusting client forms pruned-position gradients: dense (exact, one "
-                        "accumulator the size of the layer) | buffered (running sums at 4·K positions, a few "
+                        "accumulator the size of the layer) | buffered (running sums at 8·K positions, a few "
                         "rows at a time) | auto (dense where the node's budget holds it, else buffered)")
     p.add_argument("--budget-tiers", default=defaults.budget_tiers,
                    help="fedtiny simulation: client budgets 'MB:FLOPS,...' assigned round-robin by partition "

@@ -20,7 +20,7 @@ How a run goes (DESIGN §1, §4):
   are averaged over the clients that trained them; in an adjusting round only
   clients whose budget also holds a gradient tap are asked for pairs (``gradient_tap``:
   ``dense`` — an exact accumulator the size of the adjusted layer; ``buffered`` —
-  running sums at 4·K positions, formed a few rows at a time; ``auto`` — dense where
+  running sums at 8·K positions, formed a few rows at a time; ``auto`` — dense where
   the budget holds it, else buffered, else none);
 * in every ``adjust-every``-th round up to ``adjust-until`` — progressive pruning,
   riding on training (no extra exchange): the training request names the
@@ -431,7 +431,7 @@ class FedTiny(StaticMaskFedAvg):
         return ConfigRecord({**dict(config), **extra})
 
     def _capacities(self) -> dict[str, int]:
-        """Buffered-tap capacity per adjusted layer this round (4·K, at most the layer's size)."""
+        """Buffered-tap capacity per adjusted layer this round (8·K, at most the layer's size)."""
         return {name: min(progressive.tap_buffer_capacity(k), self.mask[name].size) for name, k in self._plan.items()}
 
     def _tap_for(self, node: int) -> str | None:

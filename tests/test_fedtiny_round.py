@@ -318,7 +318,7 @@ def test_a_budget_that_cannot_hold_the_gradient_tap_trains_without_reporting_pai
 
 
 def test_auto_tap_gives_a_tight_budget_the_buffered_tap_and_its_pairs_count(tiny, monkeypatch):
-    """gradient-tap auto: dense where the budget holds it, buffered (4·K running sums) where only that fits,
+    """gradient-tap auto: dense where the budget holds it, buffered (8·K running sums) where only that fits,
     none where neither does; the buffered node's pairs are used like any other."""
     monkeypatch.setattr(progressive, "TAP_CHUNK_ELEMENTS", 64)  # the tiny model's layers are smaller than a chunk
     settings = dataclasses.replace(tiny, rounds=1, candidates=1, clients_per_round=6, num_clients=6,
@@ -326,7 +326,7 @@ def test_auto_tap_gives_a_tight_budget_the_buffered_tap_and_its_pairs_count(tiny
     strategy = build_strategy(settings)
     kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
     plan = strategy.adjustment_plan(1)
-    capacities = {n: min(4 * k, strategy.mask[n].size) for n, k in plan.items()}
+    capacities = {n: min(progressive.tap_buffer_capacity(k), strategy.mask[n].size) for n, k in plan.items()}
     need = strategy.cost.memory_bytes(kept)
     dense_tap = strategy.cost.tap_memory_bytes(list(plan))
     buffered_tap = strategy.cost.tap_memory_bytes(list(plan), capacities)
