@@ -54,9 +54,13 @@ class TopKBuffer:
         local = self.index[inside] - start
         self.total[inside] += values[local]  # positions already held keep summing
         values[local] = 0.0
-        take = min(self.capacity, values.numel())
-        top = values.abs().topk(take, sorted=False).indices
-        top = top[values[top] != 0]
+        magnitude = values.abs()
+        if self.index.numel() >= self.capacity:  # full: only a value above the weakest held sum can enter
+            floor = float(self.total.abs().min())
+            magnitude = magnitude.masked_fill(magnitude <= floor, 0.0)
+        top = torch.nonzero(magnitude, as_tuple=True)[0]
+        if top.numel() > self.capacity:
+            top = top[magnitude[top].topk(self.capacity, sorted=False).indices]
         index = torch.cat([self.index, top + start])
         total = torch.cat([self.total, values[top]])
         if index.numel() > self.capacity:  # the weakest running sums give up their slots
