@@ -13,7 +13,9 @@ output the same size, so they are the same for both models.
 Adjusting rounds (progressive pruning): the client trains the same sparse model with a
 ``client.topk_gradients.PrunedGradientTap`` on the adjusted layer, which holds one dense, weight-sized
 accumulator for the round and adds gᵀx (or the convolution's weight gradient) per batch; the rows
-``adjusting <layer>`` count that accumulator with the training state and the tap's work in the FLOPs.
+``adjusting <layer>`` count that accumulator with the training state and the tap's work in the FLOPs; the rows
+``adjusting <layer> buffered <capacity>`` the buffered tap instead (running sums at 8·K positions, K = the first
+adjustment's K_3 at α 0.05, plus the largest gradient chunk it formed), measured on its tensors after the steps.
 
 FLOPs per sample: torch.utils.flop_counter.FlopCounterMode over one forward+backward step, divided by the batch.
 What the counter sees: dense and compact (sliced) layers run ordinary aten convolutions/matmuls and are counted
@@ -39,6 +41,7 @@ from client.topk_gradients import PrunedGradientTap  # noqa: E402
 from kernels.convert import sparsify  # noqa: E402
 from kernels.csr import CSRLinear  # noqa: E402
 from models import build_model  # noqa: E402
+from strategies.progressive import cosine_k, tap_buffer_capacity  # noqa: E402
 from strategies.scores import data_free_mask  # noqa: E402
 
 SHAPE = (1, 28, 28)
@@ -126,9 +129,11 @@ def main() -> int:
         raw, corrected = flops_per_sample(model, x, y)
         rows[name] = {"state_bytes": training_state_bytes(model, optimizer),
                       "flops_per_sample_counter": raw, "flops_per_sample_corrected": corrected}
-    for layer in mask:  # an adjusting round: the same sparse model, plus the tap on one layer
+    ks = {n: max(1, cosine_k(3, 24, 0.05, int(m.sum()))) for n, m in mask.items()}
+    for layer, buffered in ((n, b) for n in mask for b in (False, True)):  # adjusting rounds: + a tap on one layer
         model = copy.deepcopy(base)
-        tap = PrunedGradientTap(model, [layer])
+        capacities = {layer: min(tap_buffer_capacity(ks[layer]), mask[layer].size)} if buffered else None
+        tap = PrunedGradientTap(model, [layer], capacities, mask)
         sparsify(model, mask, batch=batch, training=True, backends=backends)
         tap.attach(model)
         model.train()
@@ -136,10 +141,10 @@ def main() -> int:
         for _ in range(2):
             step(model, optimizer, x, y)
         state = training_state_bytes(model, optimizer)
-        accumulator = sum(t.numel() * t.element_size() for t in tap.sums.values())
-        state = {**state, "tap_accumulator": accumulator, "total": state["total"] + accumulator}
+        held = tap.held_bytes() + tap.peak_chunk_bytes  # buffered: index + sums, and its largest gradient chunk
+        state = {**state, "tap_held": held, "total": state["total"] + held}
         tap_flops = tap_flops_per_sample(base, layer, x)
-        rows[f"adjusting {layer}"] = {
+        rows[f"adjusting {layer}" + (f" buffered {capacities[layer]}" if buffered else "")] = {
             "state_bytes": state, "state_ratio": state["total"] / rows["dense"]["state_bytes"]["total"],
             "tap_flops_per_sample": tap_flops,
             "flops_per_sample_corrected": rows["sparse"]["flops_per_sample_corrected"] + tap_flops}
