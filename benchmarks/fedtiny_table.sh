@@ -38,6 +38,10 @@ done
 for d in 0.05 0.01; do
   rows[fedtiny-buffered-$d]="--strategy fedtiny --density $d --gradient-tap buffered"
 done
+# Half the clients with a 2 MB memory budget: it holds their submodel and the buffered tap, not fc1's dense tap.
+for tap in auto dense; do
+  rows[fedtiny-budget2mb-$tap-0.01]="--strategy fedtiny --density 0.01 --budget-tiers 2:inf,inf:inf --gradient-tap $tap"
+done
 # The earlier candidate family: within a layer the score's own choice (candidate 0 = SynFlow's mask).
 for d in 0.05 0.01; do
   rows[fedtiny-score-ranked-$d]="--strategy fedtiny --density $d --candidate-ranking score"
