@@ -132,7 +132,7 @@ def main() -> int:
     ks = {n: max(1, cosine_k(3, 24, 0.05, int(m.sum()))) for n, m in mask.items()}
     for layer, buffered in ((n, b) for n in mask for b in (False, True)):  # adjusting rounds: + a tap on one layer
         model = copy.deepcopy(base)
-        capacities = {layer: min(tap_buffer_capacity(ks[layer]), mask[layer].size)} if buffered else None
+        capacities = {layer: tap_buffer_capacity(ks[layer], mask[layer].size)} if buffered else None
         tap = PrunedGradientTap(model, [layer], capacities, mask)
         sparsify(model, mask, batch=batch, training=True, backends=backends)
         tap.attach(model)

@@ -20,9 +20,10 @@ import statistics
 import sys
 from pathlib import Path
 
-# two-sided 95% critical values of Student's t for 1..10 degrees of freedom (beyond: 2.0 is within 0.3%
-# of the table for up to 30 and errs wide)
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+# two-sided 95% critical values of Student's t for 1..30 degrees of freedom (beyond: the value at 30, which
+# errs wide)
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def accuracies(path: Path) -> list[float] | None:
@@ -46,7 +47,7 @@ def interval(diffs: list[float]) -> str:
     mean = statistics.fmean(diffs) * 100
     if len(diffs) < 2:
         return f"{mean:+.2f}"
-    t = T95[len(diffs) - 2] if len(diffs) - 1 <= len(T95) else 2.0
+    t = T95[min(len(diffs) - 1, len(T95)) - 1]
     half = t * statistics.stdev(diffs) / len(diffs) ** 0.5 * 100
     return f"{mean:+.2f} ± {half:.2f}"
 

@@ -71,7 +71,7 @@ def main() -> int:
     mask = candidate_masks(build_model("fl-cnn-bn", splits.input_shape, 10, seed=0), "synflow", density, 1, 0)[0]
     model = masked_model(splits, mask)
     ks = {n: max(1, cosine_k(3, 24, 0.05, int(m.sum()))) for n, m in mask.items()}
-    capacities = {n: min(tap_buffer_capacity(k), m.size) for (n, k), m in zip(ks.items(), mask.values(), strict=True)}
+    capacities = {n: tap_buffer_capacity(k, mask[n].size) for n, k in ks.items()}
     parts = partition_indices(splits.train.y, "dirichlet", 100, alpha=0.5, seed=0)
     rows: dict[str, list[tuple[float, float, int, int, int]]] = {n: [] for n in mask}
     for p in partitions:

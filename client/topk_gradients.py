@@ -22,7 +22,7 @@ no more than ``capacity`` pruned positions — a position already held adds the
 chunk's value, the others compete by magnitude for the free or weakest slots.
 A position that enters late misses its earlier batches, so the result
 approximates the dense tap; with ``capacity`` ≥ the layer's pruned positions it
-is the dense tap exactly (tests/test_topk_gradients.py).
+is the dense tap exactly (tests/test_fedtiny_units.py).
 """
 
 from __future__ import annotations

@@ -238,10 +238,11 @@ class FedTiny(StaticMaskFedAvg):
         rows = [next(iter(m.content.metric_records.values())) for m in evaluated]
         eval_weights = [self.weight_of(m) for m in evaluated]
         count = len(self.candidates)
-        chosen, losses = select_candidate([[float(r[f"loss-{i}"]) for i in range(count)] for r in rows], eval_weights)
+        loss_table = [[float(r[f"loss-{i}"]) for i in range(count)] for r in rows]
+        chosen, losses = select_candidate(loss_table, eval_weights)
         _, accuracies = select_candidate([[float(r[f"accuracy-{i}"]) for i in range(count)] for r in rows],
                                          eval_weights)
-        margins = loss_margins([[float(r[f"loss-{i}"]) for i in range(count)] for r in rows], eval_weights, chosen)
+        margins = loss_margins(loss_table, eval_weights, chosen)
         runner_up = min((m for i, m in enumerate(margins) if i != chosen), default=None)
         distinct = runner_up is not None and runner_up[0] > 2 * runner_up[1]
         self.selection = {**report, "selected": chosen, "losses": losses, "accuracies": accuracies,
@@ -432,7 +433,7 @@ class FedTiny(StaticMaskFedAvg):
 
     def _capacities(self) -> dict[str, int]:
         """Buffered-tap capacity per adjusted layer this round (8·K, at most the layer's size)."""
-        return {name: min(progressive.tap_buffer_capacity(k), self.mask[name].size) for name, k in self._plan.items()}
+        return {name: progressive.tap_buffer_capacity(k, self.mask[name].size) for name, k in self._plan.items()}
 
     def _tap_for(self, node: int) -> str | None:
         """The tap a node runs this round: the configured one if its budget holds it (auto: dense first)."""

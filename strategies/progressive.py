@@ -32,9 +32,10 @@ def tap_chunk_rows(row_size: int) -> int:
     return max(1, TAP_CHUNK_ELEMENTS // max(1, row_size))
 
 
-def tap_buffer_capacity(k: int) -> int:
-    """Pruned positions a buffered tap keeps running sums for, when the server asks for K pairs."""
-    return TAP_BUFFER_FACTOR * k
+def tap_buffer_capacity(k: int, size: int) -> int:
+    """Pruned positions a buffered tap keeps running sums for, when the server asks for K pairs of a layer
+    of ``size`` weights (never more than the layer has)."""
+    return min(TAP_BUFFER_FACTOR * k, size)
 
 
 def adjustment_rounds(every: int, until: int) -> list[int]:

@@ -326,7 +326,7 @@ def test_auto_tap_gives_a_tight_budget_the_buffered_tap_and_its_pairs_count(tiny
     strategy = build_strategy(settings)
     kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
     plan = strategy.adjustment_plan(1)
-    capacities = {n: min(progressive.tap_buffer_capacity(k), strategy.mask[n].size) for n, k in plan.items()}
+    capacities = {n: progressive.tap_buffer_capacity(k, strategy.mask[n].size) for n, k in plan.items()}
     need = strategy.cost.memory_bytes(kept)
     dense_tap = strategy.cost.tap_memory_bytes(list(plan))
     buffered_tap = strategy.cost.tap_memory_bytes(list(plan), capacities)
