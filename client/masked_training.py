@@ -73,7 +73,7 @@ def train_masked(msg: Message, context: Context, settings: RunSettings, local: L
     trained = {k: v.detach().numpy() for k, v in export_dense_state(model).items()}
     update = split_kept(trained, mask)
     pairs = {} if tap is None else pairs_payload(tap, mask, adjust)
-    blob = encode({**update, **pairs}, reference=mask, force=dict.fromkeys(pairs, "INDEX_VALUES"),
+    blob = encode(update, reference=mask, pairs=pairs,
                   manifest=Manifest(manifest.architecture, manifest.model_seed, manifest.density, manifest.round,
                                     "static-mask-update"))
     metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,

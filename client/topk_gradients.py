@@ -27,6 +27,7 @@ is the dense tap exactly (tests/test_fedtiny_units.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,38 +36,73 @@ from torch import nn
 from torch.nn.grad import conv2d_weight
 
 from strategies import progressive
-from strategies.fedtiny import GRAD
 
 
 class TopKBuffer:
-    """Running signed sums of one layer's gradient at no more than ``capacity`` pruned positions."""
+    """Running signed sums of one layer's gradient at no more than ``capacity`` pruned positions.
 
-    def __init__(self, pruned: torch.Tensor, capacity: int) -> None:
-        self.pruned = pruned.reshape(-1)
+    One batch at a time (:meth:`add_batch`, its gradient in chunks): positions already held add the chunk's
+    values, the others are entrants; at the end of the batch held sums and entrants compete by magnitude for
+    the ``capacity`` slots. An entrant no larger than the weakest of ``capacity`` sums already known (held,
+    when the buffer is full, or the entrants so far) could never win a slot and is dropped on the spot, so
+    besides the held sums only the chunk and at most ``2·capacity`` entrants exist at any time
+    (``strategies.budgets.ModelCost.tap_memory_bytes`` counts them). ``kept`` is the layer's flat kept mask,
+    read in place (the client's own: the buffer copies nothing of the layer's size).
+    """
+
+    def __init__(self, kept: torch.Tensor, capacity: int) -> None:
+        self.kept = kept.reshape(-1)
         self.capacity = capacity
-        self.index = torch.empty(0, dtype=torch.int64)
+        self.index = torch.empty(0, dtype=torch.int64)  # sorted by position between batches
         self.total = torch.empty(0)
 
-    def add(self, start: int, chunk: torch.Tensor) -> None:
-        """Add one batch's gradient for flat positions ``start .. start + chunk.numel()``."""
-        values = chunk.reshape(-1).masked_fill(~self.pruned[start:start + chunk.numel()], 0.0)
-        inside = (self.index >= start) & (self.index < start + values.numel())
-        local = self.index[inside] - start
-        self.total[inside] += values[local]  # positions already held keep summing
-        values[local] = 0.0
-        magnitude = values.abs()
-        if self.index.numel() >= self.capacity:  # full: only a value above the weakest held sum can enter
-            floor = float(self.total.abs().min())
-            magnitude = magnitude.masked_fill(magnitude <= floor, 0.0)
-        top = torch.nonzero(magnitude, as_tuple=True)[0]
-        if top.numel() > self.capacity:
-            top = top[magnitude[top].topk(self.capacity, sorted=False).indices]
-        index = torch.cat([self.index, top + start])
-        total = torch.cat([self.total, values[top]])
+    def _strongest(self, magnitude: torch.Tensor, floor: float) -> torch.Tensor:
+        """Positions of at most ``capacity`` entries of ``magnitude`` above ``floor`` (the largest ones)."""
+        above = magnitude > floor
+        if int(above.sum()) <= self.capacity:
+            return torch.nonzero(above, as_tuple=True)[0]
+        top = magnitude.topk(self.capacity, sorted=False).indices
+        return top[magnitude[top] > floor]
+
+    def add_batch(self, chunks: Iterable[tuple[int, torch.Tensor]]) -> None:
+        """Add one batch's gradient, given as (first flat position, values) chunks in increasing order.
+
+        The chunks are consumed: each is overwritten in place."""
+        if self.capacity <= 0:
+            return
+        floor = float(self.total.abs().min()) if self.index.numel() >= self.capacity else 0.0
+        entrant_index: list[torch.Tensor] = []
+        entrant_total: list[torch.Tensor] = []
+        entrants = 0
+        for start, chunk in chunks:
+            values = chunk.reshape(-1)
+            end = start + values.numel()
+            values.masked_fill_(self.kept[start:end], 0.0)
+            lo, hi = (int(i) for i in torch.searchsorted(self.index, torch.tensor([start, end])))
+            if hi > lo:  # held positions in this chunk keep summing and do not enter again
+                local = self.index[lo:hi] - start
+                self.total[lo:hi] += values[local]
+                values[local] = 0.0
+            top = self._strongest(values.abs(), floor)
+            if top.numel() == 0:
+                continue
+            entrant_index.append(top + start)
+            entrant_total.append(values[top])
+            entrants += top.numel()
+            if entrants > self.capacity:  # keep the strongest `capacity` entrants; the weakest of them is a floor
+                index, total = torch.cat(entrant_index), torch.cat(entrant_total)
+                keep = total.abs().topk(self.capacity, sorted=False).indices
+                entrant_index, entrant_total, entrants = [index[keep]], [total[keep]], self.capacity
+                floor = max(floor, float(entrant_total[0].abs().min()))
+        if not entrants:
+            return
+        index = torch.cat([self.index, *entrant_index])
+        total = torch.cat([self.total, *entrant_total])
         if index.numel() > self.capacity:  # the weakest running sums give up their slots
             keep = total.abs().topk(self.capacity, sorted=False).indices
             index, total = index[keep], total[keep]
-        self.index, self.total = index, total
+        order = torch.argsort(index)
+        self.index, self.total = index[order], total[order]
 
     def dense(self, size: int) -> torch.Tensor:
         """The held sums scattered into a flat tensor of ``size`` (zero elsewhere)."""
@@ -105,7 +141,7 @@ class PrunedGradientTap:
         capacities = capacities or {}
         if capacities and mask is None:
             raise ValueError("a buffered tap needs the mask (its pruned positions)")
-        self.buffers = {name: TopKBuffer(torch.from_numpy(~np.asarray(mask[name], dtype=bool)), capacities[name])
+        self.buffers = {name: TopKBuffer(torch.from_numpy(np.asarray(mask[name], dtype=bool)), capacities[name])
                         for name in layers if name in capacities}
         self.sums = {name: torch.zeros(g["shape"]) for name, g in self.geometry.items() if name not in self.buffers}
         self.batches = dict.fromkeys(self.geometry, 0)
@@ -152,13 +188,17 @@ class PrunedGradientTap:
 
     def _add_chunked(self, name: str, x: torch.Tensor, grad: torch.Tensor) -> None:
         """One batch's weight gradient of a buffered layer, a few output rows at a time, into its buffer."""
-        geometry, buffer = self.geometry[name], self.buffers[name]
+        self.buffers[name].add_batch(self._chunks(name, x, grad))
+
+    def _chunks(self, name: str, x: torch.Tensor, grad: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first flat position, gradient) of each chunk of output rows, formed only when asked for."""
+        geometry = self.geometry[name]
         shape = geometry["shape"]
         row = int(np.prod(shape[1:]))
         conv = "stride" in geometry
         # grouped convolutions: one chunk (the output-channel slice would need the matching input group)
         rows = shape[0] if conv and geometry["groups"] != 1 else progressive.tap_chunk_rows(row)
-        flat_grad = grad if conv else grad.reshape(-1, grad.shape[-1])
+        flat_grad = grad if conv else grad.reshape(-1, grad.shape[-1]).T.contiguous()  # linear: (out, batch)
         flat_x = x if conv else x.reshape(-1, x.shape[-1])
         for first in range(0, shape[0], rows):
             last = min(shape[0], first + rows)
@@ -167,9 +207,9 @@ class PrunedGradientTap:
                                       geometry["stride"], geometry["padding"], geometry["dilation"],
                                       geometry["groups"])
             else:
-                chunk = flat_grad[:, first:last].T @ flat_x
+                chunk = flat_grad[first:last] @ flat_x
             self.peak_chunk_bytes = max(self.peak_chunk_bytes, chunk.numel() * chunk.element_size())
-            buffer.add(first * row, chunk)
+            yield first * row, chunk
 
     def held_bytes(self) -> int:
         """Bytes the tap holds between batches: dense accumulators and buffers (measured, not estimated)."""
@@ -198,9 +238,10 @@ def top_k_pairs(magnitude: np.ndarray, k: int) -> np.ndarray:
 
 
 def pairs_payload(tap: PrunedGradientTap, mask: dict[str, np.ndarray], ks: dict[str, int]) -> dict[str, np.ndarray]:
-    """The tensors a training reply adds for an adjustment: ``grad/<layer>`` holding only its top-K pairs."""
+    """What a training reply adds for an adjustment: per adjusted layer, an array of its shape holding only
+    its top-K magnitudes (sent as headerless reference pairs, ``protos.codec.encode(pairs=...)``)."""
     magnitudes = tap.mean_magnitudes(mask)
-    return {GRAD + name: top_k_pairs(magnitudes[name], k) for name, k in ks.items()}
+    return {name: top_k_pairs(magnitudes[name], k) for name, k in ks.items()}
 
 
 def requested_capacities(config: Any, adjust: dict[str, int]) -> dict[str, int]:

@@ -17,7 +17,7 @@ Every failure raises ``WireFormatError`` with what was wrong.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,11 +73,13 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A decoded payload: its manifest, its tensors, and the encoding chosen for each."""
+    """A decoded payload: its manifest, its tensors, the encoding chosen for each, and its reference pairs
+    (keyed by the reference tensor's name, shaped like it, zero where no pair is)."""
 
     manifest: Manifest
     tensors: dict[str, np.ndarray]
     encodings: dict[str, str] = field(default_factory=dict)
+    pairs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _dtype_code(array: np.ndarray, name: str) -> int:
@@ -201,13 +203,15 @@ def _usable_reference(name: str, array: np.ndarray, reference: Mapping[str, np.n
 
 def encode(tensors: Mapping[str, np.ndarray], *, reference: Mapping[str, np.ndarray] | None = None,
            manifest: Manifest | None = None, allow_fp16: bool = False,
-           force: Mapping[str, str] | None = None) -> bytes:
+           force: Mapping[str, str] | None = None, pairs: Mapping[str, np.ndarray] | None = None) -> bytes:
     """Encode ``tensors`` (float32/16, int64/32, uint8, bool masks, int8 ±1 signs) into one payload.
 
     ``reference`` holds what the receiver already has (same names; sign vectors
     there enable flip encodings). ``allow_fp16`` lets float32 travel as float16
     when smaller (lossy). ``force`` pins a tensor's encoding by name (for
-    benchmarks); otherwise the smallest is chosen.
+    benchmarks); otherwise the smallest is chosen. ``pairs`` maps reference names
+    to float32 arrays of the reference tensor's shape whose nonzero entries travel
+    as (index, value) pairs without a tensor header (``ReferencePairs``).
     """
     manifest = manifest or Manifest()
     payload = pb.Payload()
@@ -230,6 +234,13 @@ def encode(tensors: Mapping[str, np.ndarray], *, reference: Mapping[str, np.ndar
         best = min((_encode_as(array, code, e, ref) for e in candidates), key=lambda t: t.ByteSize())
         best.name = name
         payload.tensors.append(best)
+    slots = {name: slot for slot, name in enumerate(sorted(reference or {}))}
+    for name, value in (pairs or {}).items():
+        array = np.asarray(value, dtype=np.float32)
+        if name not in slots or np.shape(reference[name]) != array.shape:
+            raise ValueError(f"pairs '{name}': not a tensor of the reference, or not of its shape")
+        coded = _encode_as(array, pb.FLOAT32, E.INDEX_VALUES, None)
+        payload.pairs.append(pb.ReferencePairs(slot=slots[name], indices=coded.data, values=coded.values))
     body = payload.SerializeToString()
     digest = hashlib.blake2b(body, digest_size=DIGEST_BYTES).digest()
     return pb.Envelope(format_version=FORMAT_VERSION, body=body, digest=digest).SerializeToString()
@@ -382,8 +393,9 @@ def decode(blob: bytes, *, reference: Mapping[str, np.ndarray] | None = None,
             raise WireFormatError("payload is relative to a reference, but none was given")
         if reference_digest(reference) != m.reference_digest:
             raise WireFormatError("payload was encoded against a different reference (digest mismatch)")
-    if len(payload.tensors) > limits.max_tensors:
-        raise WireFormatError(f"{len(payload.tensors)} tensors exceed the cap of {limits.max_tensors}")
+    if len(payload.tensors) + len(payload.pairs) > limits.max_tensors:
+        raise WireFormatError(f"{len(payload.tensors) + len(payload.pairs)} tensors and pairs exceed the cap of "
+                              f"{limits.max_tensors}")
     total, tensors, encodings = 0, {}, {}
     for t in payload.tensors:
         if not t.name or len(t.name) > limits.max_name_length:
@@ -406,8 +418,30 @@ def decode(blob: bytes, *, reference: Mapping[str, np.ndarray] | None = None,
             raise _fail(t.name, "flip encoding in a payload that names no reference")
         tensors[t.name] = _decode_tensor(t, n, ref).reshape(tuple(int(d) for d in t.shape))
         encodings[t.name] = E.Name(t.encoding)
+    pairs = _decode_pairs(payload, reference if m.reference_digest else None)
     manifest = Manifest(m.architecture, m.model_seed, m.density, m.round, m.kind, m.reference_digest)
-    return Decoded(manifest, tensors, encodings)
+    return Decoded(manifest, tensors, encodings, pairs)
+
+
+def _decode_pairs(payload: pb.Payload, reference: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Each ``ReferencePairs`` as a float32 array shaped like its reference tensor (checked as INDEX_VALUES)."""
+    if payload.pairs and reference is None:
+        raise WireFormatError("reference pairs in a payload that names no reference")
+    names = sorted(reference or {})
+    out: dict[str, np.ndarray] = {}
+    for p in payload.pairs:
+        if p.slot >= len(names):
+            raise WireFormatError(f"reference pairs name slot {p.slot}; the reference holds {len(names)} tensors")
+        name = names[p.slot]
+        if name in out:
+            raise WireFormatError(f"reference pairs for '{name}' appear twice")
+        if len(p.values) % 4:
+            raise WireFormatError(f"reference pairs for '{name}': {len(p.values)} value bytes is not whole float32s")
+        shape = np.shape(reference[name])
+        as_tensor = pb.Tensor(name=f"pairs of {name}", dtype=pb.FLOAT32, encoding=E.INDEX_VALUES,
+                              count=len(p.values) // 4, data=p.indices, values=p.values)
+        out[name] = _decode_tensor(as_tensor, int(np.prod(shape)), None).reshape(shape)
+    return out
 
 
 def encoded_sizes(blob: bytes) -> dict[str, int]:
@@ -416,21 +450,16 @@ def encoded_sizes(blob: bytes) -> dict[str, int]:
     return {t.name: t.ByteSize() for t in payload.tensors}
 
 
-def tensor_cost(blob: bytes, names: Iterable[str]) -> tuple[int, int]:
-    """(bytes the named tensors add to the payload ``blob``, bytes of their coded data and values alone).
+def pairs_cost(blob: bytes) -> tuple[int, int]:
+    """(bytes a payload's reference pairs add to it, bytes of their coded indices and values alone).
 
-    The first is measured, not estimated: ``blob`` minus the same payload re-serialized without them
-    (protobuf serializes a parsed message back to the same bytes), so it counts each tensor's name,
-    shape and field framing too. For FedTiny's top-K pairs riding on a training reply, this is what
-    the adjustment's upload costs on the wire beyond the training update.
-    """
-    wanted = set(names)
+    Measured, not estimated: ``blob`` minus the same payload re-serialized without them (protobuf
+    serializes a parsed message back to the same bytes). For FedTiny's top-K pairs riding on a training
+    reply, this is what the adjustment's upload costs on the wire beyond the training update."""
     envelope = pb.Envelope.FromString(bytes(blob))
     payload = pb.Payload.FromString(envelope.body)
-    kept = [t for t in payload.tensors if t.name not in wanted]
-    coded = sum(len(t.data) + len(t.values) for t in payload.tensors if t.name in wanted)
-    del payload.tensors[:]
-    payload.tensors.extend(kept)
+    coded = sum(len(p.indices) + len(p.values) for p in payload.pairs)
+    del payload.pairs[:]
     without = pb.Envelope(format_version=envelope.format_version, body=payload.SerializeToString(),
                           digest=envelope.digest).SerializeToString()
     return len(blob) - len(without), coded

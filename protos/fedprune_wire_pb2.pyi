@@ -83,13 +83,25 @@ class Tensor(_message.Message):
     model_q: int
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., count: _Optional[int] = ..., data: _Optional[bytes] = ..., values: _Optional[bytes] = ..., model_q: _Optional[int] = ...) -> None: ...
 
+class ReferencePairs(_message.Message):
+    __slots__ = ("slot", "indices", "values")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    indices: bytes
+    values: bytes
+    def __init__(self, slot: _Optional[int] = ..., indices: _Optional[bytes] = ..., values: _Optional[bytes] = ...) -> None: ...
+
 class Payload(_message.Message):
-    __slots__ = ("manifest", "tensors")
+    __slots__ = ("manifest", "tensors", "pairs")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
     manifest: Manifest
     tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, manifest: _Optional[_Union[Manifest, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    pairs: _containers.RepeatedCompositeFieldContainer[ReferencePairs]
+    def __init__(self, manifest: _Optional[_Union[Manifest, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[ReferencePairs, _Mapping]]] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("format_version", "body", "digest")

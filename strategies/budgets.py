@@ -112,17 +112,20 @@ class ModelCost:
         return 6 * sum(kept[n] * self.positions[n] for n in kept)
 
     def tap_memory_bytes(self, layers: Sequence[str], capacities: Mapping[str, int] | None = None) -> int:
-        """What FedTiny's gradient tap adds in an adjusting round. Dense tap (``capacities`` None): one float32
-        accumulator per layer. Buffered tap: per layer, one gradient chunk and two chunk-sized temporaries
-        (float32), plus running sums at ``capacities[layer]`` positions (int64 index + float32 sum) and the
-        two merge temporaries of that size."""
+        """What FedTiny's gradient tap adds in an adjusting round (an upper bound of what it allocates).
+
+        Dense tap (``capacities`` None): one float32 accumulator per layer. Buffered tap
+        (``client.topk_gradients.TopKBuffer``), per layer: 9 B per chunk element (the float32 chunk, its
+        magnitudes, one comparison byte) and 100 B per slot of ``capacities[layer]`` (the held int64 index
+        and float32 sum, up to twice as many entrants, and the concatenation, magnitudes, selection and
+        gathered result of a merge)."""
         if capacities is None:
             return 4 * sum(self.sizes[n] for n in layers)
         total = 0
         for n in layers:
             row = self.row_sizes.get(n, self.sizes[n])
             chunk = min(self.sizes[n], progressive.tap_chunk_rows(row) * row)
-            total += 3 * 4 * chunk + 3 * 12 * capacities[n]
+            total += 9 * chunk + 100 * capacities[n]
         return total
 
     def tap_flops_per_sample(self, layers: Sequence[str]) -> int:

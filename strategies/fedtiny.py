@@ -48,7 +48,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from protos.codec import Manifest, decode, encode, reference_digest, tensor_cost
+from protos.codec import Decoded, Manifest, decode, encode, pairs_cost, reference_digest
 from protos.flower_records import content_with_payload, payload_of
 from protos.wire_size import content_bytes
 from strategies import budgets, progressive
@@ -58,7 +58,6 @@ from strategies.static_mask import KEPT_SUFFIX, StaticMaskFedAvg, join_kept, spl
 BN_STATS_TASK = "fedtiny-bn-statistics"
 BN_EVAL_TASK = "fedtiny-bn-evaluate"
 CANDIDATE = "candidate"  # tensor names: candidate/<i>/<layer> (masks) and candidate/<i>/<bn buffer> (stats)
-GRAD = "grad/"
 THETA0_DIGEST = "theta0-digest"
 BN_STATS = ("running_mean", "running_var")
 
@@ -307,39 +306,36 @@ class FedTiny(StaticMaskFedAvg):
         return {name: k for name, k in ks.items() if k > 0}
 
     def model_tensors(self, server_round: int, reply: Message, blob: bytes,
-                      tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Split a training reply into its model update and its top-K pairs (checked, kept for this round)."""
-        grads = {k: v for k, v in tensors.items() if k.startswith(GRAD)}
-        if not grads:
-            return tensors
-        node = reply.metadata.src_node_id
-        self._pending_pairs[node] = self._check_pairs(node, grads, blob)
-        return {k: v for k, v in tensors.items() if not k.startswith(GRAD)}
+                      decoded: Decoded) -> dict[str, np.ndarray]:
+        """A training reply's model update; its top-K pairs (reference pairs over the node's mask) are
+        checked and kept for this round."""
+        if decoded.pairs:
+            node = reply.metadata.src_node_id
+            self._pending_pairs[node] = self._check_pairs(node, decoded.pairs, blob)
+        return decoded.tensors
 
     def _check_pairs(self, node: int, grads: dict[str, np.ndarray], blob: bytes) -> dict[str, Any]:
         """Validate one reply's pairs: requested layers only, at most K each, magnitudes >= 0, only at positions
         the node's own mask prunes. Positions the global mask keeps (a budgeted node's submodel prunes more)
         carry no growth signal and are dropped."""
-        expected = {GRAD + name for name in self._plan} if node in self._asked else set()
+        expected = set(self._plan) if node in self._asked else set()
         if set(grads) - expected:
             raise ValueError(f"top-K pairs for {sorted(set(grads) - expected)[:3]}, requested {sorted(expected)}")
         node_mask, pairs_of, total = self.mask_for(node), {}, 0
         for name, k in self._plan.items():
-            value = grads.get(GRAD + name, np.zeros(self.mask[name].shape, np.float32))
-            if value.shape != self.mask[name].shape:
-                raise ValueError(f"'{GRAD + name}' has shape {value.shape}, expected {self.mask[name].shape}")
+            value = grads.get(name, np.zeros(self.mask[name].shape, np.float32))
             flat = value.reshape(-1)
             indices = np.flatnonzero(flat)
             if indices.size > k:
-                raise ValueError(f"'{GRAD + name}' carries {indices.size} pairs, more than K = {k}")
+                raise ValueError(f"pairs for '{name}': {indices.size} of them, more than K = {k}")
             if (flat[indices] < 0).any():
-                raise ValueError(f"'{GRAD + name}' carries negative magnitudes")
+                raise ValueError(f"pairs for '{name}' carry negative magnitudes")
             if node_mask[name].reshape(-1)[indices].any():
-                raise ValueError(f"'{GRAD + name}' reports gradients at active positions")
+                raise ValueError(f"pairs for '{name}' report gradients at active positions")
             indices = indices[~self.mask[name].reshape(-1)[indices]]
             pairs_of[name] = (indices, flat[indices])
             total += int(indices.size)
-        added, coded = tensor_cost(blob, grads)
+        added, coded = pairs_cost(blob)
         return {"pairs_of": pairs_of, "pairs": total, "pairs_bytes": added, "coded_pairs_bytes": coded,
                 "payload_bytes": len(blob)}
 

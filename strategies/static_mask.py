@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from protos.codec import Manifest, decode, reference_digest
+from protos.codec import Decoded, Manifest, decode, reference_digest
 from protos.flower_records import content_with_payload, payload_of
 from strategies.aggregation import weighted_mean
 from strategies.base import FederatedStrategy
@@ -123,7 +123,7 @@ class StaticMaskFedAvg(FederatedStrategy):
         mask = self.mask_for(node)
         try:
             blob = payload_of(reply)
-            tensors = self.model_tensors(server_round, reply, blob, decode(blob, reference=mask).tensors)
+            tensors = self.model_tensors(server_round, reply, blob, decode(blob, reference=mask))
             join_kept(tensors, mask, self._template)
         except ValueError as exc:  # WireFormatError is a ValueError
             self.forget_node(node)  # resend the full mask next time: never a silent desync
@@ -133,10 +133,13 @@ class StaticMaskFedAvg(FederatedStrategy):
         return None
 
     def model_tensors(self, server_round: int, reply: Message, blob: bytes,
-                      tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The tensors of a training reply that update the model (here: all of them). A subclass takes out
-        what else its replies carry (FedTiny: top-K gradient pairs) and raises ``ValueError`` on bad ones."""
-        return tensors
+                      decoded: Decoded) -> dict[str, np.ndarray]:
+        """The tensors of a decoded training reply that update the model (here: all of them; reference
+        pairs are not expected). A subclass takes what else its replies carry (FedTiny: top-K gradient
+        pairs) and raises ``ValueError`` on bad ones."""
+        if decoded.pairs:
+            raise ValueError(f"unexpected reference pairs for {sorted(decoded.pairs)[:3]}")
+        return decoded.tensors
 
     def forget_node(self, node_id: int) -> None:
         """A node that failed may have lost its mask: send it again next time."""

@@ -15,6 +15,7 @@ from protos.codec import (
     WireFormatError,
     decode,
     encode,
+    pairs_cost,
     reference_digest,
     varint_decode,
     varint_encode,
@@ -160,6 +161,67 @@ def test_each_validation_names_the_problem():
         decode(good, limits=DecodeLimits(max_payload_bytes=10))
 
 
+def _pairs_case():
+    rng = np.random.default_rng(7)
+    reference = {"a.weight": rng.random((64, 100)) < 0.1, "b.weight": np.ones(10, bool)}
+    pairs = np.zeros((64, 100), np.float32)
+    pairs.flat[rng.choice(6400, 250, replace=False)] = rng.random(250).astype(np.float32) + 0.1
+    update = {"a.weight/kept": rng.standard_normal(300).astype(np.float32)}
+    return reference, update, pairs
+
+
+def test_reference_pairs_round_trip_with_a_few_bytes_of_framing():
+    reference, update, pairs = _pairs_case()
+    alone = encode(update, reference=reference)
+    both = encode(update, reference=reference, pairs={"a.weight": pairs})
+    decoded = decode(both, reference=reference)
+    assert set(decoded.pairs) == {"a.weight"} and np.array_equal(decoded.pairs["a.weight"], pairs)
+    assert set(decoded.tensors) == set(update) and not decode(alone, reference=reference).pairs
+    added, coded = pairs_cost(both)
+    (entry,) = _body(both).pairs
+    assert added == len(both) - len(alone) and coded == len(entry.indices) + len(entry.values)
+    assert 0 < added - coded <= 12  # framing: field tags and lengths only (a tensor header was 42–48 B)
+    assert entry.slot == 0 and entry.values == pairs.reshape(-1)[np.flatnonzero(pairs)].astype("<f4").tobytes()
+    assert pairs_cost(alone) == (0, 0)
+    for bad in ({"c.weight": pairs}, {"b.weight": pairs}):  # not in the reference / not of its shape
+        with pytest.raises(ValueError, match="not a tensor of the reference"):
+            encode(update, reference=reference, pairs=bad)
+
+
+def test_hostile_reference_pairs_are_refused():
+    reference, update, pairs = _pairs_case()
+    good = encode(update, reference=reference, pairs={"a.weight": pairs})
+    cases = {}
+    p = _body(good)
+    p.pairs[0].slot = 2
+    cases["slot 2"] = p
+    p = _body(good)
+    p.pairs.append(p.pairs[0])
+    cases["appear twice"] = p
+    p = _body(good)
+    p.pairs[0].values = p.pairs[0].values[:-1]
+    cases["not whole float32s"] = p
+    p = _body(good)
+    p.pairs[0].values = p.pairs[0].values[:-4]
+    cases["complete varints"] = p
+    p = _body(good)
+    p.pairs[0].indices = varint_encode(np.r_[6400, np.zeros(249, np.int64)])
+    cases["out of range"] = p
+    p = _body(good)
+    p.pairs[0].values = np.r_[0.0, np.ones(249)].astype("<f4").tobytes()
+    cases["carries the value 0"] = p
+    p = _body(good)
+    p.pairs[0].values = np.r_[np.inf, np.ones(249)].astype("<f4").tobytes()
+    cases["NaN or Inf"] = p
+    for needle, body in cases.items():
+        with pytest.raises(WireFormatError, match=needle):
+            decode(_reseal(body.SerializeToString()), reference=reference)
+    p = _body(good)
+    p.manifest.reference_digest = b""
+    with pytest.raises(WireFormatError, match="names no reference"):
+        decode(_reseal(p.SerializeToString()))
+
+
 def test_reference_mismatch_is_refused():
     ref = np.ones(100, dtype=np.int8)
     new = ref.copy()
@@ -182,12 +244,16 @@ def _fuzz_corpus():
         np.float32), "steps": np.array([3], np.int64)}
     forced = [None, {"w": "BITMAP_VALUES", "mask": "BITMAP", "signs": "SIGN_FLIPS"},
               {"w": "DENSE", "mask": "INDEX_VALUES", "signs": "BITMAP"}]
-    return [(encode(tensors, reference={"signs": ref}, force=f), tensors) for f in forced], {"signs": ref}
+    pairs = {"signs": np.where(rng.random(4000) < 0.02, rng.random(4000) + 0.5, 0.0).astype(np.float32)}
+    corpus = [(encode(tensors, reference={"signs": ref}, force=f), tensors, {}) for f in forced]
+    corpus.append((encode(tensors, reference={"signs": ref}, pairs=pairs), tensors, pairs))
+    return corpus, {"signs": ref}
 
 
-def _same(decoded, tensors):
+def _same(decoded, tensors, pairs):
     return set(decoded.tensors) == set(tensors) and all(
-        decoded.tensors[k].dtype == v.dtype and np.array_equal(decoded.tensors[k], v) for k, v in tensors.items())
+        decoded.tensors[k].dtype == v.dtype and np.array_equal(decoded.tensors[k], v) for k, v in tensors.items()
+    ) and set(decoded.pairs) == set(pairs) and all(np.array_equal(decoded.pairs[k], v) for k, v in pairs.items())
 
 
 def test_fuzz_mutated_and_truncated_payloads():
@@ -197,7 +263,7 @@ def test_fuzz_mutated_and_truncated_payloads():
     outcomes = {"rejected": 0, "identical": 0, "resealed-accepted": 0}
     slowest = 0.0
     for i in range(12_000):
-        blob, tensors = corpus[i % len(corpus)]
+        blob, tensors, pairs = corpus[i % len(corpus)]
         resealed = i % 2 == 1  # half: a malicious sender with a valid digest over a mutated body
         raw = bytearray(pb.Envelope.FromString(blob).body if resealed else blob)
         action = rng.integers(0, 4)
@@ -218,7 +284,7 @@ def test_fuzz_mutated_and_truncated_payloads():
         except WireFormatError:
             outcomes["rejected"] += 1
         else:
-            if _same(decoded, tensors):
+            if _same(decoded, tensors, pairs):
                 outcomes["identical"] += 1
             else:
                 # Only a sender holding the digest can make a different payload pass, and what passes
@@ -229,6 +295,8 @@ def test_fuzz_mutated_and_truncated_payloads():
                         assert np.isfinite(array).all()
                     if array.dtype == np.int8:
                         assert np.isin(array, (-1, 1)).all()
+                for name, array in decoded.pairs.items():  # pairs: the reference's shape, finite values
+                    assert array.shape == reference[name].shape and np.isfinite(array).all()
                 outcomes["resealed-accepted"] += 1
         slowest = max(slowest, time.perf_counter() - start)
     print(outcomes, f"slowest {slowest * 1000:.1f} ms")

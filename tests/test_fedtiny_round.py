@@ -15,7 +15,7 @@ from protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
 from server.runner import run_federation
 from strategies import build_strategy, progressive
 from strategies.budgets import BudgetError
-from strategies.fedtiny import CANDIDATE, GRAD, FedTiny, candidate_key
+from strategies.fedtiny import CANDIDATE, FedTiny, candidate_key
 from tests.inprocess_grid import InProcessGrid, full_and_resumed
 
 
@@ -31,10 +31,9 @@ def _run(settings, **kwargs):
     return run_federation(grid, settings, progress=lambda line: None), grid
 
 
-def _replace_payload(reply, tensors, reference=None):
+def _replace_payload(reply, tensors, reference=None, pairs=None):
     content = RecordDict(dict(reply.content.items()))
-    force = {k: "INDEX_VALUES" for k in tensors if k.startswith(GRAD)}
-    content[PAYLOAD_RECORD] = ConfigRecord({PAYLOAD_KEY: encode(tensors, reference=reference, force=force)})
+    content[PAYLOAD_RECORD] = ConfigRecord({PAYLOAD_KEY: encode(tensors, reference=reference, pairs=pairs)})
     reply.content = content
     return reply
 
@@ -56,9 +55,9 @@ def _kind(reply):
 
 
 def _pairs_in(grid, node, reply):
-    """(all tensors of a training reply decoded against the node's mask, its top-K pair tensors)."""
-    tensors = decode(payload_of(reply), reference=_held_mask(grid, node)).tensors
-    return dict(tensors), {k: v for k, v in tensors.items() if k.startswith(GRAD)}
+    """(the tensors of a training reply decoded against the node's mask, its top-K pairs by layer)."""
+    decoded = decode(payload_of(reply), reference=_held_mask(grid, node))
+    return dict(decoded.tensors), dict(decoded.pairs)
 
 
 def _selection(settings):
@@ -138,16 +137,16 @@ def test_adjustments_ride_on_training_keep_density_and_upload_only_coded_pairs(t
         assert len(entry["adjustment"]["uploads"]) == tiny.clients_per_round
         for upload in entry["adjustment"]["uploads"]:
             assert 0 < upload["pairs"] <= sum(v["k"] for v in entry["adjustment"]["layers"].values())
-            # what the pairs add to the training reply: their coded bytes plus one tensor header
-            assert upload["coded_pairs_bytes"] < upload["pairs_bytes"] < upload["coded_pairs_bytes"] + 60
+            # what the pairs add to the training reply: their coded bytes plus a few bytes of framing
+            assert upload["coded_pairs_bytes"] < upload["pairs_bytes"] <= upload["coded_pairs_bytes"] + 12
             assert upload["pairs_bytes"] < upload["payload_bytes"] < upload["content_bytes"]
     k_of = {name: layer["k"] for r in adjusted for name, layer in r["adjustment"]["layers"].items()}
     per_round = [uploads[i:i + tiny.clients_per_round] for i in range(0, len(uploads), tiny.clients_per_round)]
     assert [sorted({n for u in rnd for n in u}) for rnd in per_round] == [
-        [GRAD + "classifier.3.weight"], [GRAD + "classifier.1.weight"], []]  # only in adjusting rounds
+        ["classifier.3.weight"], ["classifier.1.weight"], []]  # only in adjusting rounds
     for pairs in per_round[0] + per_round[1]:  # only pairs: never a dense gradient
         (name, grad), = pairs.items()
-        assert 0 < np.count_nonzero(grad) <= k_of[name[len(GRAD):]]
+        assert 0 < np.count_nonzero(grad) <= k_of[name]
     report = doc["strategy_report"]
     assert [a["after_round"] for a in report["adjustments"]] == [1, 2]
     ck = torch.load(f"{tiny.out}/checkpoint.pt", weights_only=False)
@@ -165,7 +164,7 @@ def test_tapping_gradients_leaves_the_training_update_unchanged(tiny):
         def tamper(node, reply):
             if _kind(reply) == "train":
                 tensors, _ = _pairs_in(grids[label], node, reply)
-                updates.setdefault(label, []).append({k: v for k, v in tensors.items() if not k.startswith(GRAD)})
+                updates.setdefault(label, []).append(tensors)
             return reply
         return tamper
 
@@ -201,8 +200,8 @@ def test_hostile_bn_statistics_and_topk_pairs_are_dropped_with_node_and_reason(t
             if pairs:
                 victims["oversized"] = node
                 (name, grad), = pairs.items()
-                tensors[name] = np.ones_like(grad)  # every position: far more than K pairs
-                return _replace_payload(reply, tensors, _held_mask(grid, node))
+                pairs[name] = np.ones_like(grad)  # every position: far more than K pairs
+                return _replace_payload(reply, tensors, _held_mask(grid, node), pairs)
         if kind == "train" and "active" not in victims:
             tensors, pairs = _pairs_in(grid, node, reply)
             if pairs:
@@ -210,9 +209,9 @@ def test_hostile_bn_statistics_and_topk_pairs_are_dropped_with_node_and_reason(t
                 (name, grad), = pairs.items()
                 forged = grad.copy().reshape(-1)
                 forged[np.flatnonzero(forged)[0]] = 0.0  # same number of pairs, one moved onto an active weight
-                forged[np.flatnonzero(_held_mask(grid, node)[name[len(GRAD):]])[0]] = 1.0
-                tensors[name] = forged.reshape(grad.shape)
-                return _replace_payload(reply, tensors, _held_mask(grid, node))
+                forged[np.flatnonzero(_held_mask(grid, node)[name])[0]] = 1.0
+                pairs[name] = forged.reshape(grad.shape)
+                return _replace_payload(reply, tensors, _held_mask(grid, node), pairs)
         return reply
 
     grid = InProcessGrid(client_app, tiny.num_clients, tiny.to_run_config(), tamper=tamper)
@@ -228,7 +227,7 @@ def test_hostile_bn_statistics_and_topk_pairs_are_dropped_with_node_and_reason(t
     assert (victims["active"], "payload rejected") in rejected
     assert any("NaN" in r for r in reasons) and any("expected float32" in r for r in reasons)
     assert any("exceeds the cap" in r or "more than K" in r for r in reasons)
-    assert any("reports gradients at active positions" in r for r in reasons)
+    assert any("report gradients at active positions" in r for r in reasons)
     assert doc["rounds"][0]["bn_selection"]["statistics_replies"] == 1  # 3 sampled, 2 dropped
     assert all(r["aggregated"] for r in doc["rounds"])
 
@@ -349,7 +348,7 @@ def test_auto_tap_gives_a_tight_budget_the_buffered_tap_and_its_pairs_count(tiny
     assert costs[none]["gradient_tap"] is None and not costs[none]["reports_pairs"]
     assert {c["gradient_tap"] for n, c in costs.items() if n not in (buffered, none)} == {"dense"}
     sent = dict(uploads)
-    assert sent[buffered] and all(np.count_nonzero(v) <= plan[k[len("grad/"):]] for k, v in sent[buffered].items())
+    assert sent[buffered] and all(np.count_nonzero(v) <= plan[k] for k, v in sent[buffered].items())
     assert not sent[none]
     adjustment = doc["rounds"][0]["adjustment"]
     assert {u["node_id"] for u in adjustment["uploads"]} == set(costs) - {none}
@@ -370,8 +369,7 @@ def test_pairs_from_a_node_that_was_not_asked_are_rejected(tiny):
             held = _held_mask(grid, node)[name]
             forged = np.zeros(held.size, np.float32)
             forged[np.flatnonzero(~held.reshape(-1))[0]] = 1.0
-            tensors[GRAD + name] = forged.reshape(held.shape)
-            return _replace_payload(reply, tensors, _held_mask(grid, node))
+            return _replace_payload(reply, tensors, _held_mask(grid, node), {name: forged.reshape(held.shape)})
         return reply
 
     grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(), tamper=tamper)

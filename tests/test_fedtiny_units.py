@@ -21,7 +21,7 @@ from kernels.convert import sparsify
 from kernels.dispatch import Backend
 from models import build_model, prunable_names
 from protos import fedprune_wire_pb2 as pb
-from protos.codec import Manifest, decode, encode, tensor_cost
+from protos.codec import Manifest, decode, encode
 from server.run_config import ConfigError, RunSettings
 from strategies import progressive
 from strategies.budgets import Budget, BudgetError, ModelCost, nested_submask, parse_budget_tiers, ratio_for_budget
@@ -218,16 +218,17 @@ def test_top_k_upload_is_exactly_the_coded_pairs():
     nonzero = np.flatnonzero(pairs)
     assert nonzero.size == k
     assert pairs.reshape(-1)[nonzero].min() >= np.delete(magnitude.reshape(-1), nonzero).max()
-    blob = encode({"grad/fc1": pairs}, manifest=Manifest(kind="fedtiny-topk"), force={"grad/fc1": "INDEX_VALUES"})
-    (tensor,) = pb.Payload.FromString(pb.Envelope.FromString(blob).body).tensors
-    assert tensor.count == k and len(tensor.values) == 4 * k
+    reference = {"fc1": magnitude == 0}
+    blob = encode({}, reference=reference, manifest=Manifest(kind="fedtiny-topk"), pairs={"fc1": pairs})
+    (entry,) = pb.Payload.FromString(pb.Envelope.FromString(blob).body).pairs
+    assert len(entry.values) == 4 * k
     deltas = np.diff(nonzero, prepend=-1) - 1
-    from protos.codec import varint_encode
+    from protos.codec import pairs_cost, varint_encode
 
-    assert tensor.data == varint_encode(deltas)  # indices: delta varints, nothing else
-    framing = len(blob) - (len(tensor.data) + len(tensor.values))
-    assert 0 < framing < 120 and framing < 0.01 * len(blob)
-    assert np.array_equal(decode(blob).tensors["grad/fc1"], pairs)
+    assert entry.indices == varint_encode(deltas)  # indices: delta varints, nothing else
+    added, coded = pairs_cost(blob)
+    assert coded == len(entry.indices) + len(entry.values) and added - coded <= 12 < 0.01 * coded
+    assert np.array_equal(decode(blob, reference=reference).pairs["fc1"], pairs)
     few = np.zeros((10, 10), np.float32)
     few.flat[[3, 7]] = [1.0, 2.0]
     assert np.flatnonzero(top_k_pairs(few, 5)).tolist() == [3, 7]  # never pads with zero-magnitude pairs
@@ -296,16 +297,15 @@ def test_buffered_tap_with_room_for_every_pruned_position_equals_the_dense_tap(b
 
 
 def test_buffered_tap_keeps_at_most_its_capacity_and_finds_persistent_gradients():
-    pruned = torch.ones(60, dtype=torch.bool)
-    pruned[[0, 1]] = False  # kept positions never enter the buffer
-    buffer = TopKBuffer(pruned, capacity=6)
+    kept = torch.zeros(60, dtype=torch.bool)
+    kept[[0, 1]] = True  # kept positions never enter the buffer
+    buffer = TopKBuffer(kept, capacity=6)
     rng = np.random.default_rng(0)
     for _ in range(25):
         batch = torch.from_numpy(rng.normal(0.0, 0.3, 60).astype(np.float32))
         batch[[7, 41]] += torch.tensor([1.0, -1.0])  # a steady signal at two pruned positions
         batch[[0, 1]] = 50.0
-        for start in range(0, 60, 16):  # chunks, as the tap forms them
-            buffer.add(start, batch[start:start + 16])
+        buffer.add_batch((start, batch[start:start + 16].clone()) for start in range(0, 60, 16))  # as the tap
         assert buffer.index.numel() <= 6 and not set(buffer.index.tolist()) & {0, 1}
     sums = buffer.dense(60)
     assert set(sums.abs().topk(2).indices.tolist()) == {7, 41}
@@ -327,22 +327,6 @@ def test_a_malformed_adjustment_request_is_a_clear_error():
     for bad in ({"adjust-buffer": [8]}, {"adjust-buffer": [8, -1]}):
         with pytest.raises(ValueError, match="does not match the adjusted layers"):
             requested_capacities(bad, adjust)
-
-
-def test_tensor_cost_is_what_the_named_tensors_add_to_a_payload():
-    rng = np.random.default_rng(1)
-    update = {"fc1.weight/kept": rng.normal(size=300).astype(np.float32)}
-    pairs = np.zeros((64, 100), np.float32)
-    pairs.flat[rng.choice(6400, 250, replace=False)] = rng.random(250).astype(np.float32) + 0.1
-    manifest = Manifest(kind="static-mask-update")
-    alone = encode(update, manifest=manifest)
-    both = encode({**update, "grad/fc1.weight": pairs}, manifest=manifest, force={"grad/fc1.weight": "INDEX_VALUES"})
-    added, coded = tensor_cost(both, ["grad/fc1.weight"])
-    assert added == len(both) - len(alone)
-    body = pb.Payload.FromString(pb.Envelope.FromString(both).body)
-    (tensor,) = [t for t in body.tensors if t.name.startswith("grad")]
-    assert coded == len(tensor.data) + len(tensor.values) and 4 * 250 <= coded < added < coded + 40
-    assert tensor_cost(both, []) == (0, 0)
 
 
 def test_budget_arithmetic():
