@@ -19,7 +19,8 @@ that layer's dense weight) for the round: exact, but fc1 of the FL CNN alone is
 forms the whole gradient: it computes each batch's gradient a few output rows
 at a time (``strategies.progressive.tap_chunk_rows``) and keeps running sums at
 no more than ``capacity`` pruned positions — a position already held adds the
-chunk's value, the others compete by magnitude for the free or weakest slots.
+chunk's value, the others compete by magnitude for the free or weakest slots
+at the end of each batch.
 A position that enters late misses its earlier batches, so the result
 approximates the dense tap; with ``capacity`` ≥ the layer's pruned positions it
 is the dense tap exactly (tests/test_fedtiny_units.py).
