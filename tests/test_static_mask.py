@@ -9,8 +9,9 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 from client.app import app as client_app
+from client.masked_training import STATE_KEY as MASK_STATE
 from models import build_model, prunable_names
-from protos.codec import encode
+from protos.codec import decode, encode
 from protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
 from server.runner import run_federation
 from strategies.scores import SCORES, global_topk_mask
@@ -147,3 +148,28 @@ def test_a_reply_against_another_mask_is_refused(static_settings):
     doc, _ = _run(static_settings, tamper=tamper)
     reasons = [r["reason"] for r in doc["rounds"][0]["rejected_replies"]]
     assert len(reasons) == 1 and "different reference" in reasons[0]
+
+
+def test_a_reply_carrying_gradient_pairs_it_was_not_asked_for_is_refused(static_settings):
+    """Reference pairs (FedTiny's top-K upload) have no place in static-mask FedAvg: the reply is dropped."""
+    victim = {}
+
+    def tamper(node, reply):
+        if PAYLOAD_RECORD in reply.content.config_records and not victim:
+            victim["node"] = node
+            mask = decode(grid.contexts[node].state.config_records[MASK_STATE]["payload"]).tensors
+            tensors = decode(payload_of(reply), reference=mask).tensors
+            name = sorted(mask)[0]
+            pairs = np.zeros(mask[name].shape, np.float32)
+            pairs.reshape(-1)[np.flatnonzero(~mask[name].reshape(-1))[0]] = 1.0
+            content = RecordDict(dict(reply.content.items()))
+            content[PAYLOAD_RECORD] = ConfigRecord(
+                {PAYLOAD_KEY: encode(tensors, reference=mask, pairs={name: pairs})})
+            reply.content = content
+        return reply
+
+    grid = InProcessGrid(client_app, static_settings.num_clients, static_settings.to_run_config(), tamper=tamper)
+    doc = run_federation(grid, static_settings, progress=lambda line: None)
+    assert doc["status"] == "completed"
+    (rejected,) = doc["rounds"][0]["rejected_replies"]
+    assert rejected["node_id"] == victim["node"] and "unexpected reference pairs" in rejected["reason"]
