@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client.app import app as client_app  # noqa: E402
-from server.run_config import RunSettings  # noqa: E402
+from server.run_config import ConfigError, RunSettings  # noqa: E402
 from server.runner import run_federation  # noqa: E402
 from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
@@ -37,6 +37,11 @@ def main() -> int:
     out = extra.pop("out", f"runs/hns-inprocess/{aggregation}-{score_lr}-{'-'.join(sys.argv[4:]) or 'default'}")
     settings = RunSettings(strategy=strategy, density=density, aggregation=aggregation, rounds=rounds,
                            score_lr=score_lr, out=out, **extra)
+    try:  # a bad value fails here with the CLI's message, not as every client's error reply
+        settings.validate()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())
     start = time.time()
     doc = run_federation(grid, settings, progress=lambda line: print(line, flush=True))
