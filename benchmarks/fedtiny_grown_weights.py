@@ -34,21 +34,22 @@ from client.app import app as client_app  # noqa: E402
 from data.sources import load_fashion_mnist  # noqa: E402
 from models.evaluation import evaluate  # noqa: E402
 from models.registry import build_model  # noqa: E402
-from server.run_config import RunSettings  # noqa: E402
+from server.run_config import ConfigError, RunSettings  # noqa: E402
 from server.runner import run_federation  # noqa: E402
+from strategies.progressive import smallest_active  # noqa: E402
 from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
 
 def run_keeping_rounds(settings: RunSettings, keep: Path) -> dict:
     """Run ``settings`` in process; copy the checkpoint of every round to ``keep/r<N>.pt``."""
-    settings.validate()
     keep.mkdir(parents=True, exist_ok=True)
     grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())
 
+    done = iter(range(1, settings.rounds + 1))  # progress is reported once per round, after its checkpoint
+
     def progress(line: str) -> None:
         print(line, flush=True)
-        server_round = int(line.split()[1].split("/")[0])
-        shutil.copy(Path(settings.out) / "checkpoint.pt", keep / f"r{server_round}.pt")
+        shutil.copy(Path(settings.out) / "checkpoint.pt", keep / f"r{next(done)}.pt")
 
     return run_federation(grid, settings, progress=progress)
 
@@ -71,6 +72,11 @@ def main() -> int:
             settings = RunSettings(strategy="fedtiny", model="fl-cnn-bn", density=density, seed=seed,
                                    rounds=rounds, adjust_every=every, personal_eval_every=0,
                                    out=str(root / label / "run"))
+            try:
+                settings.validate()
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             runs[label] = run_keeping_rounds(settings, root / label / "rounds")
         adjustments = {a["after_round"]: a for a in runs["pp"]["strategy_report"]["adjustments"]}
 
@@ -100,19 +106,17 @@ def main() -> int:
             per_round.append(measured)
             line = f"r{server_round:<3d} pp {measured[0]:.4f} no-pp {measured[1]:.4f} pp-grown-zeroed {measured[2]:.4f}"
             if server_round in adjustments:
-                base = accuracy(no_pp["arrays"])
                 for name, layer in adjustments[server_round]["layers"].items():
                     arrays = {k: v.clone() for k, v in no_pp["arrays"].items()}
                     flat = arrays[name].reshape(-1)
-                    active = torch.from_numpy(
-                        np.flatnonzero(np.asarray(no_pp["strategy_state"]["mask"][name]).reshape(-1)))
-                    k = min(int(layer["k"]), active.numel() - 1)
-                    order = torch.argsort(flat[active].abs(), stable=True)
-                    pruned, kept = active[order[:k]], active[order[k:]]
+                    order = torch.from_numpy(
+                        smallest_active(arrays[name].numpy(), np.asarray(no_pp["strategy_state"]["mask"][name])))
+                    k = min(int(layer["k"]), order.numel() - 1)
+                    pruned, kept = order[:k], order[k:]
                     then = flat[pruned].clone()
                     flat[pruned] = 0.0
                     later = last["arrays"][name].reshape(-1)
-                    line += (f" | step {name} K={k}: {100 * (accuracy(arrays) - base):+.2f} pts; left to train, "
+                    line += (f" | step {name} K={k}: {100 * (accuracy(arrays) - measured[1]):+.2f} pts; left to train, "
                              f"|w| {float(then.abs().mean()):.4f} -> r{rounds} {float(later[pruned].abs().mean()):.4f}"
                              f" vs {float(later[kept].abs().mean()):.4f}, sign changed "
                              f"{float((torch.sign(later[pruned]) != torch.sign(then)).float().mean()):.2f}")

@@ -4,8 +4,8 @@ Usage: python benchmarks/fedtiny_prune_damage.py RUNS_DIR [RUNS_DIR ...] [-- DEN
 For each seed directory (``benchmarks/fedtiny_table.sh`` output) and density: the final global model of
 ``fedtiny-no-pp-D`` (trained 30 rounds on FedTiny's selected mask, never adjusted), and, for each adjustment
 ``fedtiny-D`` made (its layer and K), the test-accuracy change when the K smallest-magnitude active weights of
-that layer are zeroed, as ``strategies.progressive.grow_and_prune`` does (grown weights start at 0, so growing
-changes no output). Prints one line per run and adjustment, in points.
+that layer are zeroed, in the order ``strategies.progressive.grow_and_prune`` prunes them (``smallest_active``;
+grown weights start at 0, so growing changes no output). Prints one line per run and adjustment, in points.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data.sources import load_fashion_mnist  # noqa: E402
 from models.evaluation import evaluate  # noqa: E402
 from models.registry import build_model  # noqa: E402
+from strategies.progressive import smallest_active  # noqa: E402
 
 
 def main() -> int:
@@ -45,10 +46,9 @@ def main() -> int:
             for adjustment in adjustments:
                 for name, layer in adjustment["layers"].items():
                     state = {k: v.clone() for k, v in arrays.items()}
-                    flat = state[name].reshape(-1)
-                    active = torch.from_numpy(np.flatnonzero(np.asarray(mask[name]).reshape(-1)))
-                    k = min(int(layer["k"]), active.numel() - 1)
-                    flat[active[torch.argsort(flat[active].abs(), stable=True)[:k]]] = 0.0
+                    order = torch.from_numpy(smallest_active(state[name].numpy(), np.asarray(mask[name])))
+                    k = min(int(layer["k"]), order.numel() - 1)
+                    state[name].reshape(-1)[order[:k]] = 0.0
                     model.load_state_dict(state)
                     delta = (evaluate(model, test.x, test.y)[1] - base) * 100
                     cells.append(f"r{adjustment['after_round']} {name} K={k}: {delta:+.2f}")

@@ -85,6 +85,13 @@ class LayerAdjustment:
         return int(self.grown.size)
 
 
+def smallest_active(weights: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Flat indices of the active (kept) weights, smallest |w| first (ties by position): the order in which
+    a grow/prune step prunes them."""
+    active = np.flatnonzero(mask.reshape(-1))
+    return active[np.argsort(np.abs(weights.reshape(-1)[active]), kind="stable")]
+
+
 def grow_and_prune(weights: np.ndarray, mask: np.ndarray, grow_score: np.ndarray,
                    k: int) -> tuple[np.ndarray, np.ndarray, LayerAdjustment]:
     """Grow the top-k pruned positions by ``grow_score``, prune the k smallest |w| of the active ones.
@@ -103,7 +110,7 @@ def grow_and_prune(weights: np.ndarray, mask: np.ndarray, grow_score: np.ndarray
         empty = np.zeros(0, dtype=np.int64)
         return weights.copy(), mask.copy(), LayerAdjustment(0, empty, empty)
     grow = growable[np.argsort(-score[growable], kind="stable")[:k]]
-    prune = active[np.argsort(np.abs(flat_w[active]), kind="stable")[:k]]
+    prune = smallest_active(flat_w, flat_mask)[:k]
     flat_mask = flat_mask.copy()
     flat_mask[prune] = False
     flat_mask[grow] = True
