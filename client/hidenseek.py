@@ -21,7 +21,7 @@ from client.score_optimizer import score_optimizer
 from kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse, fold
 from models import build_model
 from models.evaluation import evaluate
-from protos.codec import Manifest, decode, encode, reference_digest
+from protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
 from protos.flower_records import content_with_payload, payload_of, setup_of
 from server.run_config import RunSettings
 from strategies.aggregation import stochastic_ternary
@@ -90,6 +90,15 @@ def _setup(msg: Message, context: Context, input_shape: tuple, num_classes: int)
     return setup, first_contact
 
 
+def expected_round_payload(setup: Setup) -> Expected:
+    """A round payload for this node's model: σ over every layer's kept weights, optionally the global
+    scores (``SCORE_DOWNLINK`` rules) and the dense parameters (``dense-params averaged``)."""
+    specs = {SIGMA + k: TensorSpec("sign", v.shape) for k, v in setup.magnitude.items()}
+    scores = {SCORES + k: TensorSpec("float32", v.shape) for k, v in setup.magnitude.items()}
+    dense = {k: TensorSpec.of(v) for k, v in setup.theta0.items() if k not in setup.mask}
+    return Expected({**specs, **scores, **dense}, optional={*scores, *dense})
+
+
 def _receive(msg: Message, context: Context, setup: Setup, first_contact: bool) -> dict[str, np.ndarray]:
     """Decode the round payload against the σ this node holds; remember the new σ."""
     if first_contact:
@@ -99,7 +108,8 @@ def _receive(msg: Message, context: Context, setup: Setup, first_contact: bool) 
         if stored is None:
             raise ValueError("σ is coded against a copy this node does not hold")
         reference = {k[len(SIGMA):]: v for k, v in decode(stored).tensors.items()}
-    tensors = decode(payload_of(msg), reference={SIGMA + k: v for k, v in reference.items()}).tensors
+    tensors = decode(payload_of(msg), reference={SIGMA + k: v for k, v in reference.items()},
+                     expect=expected_round_payload(setup)).tensors
     sigma = {k: tensors[SIGMA + k] for k in setup.mask}
     _store(context, STATE_SIGMA, encode({SIGMA + k: v for k, v in sigma.items()}))
     return tensors

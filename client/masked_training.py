@@ -16,10 +16,10 @@ from client.local_loss import logit_offset
 from client.local_training import TrainStats, local_seed, train_sgd
 from client.topk_gradients import PrunedGradientTap, pairs_payload, requested_adjustment, requested_capacities
 from kernels.convert import export_dense_state, sparsify
-from protos.codec import Manifest, decode, encode
+from protos.codec import Expected, Manifest, TensorSpec, decode, encode
 from protos.flower_records import content_with_payload, payload_of
 from server.run_config import RunSettings
-from strategies.static_mask import MASK_SUFFIX, join_kept, split_kept
+from strategies.static_mask import KEPT_SUFFIX, MASK_SUFFIX, join_kept, split_kept
 
 STATE_KEY = "fedprune-mask"
 
@@ -31,12 +31,26 @@ def _stored_mask(context: Context) -> dict[str, np.ndarray] | None:
     return decode(record["payload"]).tensors
 
 
-def receive_masked_model(msg: Message, context: Context) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
-                                                                   Manifest]:
-    """(full state with zeros at pruned positions, mask, manifest) from a server payload."""
+def expected_model_payload(template: dict[str, np.ndarray]) -> Expected:
+    """What a static-mask payload for this node's model may hold: per weight tensor its kept values (at most
+    the tensor's size) and, on first contact, its mask; every other tensor of the model whole."""
+    specs: dict[str, TensorSpec] = {}
+    optional = set()
+    for name, like in template.items():
+        specs[name] = TensorSpec.of(like)
+        specs[name + KEPT_SUFFIX] = TensorSpec("float32", (like.size,), at_most=True)
+        specs[name + MASK_SUFFIX] = TensorSpec("bool", like.shape)
+        optional |= {name, name + KEPT_SUFFIX, name + MASK_SUFFIX}
+    return Expected(specs, optional=optional)
+
+
+def receive_masked_model(msg: Message, context: Context, template: dict[str, np.ndarray]
+                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Manifest]:
+    """(decoded tensors, mask, manifest) from a server payload, checked against this node's model
+    (``template``: its state dict) before anything is decoded; ``join_kept`` checks the rest."""
     blob = payload_of(msg)
     mask = _stored_mask(context)
-    decoded = decode(blob, reference=mask) if mask is not None else decode(blob)
+    decoded = decode(blob, reference=mask, expect=expected_model_payload(template))
     carried = {k[: -len(MASK_SUFFIX)]: v for k, v in decoded.tensors.items() if k.endswith(MASK_SUFFIX)}
     if carried:
         mask = carried
@@ -51,8 +65,8 @@ def train_masked(msg: Message, context: Context, settings: RunSettings, local: L
     """One round of masked SGD through compact sparse layers (``kernels``): only kept weights exist,
     train and carry optimizer state; the dispatcher picks each layer's backend. When the request names
     layers to adjust (FedTiny), the reply also carries their top-K pruned-position gradient pairs."""
-    tensors, mask, manifest = receive_masked_model(msg, context)
     template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    tensors, mask, manifest = receive_masked_model(msg, context, template)
     state = join_kept(tensors, mask, template)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()})
     config = msg.content.config_records.get("config", ConfigRecord())

@@ -3,21 +3,25 @@
 One API, two calls::
 
     blob = encode({"conv.mask": mask, "conv.values": kept}, reference=None, manifest=Manifest(...))
-    decoded = decode(blob, reference=None)      # -> Decoded(manifest, tensors)
+    decoded = decode(blob, expect=Expected.like({"conv.mask": mask, ...}))   # -> Decoded(manifest, tensors)
 
 Per tensor the encoder tries every encoding that fits its dtype (and the
 reference, for sign vectors) and keeps the smallest; the choice is recorded in
-the payload. The decoder treats its input as hostile: it checks size caps,
-format version, digest, every declared shape against the caps and against the
-byte lengths, index order and range, padding bits, value finiteness, and the
-reference digest, before allocating anything proportional to a declared size.
-Every failure raises ``WireFormatError`` with what was wrong.
+the payload. The decoder treats its input as hostile. A few bytes can declare
+gigabytes (a constant bit vector is coded in zero bytes), so decoding runs in
+two phases: first every header is checked — size caps, format version, digest,
+names, ranks, each dimension, the decoded size of the whole payload (256 MiB by
+default), and, when the receiver states what it ``expect``s, each tensor's name,
+dtype and shape against that — and only then is any stream decoded (byte
+lengths, index order and range, padding bits, value finiteness). Every failure
+raises ``WireFormatError`` with what was wrong; ``encode`` refuses anything
+``decode`` would refuse.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +45,10 @@ _ENCODINGS_FOR = {
     pb.SIGN: (E.BITMAP, E.CODED_BITS, E.SIGN_FLIPS, E.CODED_FLIPS),
 }
 _NEEDS_REFERENCE = {E.SIGN_FLIPS, E.CODED_FLIPS}
+# Wire dtype names as receivers state them in a ``TensorSpec`` ("sign" is int8 in {-1, +1}).
+DTYPE_NAMES = {pb.FLOAT32: "float32", pb.FLOAT16: "float16", pb.INT64: "int64", pb.INT32: "int32",
+               pb.UINT8: "uint8", pb.BOOL: "bool", pb.SIGN: "sign"}
+_DTYPE_CODES = {name: code for code, name in DTYPE_NAMES.items()}
 
 
 class WireFormatError(ValueError):
@@ -52,11 +60,52 @@ class DecodeLimits:
     """Caps a receiver applies before trusting any declared size."""
 
     max_payload_bytes: int = 256 * 2**20
-    max_tensors: int = 4096
-    max_elements: int = 2**28
-    max_total_elements: int = 2**30
+    max_tensors: int = 4096          # tensors and reference pairs together
+    max_elements: int = 2**28        # per tensor, and per dimension
+    max_decoded_bytes: int = 256 * 2**20  # what the decoded tensors and pairs of one payload may occupy
     max_name_length: int = 256
     max_rank: int = 8
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a receiver expects of one tensor: its wire dtype name (``DTYPE_NAMES``) and shape.
+
+    ``at_most``: the shape is an upper bound per dimension (same rank), for tensors whose length the
+    sender chooses within a known limit (e.g. one sign per moved score)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    at_most: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPE_CODES:
+            raise ValueError(f"dtype '{self.dtype}' is not one of: {', '.join(_DTYPE_CODES)}")
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+
+    @classmethod
+    def of(cls, array: np.ndarray, at_most: bool = False) -> TensorSpec:
+        """The spec ``array`` would travel as (int8 arrays are sign vectors)."""
+        array = np.asarray(array)
+        return cls(DTYPE_NAMES[_dtype_code_of(array.dtype, "expected tensor")], array.shape, at_most)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a receiver asked for: every tensor it accepts (by name), which of them may be absent, and
+    which reference tensors may carry reference pairs. Checked against the headers before any stream is
+    decoded, so a payload can never make the receiver allocate more than it asked for."""
+
+    tensors: Mapping[str, TensorSpec]
+    optional: Collection[str] = frozenset()
+    pairs: Collection[str] = frozenset()
+
+    @classmethod
+    def like(cls, tensors: Mapping[str, np.ndarray], *, optional: Collection[str] = frozenset(),
+             pairs: Collection[str] = frozenset()) -> Expected:
+        """Expect exactly the names, dtypes and shapes of ``tensors``."""
+        return cls({name: TensorSpec.of(value) for name, value in tensors.items()}, frozenset(optional),
+                   frozenset(pairs))
 
 
 @dataclass(frozen=True)
@@ -82,17 +131,48 @@ class Decoded:
     pairs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _dtype_code(array: np.ndarray, name: str) -> int:
-    if array.dtype == bool:
+def _dtype_code_of(dtype: np.dtype, name: str) -> int:
+    if dtype == np.dtype(bool):
         return pb.BOOL
-    if array.dtype == np.int8:
-        if array.size and not np.isin(array, (-1, 1)).all():
-            raise ValueError(f"tensor '{name}': int8 tensors are sign vectors and must hold only -1/+1")
+    if dtype == np.int8:
         return pb.SIGN
-    for code, dtype in _DTYPES.items():
-        if code not in (pb.BOOL, pb.SIGN) and array.dtype == dtype.newbyteorder("="):
+    for code, wire in _DTYPES.items():
+        if code not in (pb.BOOL, pb.SIGN) and dtype == wire.newbyteorder("="):
             return code
-    raise ValueError(f"tensor '{name}': dtype {array.dtype} is not supported by the wire format")
+    raise WireFormatError(f"tensor '{name}': dtype {dtype} is not supported by the wire format")
+
+
+def _dtype_code(array: np.ndarray, name: str) -> int:
+    code = _dtype_code_of(array.dtype, name)
+    if code == pb.SIGN and array.size and not np.isin(array, (-1, 1)).all():
+        raise WireFormatError(f"tensor '{name}': int8 tensors are sign vectors and must hold only -1/+1")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise WireFormatError(f"tensor '{name}': values hold NaN or Inf (the receiver refuses them)")
+    return code
+
+
+def _decoded_itemsize(code: int, encoding: int) -> int:
+    """Bytes per element of a decoded tensor (DENSE_F16 decodes to float32)."""
+    return 4 if encoding == E.DENSE_F16 else _DTYPES[code].itemsize
+
+
+def _check_name(name: str, limits: DecodeLimits, what: str = "tensor") -> None:
+    if not name or len(name) > limits.max_name_length:
+        raise WireFormatError(f"{what} name {name[:40]!r} is empty or longer than {limits.max_name_length}")
+
+
+def _check_shape(name: str, shape: tuple[int, ...] | list[int], limits: DecodeLimits) -> int:
+    """The element count of ``shape`` after checking its rank and every dimension against the caps."""
+    if len(shape) > limits.max_rank:
+        raise _fail(name, f"rank {len(shape)} exceeds {limits.max_rank}")
+    n = 1
+    for dim in shape:
+        if not 0 <= int(dim) <= limits.max_elements:  # each dimension: [0, 2**63] has 0 elements
+            raise _fail(name, f"shape {list(shape)} exceeds the cap of {limits.max_elements} elements")
+        n *= int(dim)
+    if n > limits.max_elements:
+        raise _fail(name, f"shape {list(shape)} exceeds the cap of {limits.max_elements} elements")
+    return n
 
 
 def reference_digest(reference: Mapping[str, np.ndarray] | None) -> bytes:
@@ -203,7 +283,8 @@ def _usable_reference(name: str, array: np.ndarray, reference: Mapping[str, np.n
 
 def encode(tensors: Mapping[str, np.ndarray], *, reference: Mapping[str, np.ndarray] | None = None,
            manifest: Manifest | None = None, allow_fp16: bool = False,
-           force: Mapping[str, str] | None = None, pairs: Mapping[str, np.ndarray] | None = None) -> bytes:
+           force: Mapping[str, str] | None = None, pairs: Mapping[str, np.ndarray] | None = None,
+           limits: DecodeLimits = DecodeLimits()) -> bytes:
     """Encode ``tensors`` (float32/16, int64/32, uint8, bool masks, int8 ±1 signs) into one payload.
 
     ``reference`` holds what the receiver already has (same names; sign vectors
@@ -212,16 +293,26 @@ def encode(tensors: Mapping[str, np.ndarray], *, reference: Mapping[str, np.ndar
     benchmarks); otherwise the smallest is chosen. ``pairs`` maps reference names
     to float32 arrays of the reference tensor's shape whose nonzero entries travel
     as (index, value) pairs without a tensor header (``ReferencePairs``).
+
+    Raises ``WireFormatError`` for anything ``decode`` with the same ``limits`` would refuse (empty or
+    long names, rank, element and size caps, too many tensors, NaN/Inf, a manifest it would not accept).
     """
     manifest = manifest or Manifest()
+    _check_manifest(manifest.architecture, manifest.kind, manifest.density, manifest.round, limits)
+    if len(tensors) + len(pairs or {}) > limits.max_tensors:
+        raise WireFormatError(f"{len(tensors) + len(pairs or {})} tensors and pairs exceed the cap of "
+                              f"{limits.max_tensors}")
+    decoded_bytes = 0
     payload = pb.Payload()
     m = payload.manifest
     m.architecture, m.model_seed, m.density = manifest.architecture, manifest.model_seed, manifest.density
     m.round, m.kind = manifest.round, manifest.kind
     m.reference_digest = reference_digest(reference) if reference else b""
     for name, value in tensors.items():
+        _check_name(name, limits)
         array = np.asarray(value)
         code = _dtype_code(array, name)
+        decoded_bytes += _check_shape(name, array.shape, limits) * _DTYPES[code].itemsize
         ref = _usable_reference(name, array, reference)
         candidates = [e for e in _ENCODINGS_FOR[code] if ref is not None or e not in _NEEDS_REFERENCE]
         if allow_fp16 and code == pb.FLOAT32:
@@ -239,11 +330,28 @@ def encode(tensors: Mapping[str, np.ndarray], *, reference: Mapping[str, np.ndar
         array = np.asarray(value, dtype=np.float32)
         if name not in slots or np.shape(reference[name]) != array.shape:
             raise ValueError(f"pairs '{name}': not a tensor of the reference, or not of its shape")
+        if not np.isfinite(array).all():
+            raise WireFormatError(f"pairs '{name}': values hold NaN or Inf (the receiver refuses them)")
+        decoded_bytes += 4 * array.size
         coded = _encode_as(array, pb.FLOAT32, E.INDEX_VALUES, None)
         payload.pairs.append(pb.ReferencePairs(slot=slots[name], indices=coded.data, values=coded.values))
+    if decoded_bytes > limits.max_decoded_bytes:
+        raise WireFormatError(f"payload decodes to {decoded_bytes} bytes, over the cap of {limits.max_decoded_bytes}")
     body = payload.SerializeToString()
     digest = hashlib.blake2b(body, digest_size=DIGEST_BYTES).digest()
-    return pb.Envelope(format_version=FORMAT_VERSION, body=body, digest=digest).SerializeToString()
+    blob = pb.Envelope(format_version=FORMAT_VERSION, body=body, digest=digest).SerializeToString()
+    if len(blob) > limits.max_payload_bytes:
+        raise WireFormatError(f"payload of {len(blob)} bytes exceeds the cap of {limits.max_payload_bytes}")
+    return blob
+
+
+def _check_manifest(architecture: str, kind: str, density: float, server_round: int, limits: DecodeLimits) -> None:
+    if len(architecture) > limits.max_name_length or len(kind) > limits.max_name_length:
+        raise WireFormatError(f"manifest architecture/kind longer than {limits.max_name_length} characters")
+    if not 0.0 <= density <= 1.0:  # NaN fails too
+        raise WireFormatError(f"manifest density {density} is outside [0, 1]")
+    if not 0 <= server_round < 2**32:
+        raise WireFormatError(f"manifest round {server_round} is outside [0, 2^32)")
 
 
 # -- decoding (hostile input) ----------------------------------------------------
@@ -368,9 +476,24 @@ def _apply_flips(flips: np.ndarray, ref: np.ndarray | None, name: str) -> np.nda
     return np.where(flips, -ref.reshape(-1), ref.reshape(-1)).astype(np.int8)
 
 
-def decode(blob: bytes, *, reference: Mapping[str, np.ndarray] | None = None,
+def decode(blob: bytes, *, reference: Mapping[str, np.ndarray] | None = None, expect: Expected | None = None,
            limits: DecodeLimits = DecodeLimits()) -> Decoded:
-    """Validate and decode a payload; raise ``WireFormatError`` on anything wrong."""
+    """Validate and decode a payload; raise ``WireFormatError`` on anything wrong.
+
+    ``expect`` is what the receiver asked for: with it, a tensor it did not ask for, of another dtype or
+    shape, or a missing one is refused from the headers alone. Without it only ``limits`` bound what a
+    payload can make the receiver allocate (256 MiB decoded by default)."""
+    try:
+        return _decode(blob, reference, expect, limits)
+    except WireFormatError:
+        raise
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError, MemoryError, RecursionError) as exc:
+        # Defence in depth: every check above should have caught it; the contract is one error type.
+        raise WireFormatError(f"payload is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def _decode(blob: bytes, reference: Mapping[str, np.ndarray] | None, expect: Expected | None,
+            limits: DecodeLimits) -> Decoded:
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise WireFormatError(f"payload must be bytes, got {type(blob).__name__}")
     if len(blob) > limits.max_payload_bytes:
@@ -388,6 +511,7 @@ def decode(blob: bytes, *, reference: Mapping[str, np.ndarray] | None = None,
     except DecodeError as exc:
         raise WireFormatError(f"payload body does not parse: {exc}") from None
     m = payload.manifest
+    _check_manifest(m.architecture, m.kind, m.density, m.round, limits)
     if m.reference_digest:
         if not reference:
             raise WireFormatError("payload is relative to a reference, but none was given")
@@ -396,42 +520,79 @@ def decode(blob: bytes, *, reference: Mapping[str, np.ndarray] | None = None,
     if len(payload.tensors) + len(payload.pairs) > limits.max_tensors:
         raise WireFormatError(f"{len(payload.tensors) + len(payload.pairs)} tensors and pairs exceed the cap of "
                               f"{limits.max_tensors}")
-    total, tensors, encodings = 0, {}, {}
+    # Phase 1: every header, before a single stream is decoded.
+    sizes = _check_headers(payload, reference if m.reference_digest else None, expect, limits)
+    # Phase 2: the streams, each bounded by a header that passed.
+    tensors, encodings = {}, {}
     for t in payload.tensors:
-        if not t.name or len(t.name) > limits.max_name_length:
-            raise WireFormatError(f"tensor name {t.name[:40]!r} is empty or too long")
-        if t.name in tensors:
-            raise _fail(t.name, "appears twice")
-        if len(t.shape) > limits.max_rank:
-            raise _fail(t.name, f"rank {len(t.shape)} exceeds {limits.max_rank}")
-        n = 1
-        for dim in t.shape:
-            n *= int(dim)
-            if n > limits.max_elements:
-                raise _fail(t.name, f"shape {list(t.shape)} exceeds the cap of {limits.max_elements} elements")
-        total += n
-        if total > limits.max_total_elements:
-            raise WireFormatError(f"payload declares more than {limits.max_total_elements} elements")
         ref = _usable_reference(t.name, np.empty(tuple(t.shape), dtype=np.int8), reference) \
             if t.encoding in _NEEDS_REFERENCE else None
-        if t.encoding in _NEEDS_REFERENCE and not m.reference_digest:
-            raise _fail(t.name, "flip encoding in a payload that names no reference")
-        tensors[t.name] = _decode_tensor(t, n, ref).reshape(tuple(int(d) for d in t.shape))
+        tensors[t.name] = _decode_tensor(t, sizes[t.name], ref).reshape(tuple(int(d) for d in t.shape))
         encodings[t.name] = E.Name(t.encoding)
     pairs = _decode_pairs(payload, reference if m.reference_digest else None)
     manifest = Manifest(m.architecture, m.model_seed, m.density, m.round, m.kind, m.reference_digest)
     return Decoded(manifest, tensors, encodings, pairs)
 
 
-def _decode_pairs(payload: pb.Payload, reference: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """Each ``ReferencePairs`` as a float32 array shaped like its reference tensor (checked as INDEX_VALUES)."""
+def _check_headers(payload: pb.Payload, reference: Mapping[str, np.ndarray] | None, expect: Expected | None,
+                   limits: DecodeLimits) -> dict[str, int]:
+    """Element count of every tensor, after checking names, shapes, dtypes, the decoded-size cap and what
+    the receiver expects. Allocates nothing proportional to a declared size."""
+    sizes: dict[str, int] = {}
+    decoded_bytes = 0
+    for t in payload.tensors:
+        _check_name(t.name, limits)
+        if t.name in sizes:
+            raise _fail(t.name, "appears twice")
+        n = _check_shape(t.name, t.shape, limits)
+        if t.dtype not in _DTYPES:
+            raise _fail(t.name, f"unknown dtype {t.dtype}")
+        if t.encoding in _NEEDS_REFERENCE and reference is None:
+            raise _fail(t.name, "flip encoding in a payload that names no reference")
+        if expect is not None:
+            _check_expected(t, expect)
+        sizes[t.name] = n
+        decoded_bytes += n * _decoded_itemsize(t.dtype, t.encoding)
+        if decoded_bytes > limits.max_decoded_bytes:
+            raise WireFormatError(f"payload declares more than {limits.max_decoded_bytes} decoded bytes")
+    if expect is not None:
+        missing = sorted(set(expect.tensors) - set(sizes) - set(expect.optional))
+        if missing:
+            raise WireFormatError(f"payload lacks expected tensors {missing[:3]}"
+                                  + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
     if payload.pairs and reference is None:
         raise WireFormatError("reference pairs in a payload that names no reference")
     names = sorted(reference or {})
-    out: dict[str, np.ndarray] = {}
     for p in payload.pairs:
         if p.slot >= len(names):
             raise WireFormatError(f"reference pairs name slot {p.slot}; the reference holds {len(names)} tensors")
+        if expect is not None and names[p.slot] not in expect.pairs:
+            raise WireFormatError(f"reference pairs for '{names[p.slot]}' were not asked for")
+        decoded_bytes += 4 * int(np.size(reference[names[p.slot]]))
+        if decoded_bytes > limits.max_decoded_bytes:
+            raise WireFormatError(f"payload declares more than {limits.max_decoded_bytes} decoded bytes")
+    return sizes
+
+
+def _check_expected(t: pb.Tensor, expect: Expected) -> None:
+    spec = expect.tensors.get(t.name)
+    if spec is None:
+        raise _fail(t.name, "was not asked for")
+    if DTYPE_NAMES[t.dtype] != spec.dtype:
+        raise _fail(t.name, f"is {DTYPE_NAMES[t.dtype]}, expected {spec.dtype}")
+    shape = tuple(int(d) for d in t.shape)
+    fits = shape == spec.shape if not spec.at_most else (
+        len(shape) == len(spec.shape) and all(d <= bound for d, bound in zip(shape, spec.shape, strict=True)))
+    if not fits:
+        raise _fail(t.name, f"has shape {list(shape)}, expected {'at most ' if spec.at_most else ''}"
+                            f"{list(spec.shape)}")
+
+
+def _decode_pairs(payload: pb.Payload, reference: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Each ``ReferencePairs`` as a float32 array shaped like its reference tensor (checked as INDEX_VALUES)."""
+    names = sorted(reference or {})
+    out: dict[str, np.ndarray] = {}
+    for p in payload.pairs:
         name = names[p.slot]
         if name in out:
             raise WireFormatError(f"reference pairs for '{name}' appear twice")

@@ -111,6 +111,7 @@ class FederatedStrategy(Strategy):
                 try:
                     reason = self.check_reply(server_round, reply)
                 except Exception as exc:  # a malformed reply must not stop the server
+                    self.forget_node(node)  # whatever the node holds is unknown now: resend it in full
                     reason = f"unreadable reply: {type(exc).__name__}: {exc}"
             if reason is None:
                 valid.append(reply)

@@ -48,7 +48,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from protos.codec import Decoded, Manifest, decode, encode, pairs_cost, reference_digest
+from protos.codec import Decoded, Expected, Manifest, TensorSpec, decode, encode, pairs_cost, reference_digest
 from protos.flower_records import content_with_payload, payload_of
 from protos.wire_size import content_bytes
 from strategies import budgets, progressive
@@ -265,11 +265,9 @@ class FedTiny(StaticMaskFedAvg):
         self.mask_digest = reference_digest(self.mask)
 
     def _check_bn_statistics(self, reply: Message) -> dict[int, dict[str, np.ndarray]]:
-        decoded = decode(payload_of(reply)).tensors
-        expected = {candidate_key(i, k) for i in range(len(self.candidates)) for k in self.bn_names}
-        if set(decoded) != expected:
-            missing, extra = sorted(expected - set(decoded))[:2], sorted(set(decoded) - expected)[:2]
-            raise ValueError(f"BN statistics names differ (missing {missing}, unexpected {extra})")
+        expected = Expected({candidate_key(i, k): TensorSpec("float32", self.theta0[k].shape)
+                             for i in range(len(self.candidates)) for k in self.bn_names})
+        decoded = decode(payload_of(reply), expect=expected).tensors
         out: dict[int, dict[str, np.ndarray]] = {i: {} for i in range(len(self.candidates))}
         for i in range(len(self.candidates)):
             for name in self.bn_names:
@@ -304,6 +302,12 @@ class FedTiny(StaticMaskFedAvg):
         ks = {name: progressive.cosine_k(server_round, self.adjust_until, self.adjust_alpha,
                                          int(self.mask[name].sum())) for name in layers}
         return {name: k for name, k in ks.items() if k > 0}
+
+    def expected_reply(self, node: int) -> Expected:
+        """The kept values of the node's submodel, plus top-K pairs on the planned layers if it was asked."""
+        expected = super().expected_reply(node)
+        asked = frozenset(self._plan) if node in self._asked else frozenset()
+        return Expected(expected.tensors, expected.optional, asked)
 
     def model_tensors(self, server_round: int, reply: Message, blob: bytes,
                       decoded: Decoded) -> dict[str, np.ndarray]:

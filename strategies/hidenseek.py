@@ -35,7 +35,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from protos.codec import Manifest, decode, encode, reference_digest
+from protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
 from protos.flower_records import payload_of, setup_record
 from strategies.aggregation import server_step, sign_vote, signs_of, tally_update, ternary_value, weighted_mean
 from strategies.base import FederatedStrategy
@@ -170,7 +170,8 @@ class HideNseek(FederatedStrategy):
             if sent is None:
                 raise ValueError("reply from a node that was not sent σ this run")
             blob = payload_of(reply)
-            decoded = decode(blob, reference={SIGMA + k: v for k, v in sent.items()}).tensors
+            decoded = decode(blob, reference={SIGMA + k: v for k, v in sent.items()},
+                             expect=self.expected_reply()).tensors
             self._check_tensors(decoded, next(iter(reply.content.metric_records.values())))
         except ValueError as exc:  # includes WireFormatError
             self.forget_node(node)  # never a silent desync: the node gets everything again next time
@@ -178,6 +179,23 @@ class HideNseek(FederatedStrategy):
         self._decoded[node] = decoded
         self.payload_bytes.setdefault(server_round, {})[node] = len(blob)
         return None
+
+    def expected_reply(self) -> Expected:
+        """What a training reply must hold under this aggregation rule (names, dtypes, shapes), checked
+        before anything is decoded: a reply can never make the server allocate more than it asked for."""
+        specs: dict[str, TensorSpec] = {}
+        for name, kept in self.magnitude.items():
+            if self.aggregation == "ternary-delta":
+                specs[MOVED + name] = TensorSpec("bool", kept.shape)
+                specs[STEP_SIGNS + name] = TensorSpec("sign", kept.shape, at_most=True)
+                specs[STEP_SCALE + name] = TensorSpec("float32", (1,))
+            elif self.aggregation == "score-average":
+                specs[SCORES + name] = TensorSpec("float32", kept.shape)
+            else:
+                specs[SIGMA + name] = TensorSpec("sign", kept.shape)
+        if self.dense_params == "averaged":
+            specs.update({name: TensorSpec.of(value) for name, value in self._dense.items()})
+        return Expected(specs)
 
     def _check_tensors(self, decoded: dict[str, np.ndarray], metrics: MetricRecord) -> None:
         if self.aggregation == "tally":

@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from protos.codec import Decoded, Manifest, decode, reference_digest
+from protos.codec import Decoded, Expected, Manifest, TensorSpec, decode, reference_digest
 from protos.flower_records import content_with_payload, payload_of
 from strategies.aggregation import weighted_mean
 from strategies.base import FederatedStrategy
@@ -114,8 +114,20 @@ class StaticMaskFedAvg(FederatedStrategy):
         for more (FedTiny: top-K pairs from those whose budget holds the gradient tap)."""
         return config
 
+    def expected_reply(self, node: int) -> Expected:
+        """What a training reply from ``node`` must hold: the kept values of its mask and every other tensor of
+        the model, as float32/int64 of exactly those shapes (checked before anything is decoded)."""
+        mask = self.mask_for(node)
+        specs = {}
+        for name, like in self._template.items():
+            if name in mask:
+                specs[name + KEPT_SUFFIX] = TensorSpec("float32", (int(mask[name].sum()),))
+            else:
+                specs[name] = TensorSpec.of(like)
+        return Expected(specs)
+
     def check_reply(self, server_round: int, reply: Message) -> str | None:
-        """Decode the reply against the mask (digest must match) and check every tensor."""
+        """Decode the reply against the mask (digest must match) and what was asked for; check every tensor."""
         reason = super().check_reply(server_round, reply)
         if reason:
             return reason
@@ -123,9 +135,10 @@ class StaticMaskFedAvg(FederatedStrategy):
         mask = self.mask_for(node)
         try:
             blob = payload_of(reply)
-            tensors = self.model_tensors(server_round, reply, blob, decode(blob, reference=mask))
+            decoded = decode(blob, reference=mask, expect=self.expected_reply(node))
+            tensors = self.model_tensors(server_round, reply, blob, decoded)
             join_kept(tensors, mask, self._template)
-        except ValueError as exc:  # WireFormatError is a ValueError
+        except (ValueError, KeyError) as exc:  # WireFormatError is a ValueError
             self.forget_node(node)  # resend the full mask next time: never a silent desync
             return f"payload rejected: {exc}"
         self.delivery.confirm(node, mask, self._digest_of(mask))

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 from client.app import app as client_app
@@ -14,6 +14,7 @@ from models import build_model, prunable_names
 from protos.codec import decode, encode
 from protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
 from server.runner import run_federation
+from strategies import build_strategy
 from strategies.scores import SCORES, global_topk_mask
 from tests.inprocess_grid import InProcessGrid
 
@@ -172,4 +173,28 @@ def test_a_reply_carrying_gradient_pairs_it_was_not_asked_for_is_refused(static_
     doc = run_federation(grid, static_settings, progress=lambda line: None)
     assert doc["status"] == "completed"
     (rejected,) = doc["rounds"][0]["rejected_replies"]
-    assert rejected["node_id"] == victim["node"] and "unexpected reference pairs" in rejected["reason"]
+    assert rejected["node_id"] == victim["node"] and "were not asked for" in rejected["reason"]
+
+
+def test_a_reply_missing_expected_tensors_is_refused_and_the_node_gets_the_mask_again(static_settings):
+    """A reply that lacks tensors it was asked for is refused from its headers (not a KeyError after decoding),
+    and the server forgets what it believed the node holds, so the node gets the full mask next time."""
+    strategy = build_strategy(static_settings)
+    grid = InProcessGrid(client_app, static_settings.num_clients, static_settings.to_run_config())
+    model = build_model(static_settings.model, (1, 8, 8), seed=static_settings.seed)
+    arrays = strategy.initialize_arrays(ArrayRecord(model.state_dict()))
+    replies = list(grid.send_and_receive(list(strategy.configure_train(1, arrays, ConfigRecord(), grid))))
+    strategy.aggregate_train(1, replies)
+    node = replies[0].metadata.src_node_id
+    assert strategy.delivery.holds(node, strategy.mask)
+    reply = replies[0]
+    mask = decode(grid.contexts[node].state.config_records[MASK_STATE]["payload"]).tensors
+    tensors = decode(payload_of(reply), reference=mask).tensors
+    dropped = sorted(tensors)[0]
+    content = RecordDict(dict(reply.content.items()))
+    content[PAYLOAD_RECORD] = ConfigRecord(
+        {PAYLOAD_KEY: encode({k: v for k, v in tensors.items() if k != dropped}, reference=mask)})
+    reply.content = content
+    reason = strategy.check_reply(2, reply)
+    assert reason is not None and f"lacks expected tensors ['{dropped}']" in reason
+    assert not strategy.delivery.holds(node, strategy.mask)
