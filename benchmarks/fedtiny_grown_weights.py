@@ -34,6 +34,7 @@ from client.app import app as client_app  # noqa: E402
 from data.sources import load_fashion_mnist  # noqa: E402
 from models.evaluation import evaluate  # noqa: E402
 from models.registry import build_model  # noqa: E402
+from server.checkpoint import read_checkpoint
 from server.run_config import ConfigError, RunSettings  # noqa: E402
 from server.runner import run_federation  # noqa: E402
 from strategies.progressive import smallest_active  # noqa: E402
@@ -81,7 +82,7 @@ def main() -> int:
         adjustments = {a["after_round"]: a for a in runs["pp"]["strategy_report"]["adjustments"]}
 
         def load(label: str, server_round: int) -> dict:
-            return torch.load(root / label / "rounds" / f"r{server_round}.pt", weights_only=False)
+            return read_checkpoint(Path(root / label / "rounds" / f"r{server_round}.pt"))
 
         first_mask = {k: np.asarray(v, bool) for k, v in load("no-pp", 1)["strategy_state"]["mask"].items()}
         last = load("no-pp", rounds)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data.sources import load_fashion_mnist  # noqa: E402
 from models.evaluation import evaluate  # noqa: E402
 from models.registry import build_model  # noqa: E402
+from server.checkpoint import read_checkpoint  # noqa: E402
 from strategies.progressive import smallest_active  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main() -> int:
                 print(f"{seed_dir.name} {density}: missing")
                 continue
             adjustments = json.loads((run / "results.json").read_text())["strategy_report"]["adjustments"]
-            checkpoint = torch.load(no_pp / "checkpoint.pt", weights_only=False)
+            checkpoint = read_checkpoint(Path(no_pp / "checkpoint.pt"))
             mask, arrays = checkpoint["strategy_state"]["mask"], checkpoint["arrays"]
             model = build_model("fl-cnn-bn", (1, 28, 28), 10)
             model.load_state_dict(arrays)

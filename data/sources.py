@@ -163,6 +163,22 @@ DATASETS = {
 }
 
 
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a dataset's loader returns, known without loading it (option checks run on hosts without the data)."""
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    reads_files: bool  # False: the data ships with a library and ``dataset-path`` means nothing
+
+
+DATASET_FACTS = {
+    "fashion-mnist": DatasetFacts((1, 28, 28), 10, True),
+    "digits": DatasetFacts((1, 8, 8), 10, False),
+    "cifar10": DatasetFacts((3, 32, 32), 10, True),
+}
+
+
 @functools.lru_cache(maxsize=4)
 def load_dataset(name: str, path: str | None = None) -> DatasetSplits:
     """Load a dataset by name (cached per process: every Ray actor reads the files once)."""

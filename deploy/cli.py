@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,27 @@ from typing import Any
 from server.run_config import ConfigError
 
 KEY_VALUE_HELP = "extra node config entry KEY=VALUE (repeatable), e.g. a budget the strategy reads"
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")  # a name, IPv4, or [IPv6]
+_CONFIG_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _check_port(option: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ConfigError(option, f"{port} is not a port; give 1-65535")
+
+
+def _check_host(option: str, host: str) -> None:
+    """A listen host: a DNS name or IP address (IPv6 with or without brackets)."""
+    if not _HOST.fullmatch(host) and not _HOST.fullmatch(f"[{host}]"):
+        raise ConfigError(option, f"{host!r} is not a DNS name or IP address")
+
+
+def _check_address(option: str, address: str) -> None:
+    """``HOST:PORT`` (IPv6 in brackets) and nothing else: it ends up in Flower's TOML and command lines."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not _HOST.fullmatch(host) or not (port.isascii() and port.isdigit()) \
+            or not 1 <= int(port) <= 65535:
+        raise ConfigError(option, f"{address!r} is not HOST:PORT (a DNS name or IP address, a port 1-65535)")
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -26,6 +48,8 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError("set", f"'{item}' is not KEY=VALUE")
+        if not _CONFIG_KEY.fullmatch(key):
+            raise ConfigError("set", f"key {key!r} may only use letters, digits, '-' and '_'")
         for kind in (int, float):
             try:
                 values[key] = kind(raw)
@@ -39,7 +63,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``deploy`` (with its subcommands) and ``predict`` on the top-level parser."""
-    from client.edge_inference import DEFAULT_MAX_BATCH, DEFAULT_PORT
+    from client.edge_inference import DEFAULT_MAX_BATCH, DEFAULT_PORT, LARGEST_MAX_BATCH
     from deploy.launch import DEFAULT_CONTROL_PORT, DEFAULT_FLEET_PORT, DEFAULT_RUNTIME_PORT, NODE_CONFIG_KEYS
     from fedprune.cli import add_run_options
 
@@ -49,7 +73,9 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
 
     certs = steps.add_parser("certs", formatter_class=fmt,
                              help="create a CA, the SuperLink certificate and one auth key pair per edge node")
-    certs.add_argument("--out", required=True, help="directory for the material (created 0700; keys 0600)")
+    certs.add_argument("--out", required=True,
+                       help="directory for the material (created 0700 if new, an existing one keeps its mode; "
+                            "keys 0600)")
     certs.add_argument("--hosts", default="localhost,127.0.0.1",
                        help="comma-separated DNS names / IPs the SuperLink is reached under (certificate SANs)")
     certs.add_argument("--nodes", type=int, default=0, help="key pairs named node-0 ... node-(N-1)")
@@ -106,14 +132,18 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
     serve = steps.add_parser("serve", formatter_class=fmt,
                              help="serve the node's latest trained model to local applications over gRPC")
     serve.add_argument("--model-dir", required=True, help="the SuperNode's model-dir")
-    serve.add_argument("--host", default="127.0.0.1", help="listen address (keep it local unless you must)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch a request may carry")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="listen address; anything but loopback needs --insecure (the service has no TLS)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="listen port (1-65535)")
+    serve.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                       help=f"largest batch a request may carry (1-{LARGEST_MAX_BATCH})")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback --host: plaintext, anyone reaching it can query (prints a warning)")
 
     predict = sub.add_parser("predict", formatter_class=fmt, help="ask an edge inference server for predictions")
     predict.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}")
     source = predict.add_mutually_exclusive_group()
-    source.add_argument("--npy", default=None, help=".npy float32 batch shaped (N, C, H, W)")
+    source.add_argument("--npy", default=None, help=".npy numeric batch shaped (N, C, H, W); no pickles")
     source.add_argument("--dataset", default=None, help="send the first --count test images of this dataset")
     predict.add_argument("--dataset-path", default="", help="dataset directory (default: its standard place)")
     predict.add_argument("--count", type=int, default=8)
@@ -132,6 +162,7 @@ def _connection_options(p: argparse.ArgumentParser, control_port: int) -> None:
 def _connection(args: argparse.Namespace) -> tuple[Path, str]:
     from deploy.launch import warn_insecure, write_cli_connection
 
+    _check_address("superlink-address", args.superlink_address)
     if args.insecure:
         warn_insecure()
     elif not args.root_cert:
@@ -155,20 +186,30 @@ def _exec(command: list[str], print_only: bool) -> int:
     return 0  # not reached
 
 
+CERTIFICATE_OPTIONS = {"directory": "out", "hosts": "hosts", "nodes": "nodes", "node_names": "node-names",
+                       "days": "days"}
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from deploy.certificates import CertificateError, create_certificates
 
-    names: list[str] | int = [n for n in args.node_names.split(",") if n] or args.nodes
+    given = [n.strip() for n in args.node_names.split(",") if n.strip()]
+    if given and args.nodes:
+        raise ConfigError("node-names", "give --nodes N or --node-names, not both")
+    names: list[str] | int = given or args.nodes
     try:
         material = create_certificates(args.out, args.hosts.split(","), names, days=args.days,
                                        overwrite=args.overwrite)
     except CertificateError as exc:
-        raise ConfigError("out", str(exc)) from None
+        raise ConfigError(CERTIFICATE_OPTIONS.get(exc.argument, "out"), str(exc)) from None
+    except OSError as exc:
+        raise ConfigError("out", f"{exc.filename or args.out}: {exc.strerror or exc}") from None
     print(f"CA            {material.ca_cert}  (give to every SuperNode and flwr CLI)")
+    print(f"CA key        {material.ca_key}  (signs everything: keep it off every server and device)")
     print(f"SuperLink     {material.server_cert}, {material.server_key}  (SANs: {args.hosts})")
     for keys in material.nodes:
         print(f"node {keys.name:<8} {keys.private_key} (private, to that device only), {keys.public_key}")
-    print(f"private keys are 0600 in 0700 directories under {material.directory}; never commit them")
+    print(f"private keys are 0600 under {material.directory}; never commit them or put them in an image")
     return 0
 
 
@@ -190,6 +231,9 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_superlink(args: argparse.Namespace) -> int:
     from deploy.launch import ServerTLS, superlink_command, warn_insecure
 
+    _check_address("fleet-address", args.fleet_address)
+    _check_host("control-host", args.control_host)
+    _check_port("control-port", args.control_port)
     tls = None
     if args.insecure:
         warn_insecure()
@@ -207,6 +251,8 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 def cmd_supernode(args: argparse.Namespace) -> int:
     from deploy.launch import supernode_command, warn_insecure
 
+    _check_address("superlink", args.superlink)
+    _check_port("runtime-port", args.runtime_port)
     if args.insecure:
         warn_insecure()
         root, key = None, None
@@ -273,11 +319,28 @@ def cmd_loopback(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
     import signal
 
-    from client.edge_inference import EdgeInferenceServer
+    from client.edge_inference import LARGEST_MAX_BATCH, EdgeInferenceServer, is_loopback_host
+    from deploy.launch import warn_insecure
 
-    server = EdgeInferenceServer(args.model_dir, host=args.host, port=args.port, max_batch=args.max_batch).start()
+    _check_host("host", args.host)
+    _check_port("port", args.port)
+    if not 1 <= args.max_batch <= LARGEST_MAX_BATCH:
+        raise ConfigError("max-batch", f"{args.max_batch}: give 1-{LARGEST_MAX_BATCH} inputs per request")
+    if not is_loopback_host(args.host):
+        if not args.insecure:
+            raise ConfigError("host", f"{args.host} is not a loopback address and edge inference has no TLS: "
+                                      "anyone who reaches it could query the model; keep 127.0.0.1, or pass "
+                                      "--insecure on a trusted network")
+        warn_insecure()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        server = EdgeInferenceServer(args.model_dir, host=args.host, port=args.port, max_batch=args.max_batch,
+                                     insecure=args.insecure).start()
+    except OSError as exc:
+        raise ConfigError("port", str(exc)) from None
     print(f"edge inference on {server.address} serving {Path(args.model_dir).resolve()}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.server.stop(1))  # systemd stop: finish in-flight requests
     try:
@@ -287,12 +350,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_npy(path: str) -> Any:
+    """The array in a ``.npy`` file, memory-mapped (read on use); never unpickles anything."""
+    import numpy as np
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError("npy", f"{path} does not exist" if not file.exists() else f"{path} is not a file")
+    try:
+        with open(file, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as exc:
+        raise ConfigError("npy", f"{path} cannot be read ({exc.strerror or exc})") from None
+    if magic.startswith(b"PK"):
+        raise ConfigError("npy", f"{path} is an .npz archive; give one array saved with numpy.save")
+    if magic != b"\x93NUMPY":
+        kind = "a Python pickle" if magic[:1] == b"\x80" else "no .npy file"
+        raise ConfigError("npy", f"{path} is {kind}; give one numeric array saved with numpy.save")
+    try:
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc) or "Python objects" in str(exc):
+            raise ConfigError("npy", f"{path} holds pickled Python objects; only plain numeric arrays are read") \
+                from None
+        raise ConfigError("npy", f"{path} is not a readable .npy array ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise ConfigError("npy", f"{path} cannot be read ({exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise ConfigError("npy", f"{path} holds {array.dtype} values; give numbers (float32 is sent)")
+    return array
+
+
+def _check_batch(option: str, shape: tuple[int, ...], info: Any) -> None:
+    """A batch the served model takes: (N, *input_shape) with 1 <= N <= its max batch."""
+    expected = tuple(info.input_shape)
+    wanted = f"(N, {', '.join(map(str, expected))}) with 1 <= N <= {info.max_batch}"
+    if len(shape) != 1 + len(expected) or tuple(shape[1:]) != expected or not 1 <= shape[0] <= info.max_batch:
+        raise ConfigError(option, f"a batch shaped {tuple(shape)}; the served model takes {wanted}")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import grpc
     import numpy as np
 
     from client.edge_inference import describe, predict
 
+    if not (args.npy or args.dataset or args.describe):
+        raise ConfigError("npy", "give --npy FILE or --dataset NAME (or --describe)")
+    if args.count < 1:
+        raise ConfigError("count", f"{args.count}: send at least one input")
+    array = _read_npy(args.npy) if args.npy else None  # a bad file is reported before the server is asked
     try:
         info = describe(args.address)
         print(f"model: {info.strategy} round {info.round}, density {info.density:.3f}, {info.size_bytes:,} B stored, "
@@ -301,15 +408,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.describe:
             return 0
         labels_true = None
-        if args.npy:
-            x = np.load(args.npy).astype(np.float32)
-        elif args.dataset:
+        if array is not None:
+            _check_batch("npy", array.shape, info)
+            x = np.asarray(array, dtype=np.float32)
+            if not np.isfinite(x).all():
+                raise ConfigError("npy", f"{args.npy} contains NaN or infinity")
+        else:
             from data import load_dataset
 
             test = load_dataset(args.dataset, args.dataset_path or None).test
             x, labels_true = test.x[: args.count], test.y[: args.count]
-        else:
-            raise ConfigError("npy", "give --npy FILE or --dataset NAME (or --describe)")
+            _check_batch("count", x.shape, info)
         labels, _, model_round = predict(args.address, x)
     except grpc.RpcError as exc:
         print(f"fedprune predict: {exc.code().name}: {exc.details()}", file=sys.stderr)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import tomli_w
+
 from deploy.certificates import CA_CERT, SERVER_CERT, SERVER_KEY
 from simulation.flower_processes import config_overrides, flower_bin
 
@@ -117,13 +119,17 @@ def supernode_command(superlink: str, *, root_cert: str | Path | None, private_k
 
 
 def cli_connection_toml(name: str, control_address: str, root_cert: str | Path | None) -> str:
-    """A ``[superlink.<name>]`` block for ``$FLWR_HOME/config.toml`` (flwr run / ls / supernode register)."""
-    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{control_address}"']
+    """A ``[superlink.<name>]`` block for ``$FLWR_HOME/config.toml`` (flwr run / ls / supernode register).
+
+    Written with a TOML writer, never by formatting strings: a quote or newline in an address or
+    path stays inside its string value and cannot add keys such as ``insecure = true``.
+    """
+    connection: dict[str, Any] = {"address": control_address}
     if root_cert is None:
-        lines.append("insecure = true")
+        connection["insecure"] = True
     else:
-        lines.append(f'root-certificates = "{Path(root_cert).expanduser().resolve()}"')
-    return "\n".join(lines) + "\n"
+        connection["root-certificates"] = str(Path(root_cert).expanduser().resolve())
+    return tomli_w.dumps({"superlink": {"default": name, name: connection}})
 
 
 def write_cli_connection(flwr_home: Path, name: str, control_address: str, root_cert: str | Path | None) -> Path:

@@ -45,6 +45,7 @@ from simulation.flower_processes import (
     follow_run,
     free_port,
     read_results,
+    run_failure,
     run_flwr,
     submitted_run_id,
 )
@@ -232,8 +233,9 @@ class LoopbackDeployment:
             status, document = self.follow(run_id, settings, progress, timeout=timeout)
         finally:
             wire.stop()
-        if status != "finished:completed" or document is None or document.get("status") != "completed":
-            raise DeploymentError(f"run {run_id} ended with status '{status}'; see {self.workdir}/*.log "
+        failure = run_failure(status, document)
+        if failure is not None:
+            raise DeploymentError(f"run {run_id} failed: {failure}; see {self.workdir}/*.log "
                                   f"(`FLWR_HOME={self.home} flwr log {run_id} {CONNECTION}`)")
         (out_dir / WIRE_NAME).write_text(json.dumps(wire.rounds, indent=1))
         return document, wire.rounds

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import signal
 import sys
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from server.run_config import ConfigError, RunSettings
+from server.run_config import ConfigError, RunSettings, check_model_takes_inputs
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EXIT_USAGE = 2
 
@@ -21,8 +28,11 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="run a simulated federation on Ray and write results.json + report.png",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_run_options(p)
-    p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (e.g. 127.0.0.1:6379)")
-    p.add_argument("--cpus-per-client", type=int, default=1, help="CPUs per Ray actor (integer)")
+    p.add_argument("--ray-address", default=None,
+                   help="attach to an existing Ray cluster: HOST:PORT (e.g. 127.0.0.1:6379), or 'auto' (the one "
+                        "started on this machine); 'local' = a private instance, as without this option")
+    p.add_argument("--cpus-per-client", type=int, default=1,
+                   help="CPUs per Ray actor (integer; at most this machine's CPUs unless --ray-address)")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -106,6 +116,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--round-timeout", type=float, default=defaults.round_timeout,
                    help="seconds a round waits for replies before going on with what arrived")
+    p.add_argument("--max-failed-rounds", type=int, default=defaults.max_failed_rounds,
+                   help="stop the run as failed after this many rounds in a row without enough valid replies to "
+                        "update the model (0 = never stop)")
 
 
 def _settings_from_args(args: argparse.Namespace, local_out: bool = True) -> RunSettings:
@@ -133,24 +146,95 @@ def _settings_from_args(args: argparse.Namespace, local_out: bool = True) -> Run
         candidate_spread=args.candidate_spread, candidate_ranking=args.candidate_ranking,
         adjust_every=args.adjust_every, adjust_until=args.adjust_until, adjust_alpha=args.adjust_alpha,
         adjust_layers=args.adjust_layers, gradient_tap=args.gradient_tap, budget_tiers=args.budget_tiers,
-        out=str(Path(args.out).expanduser().resolve()) if local_out else args.out, resume=args.resume,
-        round_timeout=args.round_timeout,
+        # An empty --out stays empty (validate refuses it) instead of resolving to the current folder.
+        out=str(Path(args.out).expanduser().resolve()) if local_out and args.out.strip() else args.out,
+        resume=args.resume, round_timeout=args.round_timeout, max_failed_rounds=args.max_failed_rounds,
     )
     settings.validate(check_out_dir=local_out)
-    if getattr(args, "cpus_per_client", 1) < 1:
-        raise ConfigError("cpus-per-client", f"{args.cpus_per_client} must be a positive integer")
+    check_model_takes_inputs(settings)
+    _check_ray_options(getattr(args, "ray_address", None), getattr(args, "cpus_per_client", 1))
     if local_out and args.resume and not (Path(settings.out) / "checkpoint.pt").is_file():
         raise ConfigError("resume", f"no checkpoint in {settings.out} to resume from")
     return settings
 
 
+# What Ray's ray.init(address=...) takes for a running cluster: HOST:PORT, an IPv6 host in brackets.
+_RAY_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<port>[0-9]{1,5})")
+
+
+def _check_ray_options(ray_address: str | None, cpus_per_client: int) -> None:
+    """``--ray-address`` must be an address Ray can attach to; ``--cpus-per-client`` must fit one Ray node.
+
+    Without ``--ray-address`` (or with 'local') Ray starts on this machine with its CPUs, and an actor that asks
+    for more is never placed: the run would wait forever. A cluster's nodes may be bigger, so no upper limit then.
+    """
+    if ray_address is not None and ray_address not in ("auto", "local"):
+        match = _RAY_ADDRESS.fullmatch(ray_address)
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            raise ConfigError("ray-address", f"'{ray_address}' is not HOST:PORT with a port in 1-65535 (e.g. "
+                                             "127.0.0.1:6379), 'auto' (the cluster started on this machine) or "
+                                             "'local' (a private instance)")
+    if cpus_per_client < 1:
+        raise ConfigError("cpus-per-client", f"{cpus_per_client} must be a positive integer")
+    cpus = os.cpu_count()
+    if ray_address in (None, "local") and cpus is not None and cpus_per_client > cpus:
+        raise ConfigError("cpus-per-client", f"{cpus_per_client} exceeds this machine's {cpus} CPUs, so Ray could "
+                                             f"never place a client; use 1 to {cpus}, or --ray-address for a cluster")
+
+
 def _check_dataset(settings: RunSettings) -> None:
+    """The dataset loads, and its seeded partition gives every client examples to train on."""
+    _check_partition(settings, _dataset_labels(settings))
+
+
+def _dataset_labels(settings: RunSettings) -> np.ndarray:
+    """The training labels of the run's dataset; ``ConfigError('dataset')`` saying how to get it if it is missing."""
     from data import DatasetMissingError, load_dataset
 
     try:
-        load_dataset(settings.dataset, settings.dataset_path or None)
+        return load_dataset(settings.dataset, settings.dataset_path or None).train.y
     except DatasetMissingError as exc:
         raise ConfigError("dataset", str(exc)) from None
+
+
+def _check_partition(settings: RunSettings, labels: np.ndarray) -> None:
+    """Run the partition the clients will run (deterministic for the settings) and refuse settings that leave a
+    client without examples, before any process starts; otherwise a client would fail in round one."""
+    import numpy as np
+
+    from data import partition_indices
+
+    n, k, kind = len(labels), settings.num_clients, settings.partition
+    where = f"the {n:,} training examples of {settings.dataset}"
+    if k > n:
+        raise ConfigError("num-clients", f"{k} exceeds {where}; use at most {n:,}")
+    if kind == "dirichlet" and k * settings.min_partition_size > n:
+        raise ConfigError("min-partition-size", f"{settings.min_partition_size} x {k} clients exceeds {where}; use "
+                                                f"at most {n // k} for {k} clients")
+    if kind == "iid":  # contiguous shards of n // k or n // k + 1 examples: nothing to run (and no 2 s import)
+        return
+    try:
+        with warnings.catch_warnings():  # the partitioners warn on every retry; the error below says it once
+            warnings.simplefilter("ignore")
+            parts = partition_indices(labels, kind, k, alpha=settings.alpha,
+                                      classes_per_client=settings.classes_per_client,
+                                      min_partition_size=settings.min_partition_size, seed=settings.seed)
+    except ValueError as exc:
+        if kind == "pathological":
+            raise ConfigError("num-clients", f"{k} clients with {settings.classes_per_client} classes each would "
+                                             f"need some class of {where} in more clients than it has examples; "
+                                             "use fewer clients or --classes-per-client") from None
+        raise ConfigError("min-partition-size", " ".join(str(exc).split())) from None
+    sizes = np.array([len(part) for part in parts])
+    empty = np.flatnonzero(sizes == 0)
+    if len(empty):
+        more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
+        alpha = f"alpha {settings.alpha:g}, " if kind == "dirichlet" else ""
+        detail = (f"client {empty[0]}{more} of {k} would get no training examples in the seeded {kind} partition "
+                  f"of {where} ({alpha}seed {settings.seed})")
+        if kind == "dirichlet":
+            raise ConfigError("min-partition-size", f"with {settings.min_partition_size}, {detail}; use 1 or more")
+        raise ConfigError("num-clients", f"{detail}; use fewer clients")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -158,11 +242,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from simulation.report import plot_report
 
     settings = _settings_from_args(args)
-    _check_dataset(settings)
+    labels = _dataset_labels(settings)
     if settings.strategy == "fedtiny" and settings.budget_tiers:
         from strategies.registry import check_budget_tiers
 
         check_budget_tiers(settings)
+    _check_partition(settings, labels)
     print(f"fedprune: {settings.strategy} on {settings.dataset}/{settings.model}, {settings.num_clients} clients "
           f"({settings.clients_per_round}/round, {settings.partition}), {settings.rounds} rounds -> {settings.out}",
           flush=True)

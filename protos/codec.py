@@ -467,7 +467,13 @@ def _decode_tensor(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
 
 
 def _from_bits(bits: np.ndarray, code: int) -> np.ndarray:
-    return bits if code == pb.BOOL else np.where(bits, 1, -1).astype(np.int8)
+    """Bits as a mask, or as ±1 signs built in int8 in place (one byte per element, no int64 temporary)."""
+    if code == pb.BOOL:
+        return bits
+    signs = bits.astype(np.int8)
+    signs *= 2
+    signs -= 1
+    return signs
 
 
 def _apply_flips(flips: np.ndarray, ref: np.ndarray | None, name: str) -> np.ndarray:

@@ -9,6 +9,8 @@ refuses custom stypes), so it is the one fedprune uses.
 
 from __future__ import annotations
 
+import re
+
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from protos.codec import WireFormatError
@@ -17,6 +19,22 @@ PAYLOAD_RECORD = "fedprune"
 PAYLOAD_KEY = "payload"
 SETUP_KEY = "setup"
 WIRE_STYPE = "fedprune.wire.v1"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*: .+")
+
+
+def error_reason(message: Message, limit: int = 300) -> str:
+    """What an error reply says went wrong, in one line: Ray and Flower wrap a ClientApp's exception in a
+    multi-line traceback with process ids and colour codes; this keeps the original exception's message
+    (``Message: ...`` in Flower's wrapper, else the last ``SomeError: ...`` line)."""
+    text = _ANSI.sub("", message.error.reason or "")
+    if "Message: " in text:
+        found = text.rsplit("Message: ", 1)[1].strip().splitlines()
+        line = found[0].strip().rstrip("'>").strip() if found else ""
+    else:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        line = next((ln for ln in reversed(lines) if _EXCEPTION_LINE.match(ln)), lines[-1] if lines else "")
+    return (line or f"error code {message.error.code}")[:limit]
 
 
 def payload_record(blob: bytes) -> ConfigRecord:

@@ -14,6 +14,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from protos.flower_records import error_reason
 from protos.wire_size import content_bytes
 
 
@@ -25,6 +26,7 @@ class Traffic:
     uplink: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     failed: set[int] = field(default_factory=set)
     replied: set[int] = field(default_factory=set)
+    errors: dict[int, str] = field(default_factory=dict)  # why each failed node failed (error reply, no reply)
 
     @property
     def downlink_bytes(self) -> int:
@@ -78,7 +80,11 @@ class MeteredGrid(Grid):
         self._count_received(replies)
         # A node that never answered (timeout, crash) failed too.
         answered = {reply.metadata.src_node_id for reply in replies}
-        self.traffic.failed.update(m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered)
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if node not in answered:
+                self.traffic.failed.add(node)
+                self.traffic.errors.setdefault(node, "no reply within the round timeout")
         return replies
 
     def _count_sent(self, messages: list[Message]) -> None:
@@ -92,3 +98,4 @@ class MeteredGrid(Grid):
             self.traffic.replied.add(node)
             if reply.has_error():
                 self.traffic.failed.add(node)
+                self.traffic.errors[node] = f"error reply: {error_reason(reply)}"

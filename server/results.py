@@ -75,6 +75,22 @@ def write_results(out_dir: Path, document: dict[str, Any]) -> Path:
     return path
 
 
+def read_results(path: Path) -> dict[str, Any] | None:
+    """The results document at ``path``, or ``None`` if it is missing or not a JSON object."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def mark_failed(out_dir: Path, error: str) -> Path:
+    """Mark ``out_dir/results.json`` failed with ``error``, keeping whatever it already recorded."""
+    document = read_results(out_dir / RESULTS_NAME) or {"rounds": []}
+    document["status"], document["error"] = "failed", error
+    return write_results(out_dir, document)
+
+
 def validate_results(document: dict[str, Any]) -> None:
     """Raise ``ValueError`` if ``document`` does not follow the results.json schema."""
     for key in ("config", "environment", "rounds", "summary"):
@@ -105,6 +121,10 @@ def human_bytes(count: float) -> str:
 def format_progress(entry: dict[str, Any], total_rounds: int) -> str:
     """One progress line per round: accuracy, loss, measured bytes each way, seconds."""
     failed = f" | failed {entry['clients_failed']}" if entry.get("clients_failed") else ""
+    if entry.get("failed"):
+        reasons = entry.get("failure_reasons") or []
+        failed += f" | ROUND FAILED: no update ({reasons[0]['reason'][:160] if reasons else 'no reply'}"
+        failed += f"; {len(reasons)} nodes)" if len(reasons) > 1 else ")"
     return (f"round {entry['round']:>3}/{total_rounds} | acc {entry['accuracy']:.4f} | loss {entry['loss']:.4f}"
             f" | up {human_bytes(entry['uplink_bytes'])} | down {human_bytes(entry['downlink_bytes'])}"
             f" | {entry['seconds']:.1f}s{failed}")

@@ -8,10 +8,34 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from torch import nn
+
+INT64_MAX = 2**63 - 1  # Flower's run config carries integers as sint64
+SEED_MAX = 2**32 - 1  # numpy's legacy np.random.seed, which the ServerApp calls, takes 0..2^32-1
+
+# Allowed range of every float option: (low, high, low included, high included); high None = unbounded.
+FLOAT_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
+    "alpha": (0.0, None, False, False),
+    "local_test_fraction": (0.0, 1.0, True, False),
+    "lr": (0.0, None, False, False),
+    "momentum": (0.0, 1.0, True, False),
+    "density": (0.0, 1.0, False, True),
+    "score_lr": (0.0, None, False, False),
+    "score_momentum": (0.0, 1.0, True, False),
+    "server_lr": (0.0, None, False, False),
+    "server_momentum": (0.0, 1.0, True, False),
+    "moved_share": (0.0, 1.0, False, True),
+    "candidate_spread": (0.0, None, True, False),
+    "adjust_alpha": (0.0, 1.0, False, True),
+    "round_timeout": (0.0, None, False, False),
+}
 
 
 class ConfigError(ValueError):
@@ -70,6 +94,7 @@ class RunSettings:
     resume: bool = False
     eval_batch_size: int = 1000
     round_timeout: float = 3600.0
+    max_failed_rounds: int = 3
     extra: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
@@ -120,10 +145,7 @@ class RunSettings:
         allowed("dataset", self.dataset, DATASETS)
         allowed("model", self.model, MODELS)
         allowed("partition", self.partition, PARTITIONERS)
-        if not 0.0 < self.density <= 1.0:
-            raise ConfigError("density", f"{self.density} is outside (0, 1]")
-        if self.alpha <= 0:
-            raise ConfigError("alpha", f"{self.alpha} must be > 0")
+        self._validate_numbers()
         for option, value in (("num-clients", self.num_clients), ("clients-per-round", self.clients_per_round),
                               ("rounds", self.rounds), ("local-epochs", self.local_epochs),
                               ("batch-size", self.batch_size), ("eval-batch-size", self.eval_batch_size),
@@ -135,16 +157,11 @@ class RunSettings:
                               f"{self.clients_per_round} exceeds --num-clients {self.num_clients}")
         if not 1 <= self.min_train_nodes <= self.clients_per_round:
             raise ConfigError("min-train-nodes", f"{self.min_train_nodes} must be in [1, clients-per-round]")
-        if self.lr <= 0:
-            raise ConfigError("lr", f"{self.lr} must be > 0")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError("momentum", f"{self.momentum} must be in [0, 1)")
-        if not 0 <= self.local_test_fraction < 1:
-            raise ConfigError("local-test-fraction", f"{self.local_test_fraction} must be in [0, 1)")
         if self.min_partition_size < 0:
-            raise ConfigError("min-partition-size", "must be >= 0")
-        if self.round_timeout <= 0:
-            raise ConfigError("round-timeout", "must be > 0")
+            raise ConfigError("min-partition-size", f"{self.min_partition_size} must be >= 0")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError("seed", f"{self.seed} is outside [0, {SEED_MAX}] (numpy seeds are 32-bit)")
+        self._validate_dataset()
         from strategies.hidenseek import AGGREGATIONS, DENSE_PARAMS, MASK_TRANSFER
         from strategies.scores import SCORES
 
@@ -152,32 +169,70 @@ class RunSettings:
         allowed("aggregation", self.aggregation, AGGREGATIONS)
         allowed("dense-params", self.dense_params, DENSE_PARAMS)
         allowed("mask-transfer", self.mask_transfer, MASK_TRANSFER)
-        if self.score_lr <= 0:
-            raise ConfigError("score-lr", f"{self.score_lr} must be > 0")
         from client.local_loss import LOCAL_LOSSES
         from client.score_optimizer import SCORE_OPTIMIZERS
 
         allowed("score-optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
         allowed("local-loss", self.local_loss, ("auto", *LOCAL_LOSSES))
-        if not 0 <= self.score_momentum < 1:
-            raise ConfigError("score-momentum", f"{self.score_momentum} must be in [0, 1)")
         if self.aggregation == "tally" and self.score_optimizer != "adam":
             raise ConfigError("score-optimizer", "aggregation 'tally' bounds a round's score movement by Adam's "
                                                  "(~lr per step); use --score-optimizer adam with it")
-        if self.server_lr <= 0:
-            raise ConfigError("server-lr", f"{self.server_lr} must be > 0")
-        if not 0 <= self.server_momentum < 1:
-            raise ConfigError("server-momentum", f"{self.server_momentum} must be in [0, 1)")
-        if not 0 < self.moved_share <= 1:
-            raise ConfigError("moved-share", f"{self.moved_share} must be in (0, 1]")
+        if self.max_failed_rounds < 0:
+            raise ConfigError("max-failed-rounds", f"{self.max_failed_rounds} must be >= 0 (0 = never stop)")
         if self.personal_eval_every < 0:
             raise ConfigError("personal-eval-every", "must be >= 0 (0 = never)")
         self._validate_fedtiny()
         if self.strategy in ("fedavg", "flwr-fedavg") and self.density != 1.0:
             raise ConfigError("density", f"strategy '{self.strategy}' is dense; density must be 1.0")
+        self._validate_model()
+        if not self.out.strip():
+            raise ConfigError("out", f"'{self.out}' names no directory; give one for the results ('.' for the "
+                                     "current one)")
         if check_out_dir:
             check_writable_dir(self.out)
 
+    def _validate_numbers(self) -> None:
+        """Every float option finite and in its range (NaN passes any ``x <= 0`` test, so finiteness first),
+        every integer option within the run config's 64 bits."""
+        for f in dataclasses.fields(self):
+            value, option = getattr(self, f.name), f.name.replace("_", "-")
+            if f.name in FLOAT_RANGES:
+                low, high, low_in, high_in = FLOAT_RANGES[f.name]
+                if high is None:
+                    where = f"{'>=' if low_in else '>'} {low:g}"
+                else:
+                    where = f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+                if not math.isfinite(value):
+                    raise ConfigError(option, f"{value} is not a finite number; it must be {where}")
+                above = value >= low if low_in else value > low
+                below = high is None or (value <= high if high_in else value < high)
+                if not (above and below):
+                    raise ConfigError(option, f"{value} must be {where}")
+            elif f.type == "int" and abs(value) > INT64_MAX:
+                raise ConfigError(option, f"{value} does not fit the run config's 64-bit integers")
+
+    def _validate_dataset(self) -> None:
+        """What the dataset fixes without loading it: its class count, and whether it reads files at all."""
+        from data.sources import DATASET_FACTS
+
+        facts = DATASET_FACTS[self.dataset]
+        if self.classes_per_client > facts.num_classes:
+            raise ConfigError("classes-per-client", f"{self.classes_per_client} exceeds the {facts.num_classes} "
+                                                    f"classes of {self.dataset}; use 1 to {facts.num_classes}")
+        if self.dataset_path and not facts.reads_files:
+            raise ConfigError("dataset-path", f"{self.dataset} ships with scikit-learn and reads no files; drop "
+                                              "--dataset-path (it is for fashion-mnist and cifar10)")
+
+    def _validate_model(self) -> None:
+        """The density must keep a weight in every prunable layer (``strategies.scores.global_topk_mask``
+        otherwise keeps one per layer anyway, above the density asked for)."""
+        facts = model_facts(self.model, self.dataset)
+        kept = round(self.density * facts.prunable_weights)
+        if kept < facts.prunable_layers:
+            raise ConfigError("density", f"{self.density:g} keeps {kept} of {self.model}'s "
+                                         f"{facts.prunable_weights:,} prunable weights, fewer than its "
+                                         f"{facts.prunable_layers} prunable layers; use at least "
+                                         f"{_smallest_density(facts)} (one weight per layer)")
 
     def _validate_fedtiny(self) -> None:
         from models import BATCHNORM_MODELS
@@ -187,16 +242,12 @@ class RunSettings:
 
         if self.candidates < 1:
             raise ConfigError("candidates", f"{self.candidates} must be >= 1 (1 = no BN selection)")
-        if self.candidate_spread < 0:
-            raise ConfigError("candidate-spread", f"{self.candidate_spread} must be >= 0")
         if self.candidate_ranking not in RANKINGS:
             raise ConfigError("candidate-ranking", f"'{self.candidate_ranking}' is not one of: {', '.join(RANKINGS)}")
         if self.adjust_every < 0:
             raise ConfigError("adjust-every", f"{self.adjust_every} must be >= 0 (0 = no progressive pruning)")
         if self.adjust_until < 0:
             raise ConfigError("adjust-until", f"{self.adjust_until} must be >= 0")
-        if not 0 < self.adjust_alpha <= 1:
-            raise ConfigError("adjust-alpha", f"{self.adjust_alpha} is outside (0, 1]")
         if self.adjust_layers not in LAYER_ORDERS:
             raise ConfigError("adjust-layers", f"'{self.adjust_layers}' is not one of: {', '.join(LAYER_ORDERS)}")
         if self.gradient_tap not in GRADIENT_TAPS:
@@ -208,6 +259,85 @@ class RunSettings:
         if self.strategy == "fedtiny" and self.candidates > 1 and self.model not in BATCHNORM_MODELS:
             raise ConfigError("model", f"FedTiny's BN selection needs BatchNorm; '{self.model}' has none (use one of "
                                        f"{', '.join(sorted(BATCHNORM_MODELS))}, or --candidates 1)")
+
+
+class ModelFacts(NamedTuple):
+    """What option checks need to know of a model built for a dataset's inputs."""
+
+    prunable_layers: int
+    prunable_weights: int
+
+
+def _smallest_density(facts: ModelFacts) -> str:
+    """The least density, printed short, that keeps one weight per prunable layer (kept = round(d x weights))."""
+    exact = facts.prunable_layers / facts.prunable_weights
+    for digits in range(3, 18):
+        text = f"{exact:.{digits}g}"
+        if round(float(text) * facts.prunable_weights) >= facts.prunable_layers:
+            return text
+    return repr(exact)
+
+
+def _meta_model(model: str, dataset: str) -> nn.Module:
+    """``model`` built for ``dataset``'s inputs on torch's meta device: shapes only, no memory, milliseconds."""
+    import torch
+
+    from data.sources import DATASET_FACTS
+    from models import build_model
+
+    facts = DATASET_FACTS[dataset]
+    with torch.device("meta"):
+        try:
+            return build_model(model, facts.input_shape, facts.num_classes)
+        except ValueError as exc:  # e.g. an input side the architecture cannot halve
+            raise ConfigError("model", " ".join(str(exc).split())) from None
+
+
+@functools.lru_cache(maxsize=32)
+def model_facts(model: str, dataset: str) -> ModelFacts:
+    """Prunable layers and weights of ``model`` for ``dataset``, counted as the strategies count them
+    (``models.prunable_names``)."""
+    from models import prunable_names
+
+    net = _meta_model(model, dataset)
+    params = dict(net.named_parameters())
+    names = prunable_names(net)
+    return ModelFacts(len(names), sum(params[n].numel() for n in names))
+
+
+@functools.lru_cache(maxsize=32)
+def _input_error(model: str, dataset: str) -> str:
+    """Why ``model`` cannot take ``dataset``'s inputs, or '' if it can."""
+    import torch
+
+    from data.sources import DATASET_FACTS
+
+    try:
+        net = _meta_model(model, dataset)
+    except ConfigError as exc:
+        return str(exc)
+    try:
+        with torch.device("meta"), torch.no_grad():
+            net(torch.empty((2, *DATASET_FACTS[dataset].input_shape)))
+    except NotImplementedError:
+        return ""  # an op without a meta kernel says nothing about the shapes
+    except RuntimeError as exc:
+        return " ".join(str(exc).split())
+    return ""
+
+
+def check_model_takes_inputs(settings: RunSettings) -> None:
+    """Raise ``ConfigError('model')`` unless the model's forward pass takes the dataset's inputs (otherwise the
+    run fails at its first evaluation). A meta-device pass: shapes only, but its first call in a process imports
+    torch's decompositions (~1 s), so the CLI runs it once rather than ``validate`` in every client process."""
+    from data.sources import DATASET_FACTS
+    from models import MODELS
+
+    if _input_error(settings.model, settings.dataset):
+        shape = "x".join(map(str, DATASET_FACTS[settings.dataset].input_shape))
+        fitting = [m for m in sorted(MODELS) if not _input_error(m, settings.dataset)]
+        raise ConfigError("model", f"'{settings.model}' cannot take the {shape} inputs of {settings.dataset}; "
+                                   f"use one of: {', '.join(fitting)}")
 
 
 @functools.lru_cache(maxsize=8)

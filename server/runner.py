@@ -10,9 +10,10 @@ round, and resume from that checkpoint.
 from __future__ import annotations
 
 import random
+import resource
 import time
 from collections.abc import Callable
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,46 @@ from flwr.serverapp import Grid
 from data import load_dataset
 from models import build_model
 from models.evaluation import evaluate
-from server.checkpoint import load_checkpoint, save_checkpoint
-from server.metered_grid import MeteredGrid
-from server.results import environment, format_progress, summarize, write_results
+from protos.flower_records import error_reason
+from server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from server.metered_grid import MeteredGrid, Traffic
+from server.results import environment, format_progress, mark_failed, summarize, write_results
 from server.run_config import RunSettings
 from strategies import build_strategy
 from strategies.base import NodesMissingError
 
 # Options that may differ between a run and its resume without changing its results.
-_RESUMABLE = {"out", "resume", "rounds", "round_timeout"}
+_RESUMABLE = {"out", "resume", "rounds", "round_timeout", "max_failed_rounds"}
+
+
+class RunFailedError(RuntimeError):
+    """The run cannot go on (too many rounds in a row without a valid reply); the message says why."""
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def failure_reasons(traffic: Traffic, rejected: list[dict[str, Any]], sampled: set[int]) -> list[dict[str, Any]]:
+    """Why each sampled node gave no usable reply this round: the strategy's screening reason, else the
+    transport's (error reply, no reply), one entry per node in node order."""
+    reasons = {item["node_id"]: item["reason"] for item in rejected if item["node_id"] in sampled}
+    for node, reason in traffic.errors.items():
+        if node in sampled:
+            reasons.setdefault(node, reason)
+    return [{"node_id": node, "reason": reason} for node, reason in sorted(reasons.items())]
+
+
+def summarize_reasons(reasons: list[dict[str, Any]], limit: int = 3) -> str:
+    """The most common reasons with their counts, for one console/error line."""
+    counts: dict[str, int] = {}
+    for item in reasons:
+        counts[item["reason"]] = counts.get(item["reason"], 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = "; ".join(f"{n}x {reason[:300]}" for reason, n in ranked[:limit])
+    return text + (f"; and {len(ranked) - limit} other reasons" if len(ranked) > limit else "") if ranked \
+        else "no reply was sent or received"
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -57,7 +89,7 @@ def discover_partitions(grid: Grid, nodes: list[int], timeout: float,
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
-            log(WARNING, "node %d did not describe itself: %s", node, reply.error.reason)
+            log(WARNING, "node %d did not describe itself: %s", node, error_reason(reply))
             continue
         mapping[node] = int(reply.content["node"]["partition-id"])
         if profiles is not None:
@@ -74,9 +106,23 @@ def fingerprint(settings: RunSettings) -> dict[str, Any]:
 
 
 def run_federation(grid: Grid, settings: RunSettings, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the federation ``settings`` describes; return the results document."""
+    """Run (or resume) the federation ``settings`` describes; return the results document.
+
+    Any failure (a bad checkpoint, a run whose rounds all fail, an error) marks ``results.json`` failed with
+    the reason, keeping every round already recorded, and is raised again for Flower to see."""
     out_dir = Path(settings.out).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_federation(grid, settings, out_dir, progress)
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, CheckpointError | RunFailedError) else f"{type(exc).__name__}: {exc}"
+        mark_failed(out_dir, message)
+        log(ERROR, "run failed: %s", message)
+        raise
+
+
+def _run_federation(grid: Grid, settings: RunSettings, out_dir: Path,
+                    progress: Callable[[str], None]) -> dict[str, Any]:
     random.seed(settings.seed)  # Flower's own strategies sample with the global RNG
     np.random.seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -106,15 +152,20 @@ def run_federation(grid: Grid, settings: RunSettings, progress: Callable[[str], 
     rounds: list[dict[str, Any]] = []
     start = 1
     if settings.resume:
-        checkpoint = load_checkpoint(out_dir, print_fp)
+        checkpoint = load_checkpoint(out_dir, print_fp, model_state=arrays.to_torch_state_dict(),
+                                     total_rounds=settings.rounds)
         arrays, rounds, start = checkpoint["arrays"], checkpoint["rounds"], checkpoint["round"] + 1
         if hasattr(strategy, "load_state_dict"):
-            strategy.load_state_dict(checkpoint["strategy_state"])
+            try:
+                strategy.load_state_dict(checkpoint["strategy_state"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"--resume: {out_dir / 'checkpoint.pt'}: {exc}") from None
         log(INFO, "resuming after round %d from %s", start - 1, out_dir)
 
     document = {"config": settings.to_run_config(), "environment": environment(), "setup": setup,
                 "status": "running", "rounds": rounds, "summary": summarize(rounds, param_count)}
     write_results(out_dir, document)
+    failed_streak = 0
     train_config = ConfigRecord({"lr": settings.lr, "momentum": settings.momentum,
                                  "local-epochs": settings.local_epochs, "batch-size": settings.batch_size})
     for server_round in range(start, settings.rounds + 1):
@@ -142,6 +193,7 @@ def run_federation(grid: Grid, settings: RunSettings, progress: Callable[[str], 
         report = strategy.round_report(server_round) if hasattr(strategy, "round_report") else {}
         rejected = {item["node_id"] for item in report.get("rejected_replies", [])}
         sampled = {m.metadata.dst_node_id for m in messages}
+        failed_round = new_arrays is None
         entry = {
             "round": server_round,
             "accuracy": float(accuracy),
@@ -151,7 +203,9 @@ def run_federation(grid: Grid, settings: RunSettings, progress: Callable[[str], 
             "clients_sampled": len(sampled),
             "clients_failed": len((traffic.failed | rejected) & sampled),
             "seconds": time.perf_counter() - t0,
-            "aggregated": new_arrays is not None,
+            "aggregated": not failed_round,
+            "failed": failed_round,
+            "server_peak_rss_bytes": peak_rss_bytes(),
             "train_loss": float(train_metrics["train-loss"]) if train_metrics and "train-loss" in train_metrics
             else None,
             "clients": [
@@ -163,6 +217,8 @@ def run_federation(grid: Grid, settings: RunSettings, progress: Callable[[str], 
         }
         if federated is not None:
             entry["federated_evaluation"] = dict(federated)
+        if failed_round:  # no update: say why, node by node
+            entry["failure_reasons"] = failure_reasons(traffic, report.get("rejected_replies", []), sampled)
         rounds.append(entry)
         document["rounds"], document["summary"] = rounds, summarize(rounds, param_count)
         if hasattr(strategy, "run_report"):  # run-level figures of the strategy (FedTiny: selection, adjustments)
@@ -172,6 +228,12 @@ def run_federation(grid: Grid, settings: RunSettings, progress: Callable[[str], 
                         strategy_state=strategy.state_dict() if hasattr(strategy, "state_dict") else {},
                         rounds=rounds, fingerprint=print_fp)
         progress(format_progress(entry, settings.rounds))
+        failed_streak = failed_streak + 1 if failed_round else 0
+        if settings.max_failed_rounds and failed_streak >= settings.max_failed_rounds:
+            first = server_round - failed_streak + 1
+            raise RunFailedError(
+                f"rounds {first}-{server_round} had too few valid replies to update the model "
+                f"(--max-failed-rounds {settings.max_failed_rounds}): {summarize_reasons(entry['failure_reasons'])}")
 
     document["status"] = "completed"
     write_results(out_dir, document)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.results import format_progress
+from server.results import format_progress, read_results
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -215,14 +215,14 @@ def run_status(flwr: Callable[..., subprocess.CompletedProcess], connection: str
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
 
-def read_results(path: Path) -> dict[str, Any] | None:
-    """``results.json`` if it exists and parses (it is replaced atomically, but may not exist yet)."""
-    if not path.exists():
+def run_failure(status: str, document: dict[str, Any] | None) -> str | None:
+    """``None`` if the run completed (Flower's status *and* the ServerApp's results.json agree), else why not:
+    the ServerApp's own recorded error when it wrote one, else Flower's status."""
+    if status == "finished:completed" and document is not None and document.get("status") == "completed":
         return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError):
-        return None
+    if document is not None and document.get("status") == "failed" and document.get("error"):
+        return str(document["error"])
+    return f"it ended with status '{status}'"
 
 
 def follow_run(flwr: Callable[..., subprocess.CompletedProcess], connection: str, run_id: int, results_path: Path,
@@ -245,7 +245,7 @@ def follow_run(flwr: Callable[..., subprocess.CompletedProcess], connection: str
         for entry in rounds[printed:]:
             progress(format_progress(entry, total_rounds))
         printed = max(printed, len(rounds))
-        finished_here = bool(document) and document.get("status") == "completed"
+        finished_here = bool(document) and document.get("status") in ("completed", "failed")
         # `flwr ls` costs a second of CPU; ask it rarely while rounds progress, often once done.
         if finished_here or time.monotonic() - last_check > status_poll_seconds:
             status, last_check = run_status(flwr, connection, run_id), time.monotonic()

@@ -12,12 +12,15 @@ deployment (``simulation.flower_processes``).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from server.results import RESULTS_NAME
 from server.run_config import RunSettings
@@ -30,6 +33,7 @@ from simulation.flower_processes import (
     flower_env,
     follow_run,
     free_port,
+    run_failure,
     run_flwr,
     submitted_run_id,
     toml_value,
@@ -66,10 +70,8 @@ class LocalSuperLink:
         home.mkdir(parents=True, exist_ok=True)
         port = free_port()
         address = f"127.0.0.1:{port}"
-        (home / "config.toml").write_text(
-            '[superlink]\ndefault = "fedprune"\n\n'
-            f'[superlink.fedprune]\naddress = "{address}"\ninsecure = true\n'
-        )
+        (home / "config.toml").write_text(tomli_w.dumps(
+            {"superlink": {"default": "fedprune", "fedprune": {"address": address, "insecure": True}}}))
         command = [
             _bin("flower-superlink"), "--insecure", "--simulation",
             "--disable-runtime-dependency-installation",
@@ -105,8 +107,10 @@ def _env(home: Path, ray_address: str | None) -> dict[str, str]:
 
 def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_address: str | None = None,
                    progress: Callable[[str], None] = print, poll_seconds: float = 0.5,
-                   status_poll_seconds: float = 15.0) -> dict[str, Any]:
-    """Run ``settings`` as a Ray simulation of ``settings.num_clients`` SuperNodes; return results.json."""
+                   status_poll_seconds: float = 15.0, app_dir: Path = APP_DIR) -> dict[str, Any]:
+    """Run ``settings`` as a Ray simulation of ``settings.num_clients`` SuperNodes; return results.json.
+
+    ``app_dir``: the Flower app to submit (this project by default; tests submit wrappers of it)."""
     out_dir = Path(settings.out).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_config = {**settings.to_run_config(), "out": str(out_dir)}
@@ -114,10 +118,11 @@ def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_a
     if not settings.resume and results_path.exists():
         results_path.unlink()
     link = LocalSuperLink.start(ray_address=ray_address)
+    completed = False
     try:
         federation = (f"num-supernodes={settings.num_clients} client-resources-num-cpus={num_cpus_per_client} "
                       f"client-resources-num-gpus=0.0 backend=\"ray\" init-args-logging-level=\"ERROR\"")
-        started = link.flwr("run", str(APP_DIR), "fedprune", "--run-config", config_overrides(settings_config),
+        started = link.flwr("run", str(app_dir), "fedprune", "--run-config", config_overrides(settings_config),
                             "--federation-config", federation, "--format", "json")
         try:
             run_id = submitted_run_id(started)
@@ -125,10 +130,14 @@ def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_a
             raise SimulationError(str(exc)) from None
         status, document = follow_run(link.flwr, "fedprune", run_id, results_path, settings.rounds, progress,
                                       poll_seconds=poll_seconds, status_poll_seconds=status_poll_seconds)
-        if status != "finished:completed" or document is None or document.get("status") != "completed":
+        failure = run_failure(status, document)
+        if failure is not None:
             raise SimulationError(
-                f"run {run_id} ended with status '{status}'; see {link.log_path} "
-                f"(`FLWR_HOME={link.home} flwr log {run_id} fedprune`)")
+                f"run {run_id} failed: {failure} (results: {results_path}; log: {link.log_path}, "
+                f"`FLWR_HOME={link.home} flwr log {run_id} fedprune`)")
+        completed = True
         return document
     finally:
         link.stop()
+        if completed:  # the SuperLink's home (state, logs) is only worth keeping when something went wrong
+            shutil.rmtree(link.home, ignore_errors=True)

@@ -24,10 +24,30 @@ from collections.abc import Iterable
 from logging import WARNING
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+from protos.flower_records import error_reason
+
+
+def checked_state_arrays(what: str, value: Any, like: dict[str, np.ndarray], dtype: np.dtype | type) -> dict[
+        str, np.ndarray]:
+    """``value`` as restored from a checkpoint, if it holds exactly ``like``'s names and shapes as finite
+    arrays of ``dtype``; else ``ValueError`` saying what differs (a resume must never continue from it)."""
+    if not isinstance(value, dict) or set(value) != set(like):
+        raise ValueError(f"strategy state '{what}' does not hold the model's tensors")
+    out = {}
+    for name, reference in like.items():
+        array = value[name]
+        if not isinstance(array, np.ndarray) or array.shape != reference.shape or array.dtype != np.dtype(dtype):
+            raise ValueError(f"strategy state '{what}/{name}' is not {np.dtype(dtype)}{reference.shape}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"strategy state '{what}/{name}' holds NaN or Inf")
+        out[name] = array
+    return out
 
 
 class NodesMissingError(TimeoutError):
@@ -106,7 +126,7 @@ class FederatedStrategy(Strategy):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 self.forget_node(node)
-                reason = f"error reply: {reply.error.reason}"
+                reason = f"error reply: {error_reason(reply)}"
             else:
                 try:
                     reason = self.check_reply(server_round, reply)
@@ -165,8 +185,12 @@ class FederatedStrategy(Strategy):
         return {"rejected": {str(k): v for k, v in self.rejected.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` saved."""
-        self.rejected = {int(k): [tuple(x) for x in v] for k, v in state.get("rejected", {}).items()}
+        """Restore what ``state_dict`` saved; ``ValueError`` if it is not what ``state_dict`` writes."""
+        try:
+            self.rejected = {int(k): [(int(node), str(reason)) for node, reason in v]
+                             for k, v in state.get("rejected", {}).items()}
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"strategy state 'rejected' is malformed: {exc}") from None
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         """Strategy-specific figures for this round's entry in ``results.json``."""

@@ -52,6 +52,7 @@ from protos.codec import Decoded, Expected, Manifest, TensorSpec, decode, encode
 from protos.flower_records import content_with_payload, payload_of
 from protos.wire_size import content_bytes
 from strategies import budgets, progressive
+from strategies.base import checked_state_arrays
 from strategies.budgets import Budget, BudgetError, ModelCost
 from strategies.static_mask import KEPT_SUFFIX, StaticMaskFedAvg, join_kept, split_kept
 
@@ -526,7 +527,7 @@ class FedTiny(StaticMaskFedAvg):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the mask and history; every node gets the mask again after a restart."""
         super().load_state_dict(state)
-        self._install_mask(state["mask"])
+        self._install_mask(checked_state_arrays("mask", state.get("mask"), self.mask, np.bool_))
         self.selection, self.adjustments = state.get("selection"), list(state.get("adjustments", []))
         self.delivery.forget_all()
 

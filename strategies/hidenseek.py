@@ -38,7 +38,7 @@ from flwr.serverapp import Grid
 from protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
 from protos.flower_records import payload_of, setup_record
 from strategies.aggregation import server_step, sign_vote, signs_of, tally_update, ternary_value, weighted_mean
-from strategies.base import FederatedStrategy
+from strategies.base import FederatedStrategy, checked_state_arrays
 
 TASK = "hidenseek"
 AGGREGATIONS = ("vote", "tally", "score-average", "ternary-delta")
@@ -313,9 +313,14 @@ class HideNseek(FederatedStrategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore σ and the tally; every node gets the full state again after a restart."""
         super().load_state_dict(state)
-        self.sigma, self.tally = state["sigma"], state["tally"]
-        self.velocity = state.get("velocity", self.velocity)
-        self.flip_rates = {int(k): v for k, v in state.get("flip_rates", {}).items()}
+        sigma = checked_state_arrays("sigma", state.get("sigma"), self.magnitude, np.int8)
+        if any(not np.isin(v, (-1, 1)).all() for v in sigma.values()):
+            raise ValueError("strategy state 'sigma' holds values other than -1/+1")
+        self.sigma = sigma
+        self.tally = checked_state_arrays("tally", state.get("tally"), self.magnitude, np.float32)
+        self.velocity = checked_state_arrays("velocity", state.get("velocity", self.velocity), self.magnitude,
+                                             np.float32)
+        self.flip_rates = {int(k): float(v) for k, v in state.get("flip_rates", {}).items()}
         self.sent = {}
 
     def round_report(self, server_round: int) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Certificates, node keys and launch command lines (no processes kept running; fast)."""
 
+import os
 import stat
 import subprocess
-from pathlib import Path
+import tomllib
 
 import pytest
 from cryptography import x509
@@ -10,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
 from deploy.certificates import CertificateError, create_certificates, server_hosts
-from deploy.launch import ServerTLS, superlink_command, supernode_command
+from deploy.launch import ServerTLS, cli_connection_toml, superlink_command, supernode_command
 from fedprune.cli import main
 from simulation.flower_processes import flower_bin
 
@@ -93,26 +94,94 @@ def test_cli_refuses_insecure_by_omission_and_warns_when_asked(tmp_path, capsys)
     assert main(["deploy", "superlink", "--certs", str(tmp_path / "missing"), "--print"]) == 2
 
 
-def test_compose_file_uses_the_official_1_39_images_read_only_certs_and_real_flags():
-    import yaml
+def _one_error_line(capsys, option: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"fedprune deploy: error: --{option}: "), err
+    return err
 
-    compose = yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy" / "compose.yaml").read_text())
-    services = compose["services"]
-    assert set(services) == {"superlink", "supernode-0", "supernode-1", "supernode-2"}
-    assert "FROM flwr/superlink:1.39.0" in services["superlink"]["build"]["dockerfile_inline"]
-    known = {"superlink": _flags("flower-superlink"), "supernode": _flags("flower-supernode")}
-    for name, service in services.items():
-        kind = "superlink" if name == "superlink" else "supernode"
-        assert f"FROM flwr/{kind}:1.39.0" in service["build"]["dockerfile_inline"]
-        assert "./certs:/certs:ro" in service["volumes"]
-        flags = {item.split("=", 1)[0] for item in service["command"]}
-        assert flags <= known[kind], (name, flags - known[kind])
-        assert "--insecure" not in flags
-    assert "--enable-supernode-auth" in services["superlink"]["command"]
-    for index in range(3):
-        command = services[f"supernode-{index}"]["command"]
-        assert f"--auth-supernode-private-key=/certs/nodes/node-{index}" in command
-        assert any(item.startswith(f"--node-config=partition-id={index} ") for item in command)
+
+def test_certs_into_an_existing_folder_keep_its_mode(tmp_path, capsys):
+    existing = tmp_path / "home"
+    existing.mkdir()
+    os.chmod(existing, 0o755)  # think `--out .` or `--out ~`
+    assert main(["deploy", "certs", "--out", str(existing), "--nodes", "1"]) == 0
+    assert _mode(existing) == 0o755
+    assert _mode(existing / "nodes") == 0o700  # created here: private
+    for key in ("ca.key", "server.key", "nodes/node-0"):
+        assert _mode(existing / key) == 0o600
+    fresh = tmp_path / "a" / "b" / "certs"  # created here: private
+    create_certificates(fresh)
+    assert _mode(fresh) == 0o700
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_symlinked_ca_key_is_refused_and_its_target_untouched(tmp_path, overwrite):
+    certs, victim = tmp_path / "certs", tmp_path / "victim.txt"
+    certs.mkdir()
+    victim.write_text("precious")
+    (certs / "ca.key").symlink_to(victim)
+    with pytest.raises(CertificateError, match="symbolic link"):
+        create_certificates(certs, nodes=1, overwrite=overwrite)
+    assert victim.read_text() == "precious" and (certs / "ca.key").is_symlink()
+    assert sorted(p.name for p in certs.iterdir()) == ["ca.key"]  # checked before anything was written
+
+
+def test_a_dangling_link_is_refused_not_taken_for_a_free_name(tmp_path, capsys):
+    certs, target = tmp_path / "certs", tmp_path / "elsewhere" / "stolen.key"
+    certs.mkdir()
+    (certs / "ca.key").symlink_to(target)  # target does not exist: Path.exists() says False
+    assert main(["deploy", "certs", "--out", str(certs)]) == 2
+    assert "symbolic link" in _one_error_line(capsys, "out")
+    assert not target.exists() and not target.parent.exists()
+    (certs / "ca.key").unlink()
+    (certs / "nodes").mkdir()
+    (certs / "nodes" / "node-0.pub").symlink_to(tmp_path / "planted.pub")
+    with pytest.raises(CertificateError, match="symbolic link"):
+        create_certificates(certs, nodes=1)
+    assert not (tmp_path / "planted.pub").exists()
+
+
+@pytest.mark.parametrize(("argv", "option", "words"), [
+    (["--days", "10000000"], "days", "give 1 to 36500"),
+    (["--days", "0"], "days", "give 1 to 36500"),
+    (["--nodes", "-3"], "nodes", "give 0 to"),
+    (["--node-names", "edge-a,../escape"], "node-names", "'../escape'"),
+    (["--node-names", "a,a"], "node-names", "distinct"),
+    (["--node-names", "a", "--nodes", "2"], "node-names", "not both"),
+    (["--hosts", "bad host"], "hosts", "'bad host'"),
+    (["--hosts", ","], "hosts", "at least one host"),
+])
+def test_certs_arguments_are_checked_before_writing_and_blame_their_own_option(tmp_path, capsys, argv, option,
+                                                                                words):
+    out = tmp_path / "certs"
+    assert main(["deploy", "certs", "--out", str(out), *argv]) == 2
+    assert words in _one_error_line(capsys, option)
+    assert not out.exists()
+
+
+def test_connection_toml_keeps_a_hostile_address_inside_one_string(tmp_path, capsys):
+    hostile = '127.0.0.1:9093"\ninsecure = true\n#'
+    ca = create_certificates(tmp_path / "certs").ca_cert
+    parsed = tomllib.loads(cli_connection_toml("fedprune-deploy", hostile, ca))
+    connection = parsed["superlink"]["fedprune-deploy"]
+    assert parsed["superlink"]["default"] == "fedprune-deploy"
+    assert connection == {"address": hostile, "root-certificates": str(ca)}  # no `insecure` key
+    assert tomllib.loads(cli_connection_toml("x", "h:1", None))["superlink"]["x"] == {"address": "h:1",
+                                                                                      "insecure": True}
+    # the CLI does not even get that far: an address is HOST:PORT
+    home = tmp_path / "home"
+    assert main(["deploy", "register", str(tmp_path / "node.pub"), "--superlink-address", hostile,
+                 "--root-cert", str(ca), "--flwr-home", str(home)]) == 2
+    _one_error_line(capsys, "superlink-address")
+    assert not home.exists()
+    for bad in ("h", "h:0", "h:70000", "h:x", "a b:1", "::1:9093"):
+        assert main(["deploy", "supernode", "--superlink", bad, "--partition-id", "0", "--num-partitions", "1",
+                     "--insecure", "--print"]) == 2
+        assert "--superlink: " in capsys.readouterr().err
+    assert main(["deploy", "supernode", "--superlink", "[::1]:9092", "--partition-id", "0", "--num-partitions",
+                 "1", "--insecure", "--print", "--set", "a b=1"]) == 2
+    assert "--set: " in capsys.readouterr().err
 
 
 def test_cli_superlink_execs_flower_and_register_adds_nodes_over_tls(tmp_path, capsys):

@@ -5,6 +5,10 @@ loopback port, asked through real gRPC channels.
 """
 
 import dataclasses
+import logging
+import os
+import pickle
+import shutil
 
 import grpc
 import numpy as np
@@ -12,7 +16,7 @@ import pytest
 import torch
 
 from client.app import app as client_app
-from client.edge_inference import EdgeInferenceServer, describe, predict
+from client.edge_inference import EdgeInferenceServer, describe, is_loopback_host, predict
 from client.edge_model import EDGE_MODEL_NAME, load_edge_model, save_edge_model
 from client.hidenseek import STATE_DENSE, STATE_PRIOR, STATE_SCORES, STATE_SETUP, Setup, _model, _stored
 from client.local_loss import add_label_prior
@@ -194,6 +198,123 @@ def test_fedprune_predict_command_against_the_server(server, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "model: hidenseek round 2" in out and "(personalized)" in out
     assert "predicted by the round-2 model: [" in out
-    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 8, 8), np.float32))  # wrong shape: refused, exit 1
-    assert main(["predict", "--address", server.address, "--npy", str(tmp_path / "bad.npy")]) == 1
-    assert "INVALID_ARGUMENT" in capsys.readouterr().err
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 8, 8), np.float32))  # wrong shape: one line, exit 2
+    assert main(["predict", "--address", server.address, "--npy", str(tmp_path / "bad.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fedprune predict: error: --npy: ")
+    assert "(2, 3, 8, 8)" in err and "(N, 1, 8, 8)" in err
+    np.save(tmp_path / "good.npy", load_dataset("digits").test.x[:3].astype(np.float64))  # any numbers, sent as float32
+    assert main(["predict", "--address", server.address, "--npy", str(tmp_path / "good.npy")]) == 0
+    assert "predicted by the round-2 model: [" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", ["missing", "pickled", "pickled-array", "npz", "text", "truncated"])
+def test_fedprune_predict_refuses_a_bad_npy_file_in_one_line(tmp_path, capsys, content):
+    from fedprune.cli import main
+
+    path = tmp_path / "batch.npy"
+    if content == "pickled":
+        path.write_bytes(pickle.dumps({"x": 1}))
+    elif content == "pickled-array":
+        np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    elif content == "npz":
+        with open(path, "wb") as handle:
+            np.savez(handle, x=np.zeros((1, 1, 8, 8)))
+    elif content == "text":
+        path.write_text("1 2 3\n")
+    elif content == "truncated":
+        np.save(path, np.zeros((4, 1, 8, 8), np.float32))
+        path.write_bytes(path.read_bytes()[:200])
+    # no server runs at this address: the file is refused before anything is asked
+    assert main(["predict", "--address", "127.0.0.1:9", "--npy", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("fedprune predict: error: --npy: "), err
+    assert {"missing": "does not exist", "pickled": "a Python pickle", "pickled-array": "pickled Python objects",
+            "npz": ".npz", "text": "no .npy file", "truncated": "not a readable .npy array"}[content] in err
+
+
+def _raw_call(address, method, payload: bytes):
+    """Send ``payload`` as the request bytes, unparsed: what a hostile client can put on the wire."""
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(f"/fedprune.edge.v1.EdgeInference/{method}", request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        return call(payload, timeout=10)
+
+
+@pytest.mark.parametrize("method", ["Predict", "Describe"])
+def test_bytes_that_are_no_protobuf_message_get_invalid_argument(server, test_images, method):
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_call(server.address, method, b"\xff\xff\xff\xff garbage")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid fedprune.edge.v1." in caught.value.details()
+    assert predict(server.address, test_images[0][:2])[0].shape == (2,)
+
+
+def test_the_receive_limit_follows_the_served_models_input_size(hidenseek_run, test_images):
+    served = EdgeInferenceServer(hidenseek_run[2] / "node-1", port=0, max_batch=32).start()  # default ceiling
+    try:
+        limit = 32 * 1 * 8 * 8 * 4 + 4096  # 32 digits inputs (1x8x8 float32) plus framing: 12 KiB, not 1.5 MiB
+        request = pb.PredictRequest(inputs=pb.Tensor(shape=[2, 1, 8, 8], dtype="float32", data=b"\0" * 100_000))
+        with pytest.raises(grpc.RpcError) as caught:
+            _raw_call(served.address, "Predict", request.SerializeToString())
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"exceeds the {limit} bytes" in caught.value.details()
+        labels, _, _ = predict(served.address, test_images[0][:32])  # a full batch still fits
+        assert labels.shape == (32,)
+    finally:
+        served.stop()
+
+
+def test_a_corrupt_replacement_model_keeps_the_last_good_one_serving(tmp_path, hidenseek_run, test_images, caplog):
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    shutil.copy(hidenseek_run[2] / "node-0" / EDGE_MODEL_NAME, model_dir / EDGE_MODEL_NAME)
+    served = EdgeInferenceServer(model_dir, port=0).start()
+    try:
+        before = predict(served.address, test_images[0][:4])[1]
+        for bad in (b"not a torch file", (hidenseek_run[2] / "node-0" / EDGE_MODEL_NAME).read_bytes()[:2000]):
+            (tmp_path / "next.pt").write_bytes(bad)
+            os.replace(tmp_path / "next.pt", model_dir / EDGE_MODEL_NAME)  # how a new round replaces it
+            with caplog.at_level(logging.WARNING, logger="fedprune.edge_inference"):
+                assert describe(served.address).round == 2
+                labels, logits, model_round = predict(served.address, test_images[0][:4])
+            assert model_round == 2 and labels.shape == (4,)
+            np.testing.assert_array_equal(logits, before)
+            assert "could not be loaded" in caplog.text and "still serving the round-2 model" in caplog.text
+            caplog.clear()
+        stored = load_edge_model(hidenseek_run[2] / "node-1" / EDGE_MODEL_NAME)
+        from kernels.convert import export_dense_state
+
+        state = export_dense_state(stored.module)
+        mask = {k: (v != 0).numpy() for k, v in state.items() if k.endswith("weight") and v.dim() > 1}
+        save_edge_model(model_dir, state=state, mask=mask, strategy="hidenseek", server_round=9,
+                        architecture="digits-cnn", input_shape=(1, 8, 8), num_classes=10, personalized=True)
+        assert describe(served.address).round == 9  # a good file is picked up again
+    finally:
+        served.stop()
+
+
+def test_serve_options_are_checked_before_listening(tmp_path, capsys):
+    from fedprune.cli import main
+
+    for argv, option in ((["--port", "70000"], "port"), (["--port", "-1"], "port"), (["--port", "0"], "port"),
+                         (["--max-batch", "0"], "max-batch"), (["--max-batch", "-5"], "max-batch"),
+                         (["--max-batch", "100000"], "max-batch"), (["--host", "0.0.0.0"], "host"),
+                         (["--host", "::"], "host"), (["--host", "192.168.1.10"], "host"),
+                         (["--host", "bad host"], "host")):
+        assert main(["deploy", "serve", "--model-dir", str(tmp_path), *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"fedprune deploy: error: --{option}: "), (argv, err)
+        assert option != "host" or "bad host" in argv or "no TLS" in err
+    with pytest.raises(ValueError, match="not a loopback address"):
+        EdgeInferenceServer(tmp_path, host="0.0.0.0", port=0)
+    with pytest.raises(ValueError, match="max_batch"):
+        EdgeInferenceServer(tmp_path, port=0, max_batch=0)
+    with pytest.raises(ValueError, match="port"):
+        EdgeInferenceServer(tmp_path, port=70000)
+    for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
+        assert is_loopback_host(host), host
+    anywhere = EdgeInferenceServer(tmp_path, host="0.0.0.0", port=0, insecure=True)  # asked for explicitly
+    anywhere.stop(0)
+

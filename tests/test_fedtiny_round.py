@@ -1,10 +1,10 @@
 """FedTiny end to end on an in-process Grid: BN selection, adjustments, hostile replies, budgets."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from client.app import app as client_app
@@ -12,6 +12,7 @@ from client.masked_training import STATE_KEY as MASK_STATE
 from models import build_model
 from protos.codec import WireFormatError, decode
 from protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
+from server.checkpoint import read_checkpoint
 from server.runner import run_federation
 from strategies import build_strategy, progressive
 from strategies.budgets import BudgetError
@@ -151,7 +152,7 @@ def test_adjustments_ride_on_training_keep_density_and_upload_only_coded_pairs(t
         assert 0 < np.count_nonzero(grad) <= k_of[name]
     report = doc["strategy_report"]
     assert [a["after_round"] for a in report["adjustments"]] == [1, 2]
-    ck = torch.load(f"{tiny.out}/checkpoint.pt", weights_only=False)
+    ck = read_checkpoint(Path(f"{tiny.out}/checkpoint.pt"))
     mask = ck["strategy_state"]["mask"]
     for name, m in mask.items():
         assert not ck["arrays"][name].numpy()[~m].any()

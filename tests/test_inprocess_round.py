@@ -1,14 +1,14 @@
 """Full rounds through the real strategy, runner and ClientApp, on an in-process Grid."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from client.app import app as client_app
 from protos.wire_size import content_bytes
-from server.checkpoint import CheckpointError
+from server.checkpoint import CheckpointError, read_checkpoint
 from server.results import validate_results
 from server.runner import run_federation
 from tests.inprocess_grid import InProcessGrid
@@ -73,8 +73,8 @@ def test_resume_after_round_2_equals_uninterrupted_4_rounds(digits_settings, tmp
     keys = ("accuracy", "loss", "uplink_bytes", "downlink_bytes", "clients_sampled")
     for a, b in zip(doc_full["rounds"], doc_resumed["rounds"], strict=True):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
-    ck_full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)
+    ck_full = read_checkpoint(Path(tmp_path / "full" / "checkpoint.pt"))
+    ck_res = read_checkpoint(Path(tmp_path / "part" / "checkpoint.pt"))
     assert ck_res["round"] == 4
     assert all(np.array_equal(ck_full["arrays"][k].numpy(), ck_res["arrays"][k].numpy()) for k in ck_full["arrays"])
 

@@ -1,6 +1,7 @@
 """Static-mask FedAvg over the wire codec, driven in-process: corrupt payloads, lost state, bytes, masks."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from client.masked_training import STATE_KEY as MASK_STATE
 from models import build_model, prunable_names
 from protos.codec import decode, encode
 from protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
+from server.checkpoint import read_checkpoint
 from server.runner import run_federation
 from strategies import build_strategy
 from strategies.scores import SCORES, global_topk_mask
@@ -72,7 +74,7 @@ def test_only_kept_values_travel_and_pruned_weights_stay_zero(static_settings, t
         for c in entry["clients"]:
             (later if c["node_id"] in first else first)[c["node_id"]] = c["downlink_bytes"]
     assert later and all(later[n] < first[n] for n in later)
-    ck = torch.load(f"{static_settings.out}/checkpoint.pt", weights_only=False)
+    ck = read_checkpoint(Path(f"{static_settings.out}/checkpoint.pt"))
     model = build_model("digits-cnn", (1, 8, 8), seed=static_settings.seed)
     mask = global_topk_mask(SCORES["magnitude"](model, static_settings.seed), 0.2)
     for name, m in mask.items():
