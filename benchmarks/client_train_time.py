@@ -18,15 +18,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.local_data import load_local_data  # noqa: E402
-from client.local_loss import logit_offset  # noqa: E402
-from client.local_training import train_epochs, train_sgd  # noqa: E402
-from client.score_optimizer import score_optimizer  # noqa: E402
-from kernels.convert import sparsify  # noqa: E402
-from kernels.sign_supermask import apply_sign_supermask_sparse  # noqa: E402
-from models import build_model  # noqa: E402
-from server.run_config import RunSettings  # noqa: E402
-from strategies.scores import data_free_mask  # noqa: E402
+from fedprune.client.local_data import load_local_data  # noqa: E402
+from fedprune.client.local_loss import logit_offset  # noqa: E402
+from fedprune.client.local_training import train_epochs, train_sgd  # noqa: E402
+from fedprune.client.score_optimizer import score_optimizer  # noqa: E402
+from fedprune.kernels.convert import sparsify  # noqa: E402
+from fedprune.kernels.sign_supermask import apply_sign_supermask_sparse  # noqa: E402
+from fedprune.models import build_model  # noqa: E402
+from fedprune.server.run_config import RunSettings  # noqa: E402
+from fedprune.strategies.scores import data_free_mask  # noqa: E402
 
 
 def main() -> int:

@@ -22,10 +22,11 @@ CASES = {
     "float-bomb-2^28": "one FLOAT32 tensor of 2^28 entries as INDEX_VALUES with no entries",
 }
 
+PROBE = "from fedprune.protos import codec; print(hasattr(codec, 'Expected'))"
 _CHILD = r"""
 import hashlib, json, resource, sys, time, tracemalloc
-from protos import fedprune_wire_pb2 as pb
-from protos import codec
+from fedprune.protos import fedprune_wire_pb2 as pb
+from fedprune.protos import codec
 
 case, with_expect = sys.argv[1], sys.argv[2] == "1"
 E = pb.Encoding
@@ -60,7 +61,7 @@ print(json.dumps({"bytes": len(blob), "outcome": outcome, "seconds": seconds, "t
 
 
 def main() -> int:
-    probe = subprocess.run([sys.executable, "-c", "from protos import codec; print(hasattr(codec, 'Expected'))"],
+    probe = subprocess.run([sys.executable, "-c", PROBE],
                            capture_output=True, text=True, check=True)
     modes = [False, True] if probe.stdout.strip() == "True" else [False]
     for case, what in CASES.items():

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy.loopback import run_loopback  # noqa: E402
-from server.run_config import RunSettings  # noqa: E402
-from simulation.launcher import run_simulation  # noqa: E402
+from fedprune.deploy.loopback import run_loopback  # noqa: E402
+from fedprune.server.run_config import RunSettings  # noqa: E402
+from fedprune.simulation.launcher import run_simulation  # noqa: E402
 
 
 def main() -> int:

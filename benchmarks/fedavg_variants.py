@@ -14,16 +14,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import data.sources as sources  # noqa: E402
+import fedprune.data.sources as sources  # noqa: E402
 
 
 def main() -> int:
     variant, seed, fraction = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     if variant == "unit":
         sources._normalize = lambda images, mean, std: images.astype(np.float32) / 255.0
-    from client.app import app as client_app
-    from server.run_config import RunSettings
-    from server.runner import run_federation
+    from fedprune.client.app import app as client_app
+    from fedprune.server.run_config import RunSettings
+    from fedprune.server.runner import run_federation
+
     from tests.inprocess_grid import InProcessGrid
 
     settings = RunSettings(out=f"runs/fedavg-variants/{variant}-{seed}-{fraction}", seed=seed,

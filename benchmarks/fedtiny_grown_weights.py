@@ -30,14 +30,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.app import app as client_app  # noqa: E402
-from data.sources import load_fashion_mnist  # noqa: E402
-from models.evaluation import evaluate  # noqa: E402
-from models.registry import build_model  # noqa: E402
-from server.checkpoint import read_checkpoint
-from server.run_config import ConfigError, RunSettings  # noqa: E402
-from server.runner import run_federation  # noqa: E402
-from strategies.progressive import smallest_active  # noqa: E402
+from fedprune.client.app import app as client_app  # noqa: E402
+from fedprune.data.sources import load_fashion_mnist  # noqa: E402
+from fedprune.models.evaluation import evaluate  # noqa: E402
+from fedprune.models.registry import build_model  # noqa: E402
+from fedprune.server.checkpoint import read_checkpoint
+from fedprune.server.run_config import ConfigError, RunSettings  # noqa: E402
+from fedprune.server.runner import run_federation  # noqa: E402
+from fedprune.strategies.progressive import smallest_active  # noqa: E402
+
 from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
 

@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.sources import load_fashion_mnist  # noqa: E402
-from models.evaluation import evaluate  # noqa: E402
-from models.registry import build_model  # noqa: E402
-from server.checkpoint import read_checkpoint  # noqa: E402
-from strategies.progressive import smallest_active  # noqa: E402
+from fedprune.data.sources import load_fashion_mnist  # noqa: E402
+from fedprune.models.evaluation import evaluate  # noqa: E402
+from fedprune.models.registry import build_model  # noqa: E402
+from fedprune.server.checkpoint import read_checkpoint  # noqa: E402
+from fedprune.strategies.progressive import smallest_active  # noqa: E402
 
 
 def main() -> int:

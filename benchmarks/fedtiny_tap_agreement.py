@@ -32,14 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.local_training import train_sgd  # noqa: E402
-from client.topk_gradients import PrunedGradientTap, top_k_pairs  # noqa: E402
-from data.partition import partition_indices, split_local  # noqa: E402
-from data.sources import LabeledArrays, load_dataset  # noqa: E402
-from kernels.convert import sparsify  # noqa: E402
-from models import build_model  # noqa: E402
-from strategies.candidates import candidate_masks  # noqa: E402
-from strategies.progressive import TAP_BUFFER_FACTOR, cosine_k, tap_buffer_capacity  # noqa: E402
+from fedprune.client.local_training import train_sgd  # noqa: E402
+from fedprune.client.topk_gradients import PrunedGradientTap, top_k_pairs  # noqa: E402
+from fedprune.data.partition import partition_indices, split_local  # noqa: E402
+from fedprune.data.sources import LabeledArrays, load_dataset  # noqa: E402
+from fedprune.kernels.convert import sparsify  # noqa: E402
+from fedprune.models import build_model  # noqa: E402
+from fedprune.strategies.candidates import candidate_masks  # noqa: E402
+from fedprune.strategies.progressive import TAP_BUFFER_FACTOR, cosine_k, tap_buffer_capacity  # noqa: E402
 
 
 def masked_model(splits, mask: dict[str, np.ndarray]) -> torch.nn.Module:

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.score_optimizer import score_optimizer  # noqa: E402
-from data.sources import load_dataset  # noqa: E402
-from kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse  # noqa: E402
-from models import build_model  # noqa: E402
-from models.evaluation import evaluate  # noqa: E402
-from strategies.scores import data_free_mask  # noqa: E402
+from fedprune.client.score_optimizer import score_optimizer  # noqa: E402
+from fedprune.data.sources import load_dataset  # noqa: E402
+from fedprune.kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse  # noqa: E402
+from fedprune.models import build_model  # noqa: E402
+from fedprune.models.evaluation import evaluate  # noqa: E402
+from fedprune.strategies.scores import data_free_mask  # noqa: E402
 
 CHECKPOINTS = (50, 100, 250, 500, 1000, 1875)
 

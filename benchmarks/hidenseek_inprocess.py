@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.app import app as client_app  # noqa: E402
-from server.run_config import ConfigError, RunSettings  # noqa: E402
-from server.runner import run_federation  # noqa: E402
+from fedprune.client.app import app as client_app  # noqa: E402
+from fedprune.server.run_config import ConfigError, RunSettings  # noqa: E402
+from fedprune.server.runner import run_federation  # noqa: E402
+
 from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
 _TYPES = {f.name: {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}.get(str(f.type), str)

@@ -26,8 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.run_config import RunSettings  # noqa: E402
-from simulation.launcher import run_simulation  # noqa: E402
+from fedprune.server.run_config import RunSettings  # noqa: E402
+from fedprune.simulation.launcher import run_simulation  # noqa: E402
+
 from tests.hostile_app import write_hostile_app  # noqa: E402
 
 SERVER_PROCESSES = ("flwr-simulation", "flwr-serverapp")

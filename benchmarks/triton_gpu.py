@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kernels.triton_blocksparse import blocksparse_linear, tile_index  # noqa: E402
+from fedprune.kernels.triton_blocksparse import blocksparse_linear, tile_index  # noqa: E402
 
 
 def _time(fn, repeats: int = 50) -> float:

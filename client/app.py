@@ -5,25 +5,24 @@ from __future__ import annotations
 from logging import WARNING
 
 import torch
+from fedprune.client.bn_statistics import bn_evaluation_reply, bn_statistics_reply
+from fedprune.client.device_budget import declared_budget
+from fedprune.client.hidenseek import evaluate_hidenseek, train_hidenseek
+from fedprune.client.local_data import load_local_data, partition_of
+from fedprune.client.local_loss import logit_offset
+from fedprune.client.local_training import local_seed, train_sgd
+from fedprune.client.masked_training import train_masked
+from fedprune.data import load_dataset
+from fedprune.data.sources import DatasetSplits
+from fedprune.models import build_model
+from fedprune.models.evaluation import evaluate as evaluate_model
+from fedprune.server.run_config import RunSettings, settings_from_run_config
+from fedprune.strategies.fedtiny import BN_EVAL_TASK, BN_STATS_TASK
+from fedprune.strategies.hidenseek import TASK as HIDENSEEK_TASK
+from fedprune.strategies.static_mask import TASK as MASKED_TASK
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import log
-
-from client.bn_statistics import bn_evaluation_reply, bn_statistics_reply
-from client.device_budget import declared_budget
-from client.hidenseek import evaluate_hidenseek, train_hidenseek
-from client.local_data import load_local_data, partition_of
-from client.local_loss import logit_offset
-from client.local_training import local_seed, train_sgd
-from client.masked_training import train_masked
-from data import load_dataset
-from data.sources import DatasetSplits
-from models import build_model
-from models.evaluation import evaluate as evaluate_model
-from server.run_config import RunSettings, settings_from_run_config
-from strategies.fedtiny import BN_EVAL_TASK, BN_STATS_TASK
-from strategies.hidenseek import TASK as HIDENSEEK_TASK
-from strategies.static_mask import TASK as MASKED_TASK
 
 app = ClientApp()
 
@@ -54,7 +53,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train locally; a node with ``model-dir`` in its node config also keeps the result for edge inference."""
     reply = _train(msg, context)
     if context.node_config.get("model-dir"):
-        from client.edge_model import export_after_training
+        from fedprune.client.edge_model import export_after_training
 
         settings = _settings(context)
         data = load_dataset_shape(settings)

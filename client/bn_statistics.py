@@ -15,17 +15,16 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from fedprune.client.local_data import LocalData
+from fedprune.data import LabeledArrays
+from fedprune.kernels.convert import sparsify
+from fedprune.models import build_model
+from fedprune.models.evaluation import evaluate
+from fedprune.protos.codec import Decoded, Manifest, decode, encode, reference_digest
+from fedprune.protos.flower_records import content_with_payload, payload_of
+from fedprune.strategies.fedtiny import CANDIDATE, THETA0_DIGEST, candidate_key
 from flwr.app import ConfigRecord, Message, MetricRecord
 from torch import nn
-
-from client.local_data import LocalData
-from data import LabeledArrays
-from kernels.convert import sparsify
-from models import build_model
-from models.evaluation import evaluate
-from protos.codec import Decoded, Manifest, decode, encode, reference_digest
-from protos.flower_records import content_with_payload, payload_of
-from strategies.fedtiny import CANDIDATE, THETA0_DIGEST, candidate_key
 
 
 @functools.lru_cache(maxsize=4)

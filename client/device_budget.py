@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from server.run_config import RunSettings
-from strategies.budgets import FLOPS_KEY, MEMORY_KEY, parse_budget_tiers
+from fedprune.server.run_config import RunSettings
+from fedprune.strategies.budgets import FLOPS_KEY, MEMORY_KEY, parse_budget_tiers
 
 
 def declared_budget(node_config: dict, partition_id: int, settings: RunSettings) -> dict[str, float]:

@@ -29,10 +29,9 @@ from typing import Any
 
 import grpc
 import numpy as np
-
-from client.edge_model import EDGE_MODEL_NAME, EdgeModel, load_edge_model
-from protos import edge_inference_pb2 as pb
-from protos import edge_inference_pb2_grpc as pb_grpc
+from fedprune.client.edge_model import EDGE_MODEL_NAME, EdgeModel, load_edge_model
+from fedprune.protos import edge_inference_pb2 as pb
+from fedprune.protos import edge_inference_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_BATCH = 256
 LARGEST_MAX_BATCH = 4096  # keeps every receive limit far below gRPC's 2 GiB ceiling

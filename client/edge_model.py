@@ -21,18 +21,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedprune.client.hidenseek import STATE_SETUP, Setup, _stored, personal_model
+from fedprune.kernels.convert import export_for_inference
+from fedprune.models import build_model
+from fedprune.protos.codec import decode
+from fedprune.protos.flower_records import payload_of
+from fedprune.server.run_config import RunSettings
+from fedprune.strategies.hidenseek import TASK as HIDENSEEK_TASK
+from fedprune.strategies.static_mask import MASK_SUFFIX
+from fedprune.strategies.static_mask import TASK as MASKED_TASK
 from flwr.app import Context, Message
 from torch import nn
-
-from client.hidenseek import STATE_SETUP, Setup, _stored, personal_model
-from kernels.convert import export_for_inference
-from models import build_model
-from protos.codec import decode
-from protos.flower_records import payload_of
-from server.run_config import RunSettings
-from strategies.hidenseek import TASK as HIDENSEEK_TASK
-from strategies.static_mask import MASK_SUFFIX
-from strategies.static_mask import TASK as MASKED_TASK
 
 EDGE_MODEL_NAME = "edge-model.pt"
 FORMAT_VERSION = 1
@@ -136,8 +135,8 @@ def _hidenseek_personal(context: Context, settings: RunSettings, input_shape: tu
 def _masked_trained(reply: Message, context: Context, template: dict[str, np.ndarray]
                     ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
     """The trained kept values this node just sent, joined back onto its mask."""
-    from client.masked_training import _stored_mask
-    from strategies.static_mask import join_kept
+    from fedprune.client.masked_training import _stored_mask
+    from fedprune.strategies.static_mask import join_kept
 
     mask = _stored_mask(context)
     tensors = decode(payload_of(reply), reference=mask).tensors

@@ -12,20 +12,28 @@ import functools
 
 import numpy as np
 import torch
+from fedprune.client.local_data import LocalData
+from fedprune.client.local_loss import add_label_prior, logit_offset
+from fedprune.client.local_training import local_seed, train_epochs
+from fedprune.client.score_optimizer import score_optimizer
+from fedprune.kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse, fold
+from fedprune.models import build_model
+from fedprune.models.evaluation import evaluate
+from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
+from fedprune.protos.flower_records import content_with_payload, payload_of, setup_of
+from fedprune.server.run_config import RunSettings
+from fedprune.strategies.aggregation import stochastic_ternary
+from fedprune.strategies.hidenseek import (
+    MASK,
+    MOVED,
+    SCORE_DOWNLINK,
+    SCORES,
+    SIGMA,
+    STEP_SCALE,
+    STEP_SIGNS,
+    theta0_digest,
+)
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-
-from client.local_data import LocalData
-from client.local_loss import add_label_prior, logit_offset
-from client.local_training import local_seed, train_epochs
-from client.score_optimizer import score_optimizer
-from kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse, fold
-from models import build_model
-from models.evaluation import evaluate
-from protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
-from protos.flower_records import content_with_payload, payload_of, setup_of
-from server.run_config import RunSettings
-from strategies.aggregation import stochastic_ternary
-from strategies.hidenseek import MASK, MOVED, SCORE_DOWNLINK, SCORES, SIGMA, STEP_SCALE, STEP_SIGNS, theta0_digest
 
 STATE_SETUP, STATE_SIGMA, STATE_SCORES, STATE_DENSE = "hns-setup", "hns-sigma", "hns-scores", "hns-dense"
 STATE_PRIOR = "hns-label-prior"  # log label frequencies a logit-adjusted node trained with (its personal bias)
@@ -40,7 +48,7 @@ def _theta0(architecture: str, seed: int, input_shape: tuple, num_classes: int) 
 @functools.lru_cache(maxsize=4)
 def _recomputed_mask(architecture: str, seed: int, input_shape: tuple, num_classes: int, score: str,
                      density: float) -> dict[str, np.ndarray]:
-    from strategies.scores import data_free_mask
+    from fedprune.strategies.scores import data_free_mask
 
     model = build_model(architecture, input_shape, num_classes, seed=seed)
     return data_free_mask(model, score, density, seed)

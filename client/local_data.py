@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from data import LabeledArrays, load_dataset, partition_indices, split_local
-from server.run_config import RunSettings
+from fedprune.data import LabeledArrays, load_dataset, partition_indices, split_local
+from fedprune.server.run_config import RunSettings
 
 
 @dataclass(frozen=True)

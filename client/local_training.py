@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from fedprune.data import LabeledArrays
 from torch import nn
 from torch.nn import functional as F
-
-from data import LabeledArrays
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fedprune.client.local_data import LocalData
+from fedprune.client.local_loss import logit_offset
+from fedprune.client.local_training import TrainStats, local_seed, train_sgd
+from fedprune.client.topk_gradients import PrunedGradientTap, pairs_payload, requested_adjustment, requested_capacities
+from fedprune.kernels.convert import export_dense_state, sparsify
+from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode
+from fedprune.protos.flower_records import content_with_payload, payload_of
+from fedprune.server.run_config import RunSettings
+from fedprune.strategies.static_mask import KEPT_SUFFIX, MASK_SUFFIX, join_kept, split_kept
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
-
-from client.local_data import LocalData
-from client.local_loss import logit_offset
-from client.local_training import TrainStats, local_seed, train_sgd
-from client.topk_gradients import PrunedGradientTap, pairs_payload, requested_adjustment, requested_capacities
-from kernels.convert import export_dense_state, sparsify
-from protos.codec import Expected, Manifest, TensorSpec, decode, encode
-from protos.flower_records import content_with_payload, payload_of
-from server.run_config import RunSettings
-from strategies.static_mask import KEPT_SUFFIX, MASK_SUFFIX, join_kept, split_kept
 
 STATE_KEY = "fedprune-mask"
 

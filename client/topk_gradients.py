@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedprune.strategies import progressive
 from torch import nn
 from torch.nn.grad import conv2d_weight
-
-from strategies import progressive
 
 
 class TopKBuffer:

@@ -1,7 +1,7 @@
 """Datasets both sides need: loaders for real data on disk and federated partitions."""
 
-from data.partition import PARTITIONERS, ClientSplit, partition_indices, split_local
-from data.sources import DATASETS, DatasetMissingError, LabeledArrays, load_dataset
+from fedprune.data.partition import PARTITIONERS, ClientSplit, partition_indices, split_local
+from fedprune.data.sources import DATASETS, DatasetMissingError, LabeledArrays, load_dataset
 
 __all__ = [
     "DATASETS",

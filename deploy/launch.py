@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import tomli_w
-
-from deploy.certificates import CA_CERT, SERVER_CERT, SERVER_KEY
-from simulation.flower_processes import config_overrides, flower_bin
+from fedprune.deploy.certificates import CA_CERT, SERVER_CERT, SERVER_KEY
+from fedprune.simulation.flower_processes import config_overrides, flower_bin
 
 DEFAULT_FLEET_PORT = 9092  # gRPC Fleet API (SuperNodes connect here)
 DEFAULT_CONTROL_PORT = 9093  # HTTP Control + Runtime API (flwr CLI and the ServerApp connect here)

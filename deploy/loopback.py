@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.certificates import Material, create_certificates
-from deploy.launch import (
+from fedprune.deploy.certificates import Material, create_certificates
+from fedprune.deploy.launch import (
     ServerTLS,
     register_command,
     superlink_command,
@@ -34,10 +34,10 @@ from deploy.launch import (
     warn_insecure,
     write_cli_connection,
 )
-from deploy.wire_meter import WireBytes, WireMeter
-from server.results import RESULTS_NAME
-from server.run_config import RunSettings
-from simulation.flower_processes import (
+from fedprune.deploy.wire_meter import WireBytes, WireMeter
+from fedprune.server.results import RESULTS_NAME
+from fedprune.server.run_config import RunSettings
+from fedprune.simulation.flower_processes import (
     APP_DIR,
     FlowerProcessError,
     OwnedProcess,
@@ -202,7 +202,7 @@ class LoopbackDeployment:
 
     def submit(self, settings: RunSettings) -> int:
         """``flwr run`` the fedprune app (this checkout) with ``settings`` as run config; return the run id."""
-        from simulation.flower_processes import config_overrides
+        from fedprune.simulation.flower_processes import config_overrides
 
         out = str(Path(settings.out).expanduser().resolve())
         overrides = config_overrides({**settings.to_run_config(), "out": out})

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.run_config import ConfigError, RunSettings, check_model_takes_inputs
+from fedprune.server.run_config import ConfigError, RunSettings, check_model_takes_inputs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,7 +123,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _settings_from_args(args: argparse.Namespace, local_out: bool = True) -> RunSettings:
     """Validated settings; ``local_out=False`` when ``--out`` is a path on another host (deploy run)."""
-    from models import default_model_for
+    from fedprune.models import default_model_for
 
     model = args.model
     if model is None:
@@ -189,7 +189,7 @@ def _check_dataset(settings: RunSettings) -> None:
 
 def _dataset_labels(settings: RunSettings) -> np.ndarray:
     """The training labels of the run's dataset; ``ConfigError('dataset')`` saying how to get it if it is missing."""
-    from data import DatasetMissingError, load_dataset
+    from fedprune.data import DatasetMissingError, load_dataset
 
     try:
         return load_dataset(settings.dataset, settings.dataset_path or None).train.y
@@ -202,7 +202,7 @@ def _check_partition(settings: RunSettings, labels: np.ndarray) -> None:
     client without examples, before any process starts; otherwise a client would fail in round one."""
     import numpy as np
 
-    from data import partition_indices
+    from fedprune.data import partition_indices
 
     n, k, kind = len(labels), settings.num_clients, settings.partition
     where = f"the {n:,} training examples of {settings.dataset}"
@@ -238,13 +238,13 @@ def _check_partition(settings: RunSettings, labels: np.ndarray) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulation.launcher import SimulationError, run_simulation
-    from simulation.report import plot_report
+    from fedprune.simulation.launcher import SimulationError, run_simulation
+    from fedprune.simulation.report import plot_report
 
     settings = _settings_from_args(args)
     labels = _dataset_labels(settings)
     if settings.strategy == "fedtiny" and settings.budget_tiers:
-        from strategies.registry import check_budget_tiers
+        from fedprune.strategies.registry import check_budget_tiers
 
         check_budget_tiers(settings)
     _check_partition(settings, labels)
@@ -268,7 +268,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from simulation.report import plot_report
+    from fedprune.simulation.report import plot_report
 
     documents = {}
     for item in args.results:
@@ -284,11 +284,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "wire":
-        from protos.wire_benchmark import run
+        from fedprune.protos.wire_benchmark import run
 
         run(Path(args.json) if args.json else None)
     else:
-        from kernels.benchmark import run as run_kernels
+        from fedprune.kernels.benchmark import run as run_kernels
 
         run_kernels(Path(args.json) if args.json else None, Path(args.markdown) if args.markdown else None,
                     quick=args.quick, threads=args.threads)
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", default=None, help="kernels: also save the Markdown table here")
     bench.add_argument("--quick", action="store_true", help="kernels: Linear layers and FL CNNs only")
     bench.add_argument("--threads", type=int, default=None, help="kernels: torch intra-op threads")
-    from deploy.cli import add_deploy_parsers
+    from fedprune.deploy.cli import add_deploy_parsers
 
     add_deploy_parsers(sub)
     return parser
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _exit_on_sigterm()
-    from deploy.cli import HANDLERS as deploy_handlers
+    from fedprune.deploy.cli import HANDLERS as deploy_handlers
 
     handlers = {"simulate": cmd_simulate, "report": cmd_report, "bench": cmd_bench, **deploy_handlers}
     try:

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fedprune.kernels.convert import sparsify
+from fedprune.kernels.dispatch import Backend, choose_backend
+from fedprune.kernels.masked import MaskedConv2d, MaskedLinear
 from torch import nn
-
-from kernels.convert import sparsify
-from kernels.dispatch import Backend, choose_backend
-from kernels.masked import MaskedConv2d, MaskedLinear
 
 LAYER_BACKENDS = {"linear": (Backend.COMPACT, Backend.CSR), "conv": (Backend.COMPACT,)}
 
@@ -44,8 +43,8 @@ def _random_mask(shape: tuple[int, ...], density: float, rng: torch.Generator) -
 
 
 def _layer(kind: str, backend: Backend, weight: torch.Tensor, mask: torch.Tensor) -> nn.Module:
-    from kernels.compact import CompactConv2d, CompactLinear
-    from kernels.csr import CSRLinear
+    from fedprune.kernels.compact import CompactConv2d, CompactLinear
+    from fedprune.kernels.csr import CSRLinear
 
     if kind == "linear":
         cls = {Backend.MASKED: MaskedLinear, Backend.COMPACT: CompactLinear, Backend.CSR: CSRLinear}[backend]
@@ -119,8 +118,8 @@ def layer_rows(densities, batches, repeats: int, quick: bool) -> list[dict[str, 
 
 
 def model_rows(densities, batches, repeats: int, quick: bool) -> list[dict[str, Any]]:
-    from models import build_model
-    from strategies.scores import data_free_mask
+    from fedprune.models import build_model
+    from fedprune.strategies.scores import data_free_mask
 
     specs = [("fl-cnn", (1, 28, 28)), ("fl-cnn-bn", (1, 28, 28))] + ([] if quick else [("resnet18", (3, 32, 32))])
     rows = []
@@ -156,8 +155,8 @@ def model_rows(densities, batches, repeats: int, quick: bool) -> list[dict[str, 
 
 def _layer_share(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """Share of forward time spent in each sparse layer (forward hooks, median of 5)."""
-    from kernels.compact import CompactConv2d, CompactLinear
-    from kernels.csr import CSRLinear
+    from fedprune.kernels.compact import CompactConv2d, CompactLinear
+    from fedprune.kernels.csr import CSRLinear
 
     layers = {n: m for n, m in model.named_modules()
               if isinstance(m, MaskedLinear | MaskedConv2d | CompactLinear | CompactConv2d | CSRLinear)}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fedprune.kernels.compact import CompactConv2d, CompactLinear
+from fedprune.kernels.csr import CSRLinear
+from fedprune.kernels.dispatch import Backend, choose_backend
+from fedprune.kernels.masked import MaskedConv2d, MaskedLinear
 from torch import nn
-
-from kernels.compact import CompactConv2d, CompactLinear
-from kernels.csr import CSRLinear
-from kernels.dispatch import Backend, choose_backend
-from kernels.masked import MaskedConv2d, MaskedLinear
 
 _LINEAR = {Backend.MASKED: MaskedLinear, Backend.COMPACT: CompactLinear, Backend.CSR: CSRLinear}
 _CONV = {Backend.MASKED: MaskedConv2d, Backend.COMPACT: CompactConv2d}

@@ -94,7 +94,7 @@ class SignCSRLinear(nn.Module):
     def __init__(self, mask: np.ndarray, magnitude: np.ndarray, scores: np.ndarray,
                  bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        from kernels.csr import CSRLinear
+        from fedprune.kernels.csr import CSRLinear
 
         mask_t = torch.from_numpy(np.asarray(mask, dtype=bool))
         structure = CSRLinear(torch.zeros(mask_t.shape), mask_t, None)
@@ -106,7 +106,7 @@ class SignCSRLinear(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from kernels.csr import _CSRMatmul
+        from fedprune.kernels.csr import _CSRMatmul
 
         values = self.magnitude * StraightThroughSign.apply(self.scores)
         lead = x.shape[:-1]
@@ -121,7 +121,7 @@ def apply_sign_supermask_sparse(model: nn.Module, mask: dict[str, np.ndarray], m
                                 scores: dict[str, np.ndarray], *, batch: int) -> dict[str, nn.Parameter]:
     """Like ``apply_sign_supermask``, but Linear layers the dispatcher prices as CSR become
     ``SignCSRLinear`` (kept-size compute and memory); the rest use the parametrization."""
-    from kernels.dispatch import Backend, choose_backend
+    from fedprune.kernels.dispatch import Backend, choose_backend
 
     modules = dict(model.named_modules())
     latent, rest = {}, {}

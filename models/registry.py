@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from fedprune.models.cnn import FLCNN, DigitsCNN
+from fedprune.models.resnet import ResNet18
+from fedprune.models.vgg import VGG11BN
 from torch import nn
-
-from models.cnn import FLCNN, DigitsCNN
-from models.resnet import ResNet18
-from models.vgg import VGG11BN
 
 MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
     "fl-cnn": lambda shape, k: FLCNN(shape[0], k, batch_norm=False, image_size=shape[1]),

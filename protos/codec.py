@@ -25,10 +25,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from fedprune.protos import fedprune_wire_pb2 as pb
+from fedprune.protos.entropy import CodedStreamError, decode_bits, encode_bits, quantize_rate
 from google.protobuf.message import DecodeError
-
-from protos import fedprune_wire_pb2 as pb
-from protos.entropy import CodedStreamError, decode_bits, encode_bits, quantize_rate
 
 FORMAT_VERSION = 1
 DIGEST_BYTES = 16

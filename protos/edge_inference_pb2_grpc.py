@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import edge_inference_pb2 as protos_dot_edge__inference__pb2
+from fedprune.protos import edge_inference_pb2 as fedprune_dot_protos_dot_edge__inference__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/edge_inference_pb2_grpc.py depends on'
+        + ' but the generated code in fedprune/protos/edge_inference_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class EdgeInferenceStub:
         """
         self.Predict = channel.unary_unary(
                 '/fedprune.edge.v1.EdgeInference/Predict',
-                request_serializer=protos_dot_edge__inference__pb2.PredictRequest.SerializeToString,
-                response_deserializer=protos_dot_edge__inference__pb2.PredictResponse.FromString,
+                request_serializer=fedprune_dot_protos_dot_edge__inference__pb2.PredictRequest.SerializeToString,
+                response_deserializer=fedprune_dot_protos_dot_edge__inference__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.Describe = channel.unary_unary(
                 '/fedprune.edge.v1.EdgeInference/Describe',
-                request_serializer=protos_dot_edge__inference__pb2.DescribeRequest.SerializeToString,
-                response_deserializer=protos_dot_edge__inference__pb2.ModelDescription.FromString,
+                request_serializer=fedprune_dot_protos_dot_edge__inference__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=fedprune_dot_protos_dot_edge__inference__pb2.ModelDescription.FromString,
                 _registered_method=True)
 
 
@@ -66,13 +66,13 @@ def add_EdgeInferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=protos_dot_edge__inference__pb2.PredictRequest.FromString,
-                    response_serializer=protos_dot_edge__inference__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=fedprune_dot_protos_dot_edge__inference__pb2.PredictRequest.FromString,
+                    response_serializer=fedprune_dot_protos_dot_edge__inference__pb2.PredictResponse.SerializeToString,
             ),
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
-                    request_deserializer=protos_dot_edge__inference__pb2.DescribeRequest.FromString,
-                    response_serializer=protos_dot_edge__inference__pb2.ModelDescription.SerializeToString,
+                    request_deserializer=fedprune_dot_protos_dot_edge__inference__pb2.DescribeRequest.FromString,
+                    response_serializer=fedprune_dot_protos_dot_edge__inference__pb2.ModelDescription.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -100,8 +100,8 @@ class EdgeInference:
             request,
             target,
             '/fedprune.edge.v1.EdgeInference/Predict',
-            protos_dot_edge__inference__pb2.PredictRequest.SerializeToString,
-            protos_dot_edge__inference__pb2.PredictResponse.FromString,
+            fedprune_dot_protos_dot_edge__inference__pb2.PredictRequest.SerializeToString,
+            fedprune_dot_protos_dot_edge__inference__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -127,8 +127,8 @@ class EdgeInference:
             request,
             target,
             '/fedprune.edge.v1.EdgeInference/Describe',
-            protos_dot_edge__inference__pb2.DescribeRequest.SerializeToString,
-            protos_dot_edge__inference__pb2.ModelDescription.FromString,
+            fedprune_dot_protos_dot_edge__inference__pb2.DescribeRequest.SerializeToString,
+            fedprune_dot_protos_dot_edge__inference__pb2.ModelDescription.FromString,
             options,
             channel_credentials,
             insecure,

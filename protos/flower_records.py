@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import re
 
+from fedprune.protos.codec import WireFormatError
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-
-from protos.codec import WireFormatError
 
 PAYLOAD_RECORD = "fedprune"
 PAYLOAD_KEY = "payload"

@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedprune.models import build_model, prunable_names
+from fedprune.protos.codec import Manifest, decode, encode
+from fedprune.protos.flower_records import content_with_payload, payload_as_array, payload_record
 from flwr.app import ArrayRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
-
-from models import build_model, prunable_names
-from protos.codec import Manifest, decode, encode
-from protos.flower_records import content_with_payload, payload_as_array, payload_record
 
 
 def binary_entropy(p: float) -> float:

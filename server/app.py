@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from fedprune.server.run_config import RunSettings
+from fedprune.server.runner import run_federation
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-
-from server.run_config import RunSettings
-from server.runner import run_federation
 
 app = ServerApp()
 

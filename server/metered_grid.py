@@ -10,12 +10,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from fedprune.protos.flower_records import error_reason
+from fedprune.protos.wire_size import content_bytes
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-
-from protos.flower_records import error_reason
-from protos.wire_size import content_bytes
 
 
 @dataclass

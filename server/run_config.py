@@ -133,9 +133,9 @@ class RunSettings:
 
     def validate(self, check_out_dir: bool = True) -> None:
         """Raise ``ConfigError`` naming the first option with a bad value."""
-        from data import DATASETS, PARTITIONERS
-        from models import MODELS
-        from strategies import STRATEGIES
+        from fedprune.data import DATASETS, PARTITIONERS
+        from fedprune.models import MODELS
+        from fedprune.strategies import STRATEGIES
 
         def allowed(option: str, value: str, choices) -> None:
             if value not in choices:
@@ -162,15 +162,15 @@ class RunSettings:
         if not 0 <= self.seed <= SEED_MAX:
             raise ConfigError("seed", f"{self.seed} is outside [0, {SEED_MAX}] (numpy seeds are 32-bit)")
         self._validate_dataset()
-        from strategies.hidenseek import AGGREGATIONS, DENSE_PARAMS, MASK_TRANSFER
-        from strategies.scores import SCORES
+        from fedprune.strategies.hidenseek import AGGREGATIONS, DENSE_PARAMS, MASK_TRANSFER
+        from fedprune.strategies.scores import SCORES
 
         allowed("score", self.score, SCORES)
         allowed("aggregation", self.aggregation, AGGREGATIONS)
         allowed("dense-params", self.dense_params, DENSE_PARAMS)
         allowed("mask-transfer", self.mask_transfer, MASK_TRANSFER)
-        from client.local_loss import LOCAL_LOSSES
-        from client.score_optimizer import SCORE_OPTIMIZERS
+        from fedprune.client.local_loss import LOCAL_LOSSES
+        from fedprune.client.score_optimizer import SCORE_OPTIMIZERS
 
         allowed("score-optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
         allowed("local-loss", self.local_loss, ("auto", *LOCAL_LOSSES))
@@ -213,7 +213,7 @@ class RunSettings:
 
     def _validate_dataset(self) -> None:
         """What the dataset fixes without loading it: its class count, and whether it reads files at all."""
-        from data.sources import DATASET_FACTS
+        from fedprune.data.sources import DATASET_FACTS
 
         facts = DATASET_FACTS[self.dataset]
         if self.classes_per_client > facts.num_classes:
@@ -235,10 +235,10 @@ class RunSettings:
                                          f"{_smallest_density(facts)} (one weight per layer)")
 
     def _validate_fedtiny(self) -> None:
-        from models import BATCHNORM_MODELS
-        from strategies.budgets import parse_budget_tiers
-        from strategies.candidates import RANKINGS
-        from strategies.progressive import GRADIENT_TAPS, LAYER_ORDERS
+        from fedprune.models import BATCHNORM_MODELS
+        from fedprune.strategies.budgets import parse_budget_tiers
+        from fedprune.strategies.candidates import RANKINGS
+        from fedprune.strategies.progressive import GRADIENT_TAPS, LAYER_ORDERS
 
         if self.candidates < 1:
             raise ConfigError("candidates", f"{self.candidates} must be >= 1 (1 = no BN selection)")
@@ -281,9 +281,8 @@ def _smallest_density(facts: ModelFacts) -> str:
 def _meta_model(model: str, dataset: str) -> nn.Module:
     """``model`` built for ``dataset``'s inputs on torch's meta device: shapes only, no memory, milliseconds."""
     import torch
-
-    from data.sources import DATASET_FACTS
-    from models import build_model
+    from fedprune.data.sources import DATASET_FACTS
+    from fedprune.models import build_model
 
     facts = DATASET_FACTS[dataset]
     with torch.device("meta"):
@@ -297,7 +296,7 @@ def _meta_model(model: str, dataset: str) -> nn.Module:
 def model_facts(model: str, dataset: str) -> ModelFacts:
     """Prunable layers and weights of ``model`` for ``dataset``, counted as the strategies count them
     (``models.prunable_names``)."""
-    from models import prunable_names
+    from fedprune.models import prunable_names
 
     net = _meta_model(model, dataset)
     params = dict(net.named_parameters())
@@ -309,8 +308,7 @@ def model_facts(model: str, dataset: str) -> ModelFacts:
 def _input_error(model: str, dataset: str) -> str:
     """Why ``model`` cannot take ``dataset``'s inputs, or '' if it can."""
     import torch
-
-    from data.sources import DATASET_FACTS
+    from fedprune.data.sources import DATASET_FACTS
 
     try:
         net = _meta_model(model, dataset)
@@ -330,8 +328,8 @@ def check_model_takes_inputs(settings: RunSettings) -> None:
     """Raise ``ConfigError('model')`` unless the model's forward pass takes the dataset's inputs (otherwise the
     run fails at its first evaluation). A meta-device pass: shapes only, but its first call in a process imports
     torch's decompositions (~1 s), so the CLI runs it once rather than ``validate`` in every client process."""
-    from data.sources import DATASET_FACTS
-    from models import MODELS
+    from fedprune.data.sources import DATASET_FACTS
+    from fedprune.models import MODELS
 
     if _input_error(settings.model, settings.dataset):
         shape = "x".join(map(str, DATASET_FACTS[settings.dataset].input_shape))

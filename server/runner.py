@@ -19,20 +19,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedprune.data import load_dataset
+from fedprune.models import build_model
+from fedprune.models.evaluation import evaluate
+from fedprune.protos.flower_records import error_reason
+from fedprune.server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fedprune.server.metered_grid import MeteredGrid, Traffic
+from fedprune.server.results import environment, format_progress, mark_failed, summarize, write_results
+from fedprune.server.run_config import RunSettings
+from fedprune.strategies import build_strategy
+from fedprune.strategies.base import NodesMissingError
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-
-from data import load_dataset
-from models import build_model
-from models.evaluation import evaluate
-from protos.flower_records import error_reason
-from server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from server.metered_grid import MeteredGrid, Traffic
-from server.results import environment, format_progress, mark_failed, summarize, write_results
-from server.run_config import RunSettings
-from strategies import build_strategy
-from strategies.base import NodesMissingError
 
 # Options that may differ between a run and its resume without changing its results.
 _RESUMABLE = {"out", "resume", "rounds", "round_timeout", "max_failed_rounds"}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.results import format_progress, read_results
+from fedprune.server.results import format_progress, read_results
 
 APP_DIR = Path(__file__).resolve().parent.parent
 

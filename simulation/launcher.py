@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-
-from server.results import RESULTS_NAME
-from server.run_config import RunSettings
-from simulation.flower_processes import (
+from fedprune.server.results import RESULTS_NAME
+from fedprune.server.run_config import RunSettings
+from fedprune.simulation.flower_processes import (
     APP_DIR,
     FlowerProcessError,
     OwnedProcess,

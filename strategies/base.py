@@ -25,12 +25,11 @@ from logging import WARNING
 from typing import Any
 
 import numpy as np
+from fedprune.protos.flower_records import error_reason
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-
-from protos.flower_records import error_reason
 
 
 def checked_state_arrays(what: str, value: Any, like: dict[str, np.ndarray], dtype: np.dtype | type) -> dict[

@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from fedprune.models import prunable_names
+from fedprune.strategies import progressive
 from torch import nn
-
-from models import prunable_names
-from strategies import progressive
 
 MB = 1_000_000
 MEMORY_KEY = "memory-budget-mb"

@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fedprune.models import prunable_names
 from torch import nn
-
-from models import prunable_names
 
 RANKINGS = ("magnitude", "score")  # how a candidate picks the weights within a layer (module docstring)
 
@@ -98,7 +97,7 @@ def _largest(magnitude: np.ndarray, keep: int) -> np.ndarray:
 def candidate_masks(model: nn.Module, score: str, density: float, count: int, seed: int,
                     spread: float = 0.5, ranking: str = "magnitude") -> list[dict[str, np.ndarray]]:
     """``count`` masks of exactly the same total kept count from ``model``'s θ0 (see module docstring)."""
-    from strategies.scores import SCORES, data_free_mask
+    from fedprune.strategies.scores import SCORES, data_free_mask
 
     if count < 1:
         raise ValueError("count must be >= 1")
@@ -117,7 +116,7 @@ def candidate_masks(model: nn.Module, score: str, density: float, count: int, se
     if count == 1:
         return [base]
     if score == "synflow":  # rank within a layer by the score under the base mask (what SynFlow kept)
-        from strategies.synflow import SynFlowScorer
+        from fedprune.strategies.synflow import SynFlowScorer
 
         raw = SynFlowScorer(model)(base)
     else:

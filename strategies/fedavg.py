@@ -6,12 +6,11 @@ from collections.abc import Iterable
 from logging import INFO
 
 import numpy as np
+from fedprune.strategies.aggregation import weighted_mean
+from fedprune.strategies.base import FederatedStrategy
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-
-from strategies.aggregation import weighted_mean
-from strategies.base import FederatedStrategy
 
 
 class DenseFedAvg(FederatedStrategy):

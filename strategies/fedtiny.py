@@ -44,17 +44,16 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
+from fedprune.protos.codec import Decoded, Expected, Manifest, TensorSpec, decode, encode, pairs_cost, reference_digest
+from fedprune.protos.flower_records import content_with_payload, payload_of
+from fedprune.protos.wire_size import content_bytes
+from fedprune.strategies import budgets, progressive
+from fedprune.strategies.base import checked_state_arrays
+from fedprune.strategies.budgets import Budget, BudgetError, ModelCost
+from fedprune.strategies.static_mask import KEPT_SUFFIX, StaticMaskFedAvg, join_kept, split_kept
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
-
-from protos.codec import Decoded, Expected, Manifest, TensorSpec, decode, encode, pairs_cost, reference_digest
-from protos.flower_records import content_with_payload, payload_of
-from protos.wire_size import content_bytes
-from strategies import budgets, progressive
-from strategies.base import checked_state_arrays
-from strategies.budgets import Budget, BudgetError, ModelCost
-from strategies.static_mask import KEPT_SUFFIX, StaticMaskFedAvg, join_kept, split_kept
 
 BN_STATS_TASK = "fedtiny-bn-statistics"
 BN_EVAL_TASK = "fedtiny-bn-evaluate"

@@ -31,14 +31,13 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
+from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
+from fedprune.protos.flower_records import payload_of, setup_record
+from fedprune.strategies.aggregation import server_step, sign_vote, signs_of, tally_update, ternary_value, weighted_mean
+from fedprune.strategies.base import FederatedStrategy, checked_state_arrays
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
-
-from protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
-from protos.flower_records import payload_of, setup_record
-from strategies.aggregation import server_step, sign_vote, signs_of, tally_update, ternary_value, weighted_mean
-from strategies.base import FederatedStrategy, checked_state_arrays
 
 TASK = "hidenseek"
 AGGREGATIONS = ("vote", "tally", "score-average", "ternary-delta")
@@ -104,7 +103,7 @@ class HideNseek(FederatedStrategy):
 
     def folded_arrays(self, dense: dict[str, np.ndarray]) -> ArrayRecord:
         """m ⊙ |θ0| ⊙ σ for masked weights plus the global dense parameters: what the server evaluates."""
-        from kernels.sign_supermask import folded_weights
+        from fedprune.kernels.sign_supermask import folded_weights
 
         weights = {**dense, **folded_weights(self.mask, self.magnitude, self.sigma)}
         return ArrayRecord({k: Array(np.ascontiguousarray(weights[k])) for k in self._order})

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-
-from protos.codec import Manifest, encode, reference_digest
+from fedprune.protos.codec import Manifest, encode, reference_digest
 
 MASK_SUFFIX = "/mask"
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fedprune.strategies.fedavg import DenseFedAvg
+from fedprune.strategies.hidenseek import HideNseek
+from fedprune.strategies.static_mask import StaticMaskFedAvg
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from strategies.fedavg import DenseFedAvg
-from strategies.hidenseek import HideNseek
-from strategies.static_mask import StaticMaskFedAvg
-
 if TYPE_CHECKING:
-    from server.run_config import RunSettings
+    from fedprune.server.run_config import RunSettings
 
 
 def _dense_fedavg(settings: RunSettings) -> Strategy:
@@ -32,9 +31,9 @@ def _flower_fedavg(settings: RunSettings) -> Strategy:
 
 def _static_mask(score: str):
     def build(settings: RunSettings) -> Strategy:
-        from data import load_dataset
-        from models import build_model
-        from strategies.scores import data_free_mask
+        from fedprune.data import load_dataset
+        from fedprune.models import build_model
+        from fedprune.strategies.scores import data_free_mask
 
         splits = load_dataset(settings.dataset, settings.dataset_path or None)
         model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
@@ -46,9 +45,9 @@ def _static_mask(score: str):
 
 
 def _hidenseek(settings: RunSettings) -> Strategy:
-    from data import load_dataset
-    from models import build_model
-    from strategies.scores import data_free_mask
+    from fedprune.data import load_dataset
+    from fedprune.models import build_model
+    from fedprune.strategies.scores import data_free_mask
 
     splits = load_dataset(settings.dataset, settings.dataset_path or None)
     model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
@@ -63,10 +62,10 @@ def _hidenseek(settings: RunSettings) -> Strategy:
 
 
 def _fedtiny(settings: RunSettings) -> Strategy:
-    from data import load_dataset
-    from models import build_model
-    from strategies.candidates import candidate_masks
-    from strategies.fedtiny import FedTiny
+    from fedprune.data import load_dataset
+    from fedprune.models import build_model
+    from fedprune.strategies.candidates import candidate_masks
+    from fedprune.strategies.fedtiny import FedTiny
 
     splits = load_dataset(settings.dataset, settings.dataset_path or None)
     model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
@@ -83,10 +82,10 @@ def _fedtiny(settings: RunSettings) -> Strategy:
 
 def check_budget_tiers(settings: RunSettings, model=None, input_shape=None):
     """The model's cost profile; ``ConfigError('budget-tiers')`` if a simulated tier no density satisfies."""
-    from data import load_dataset
-    from models import build_model
-    from server.run_config import ConfigError
-    from strategies.budgets import BudgetError, ModelCost, parse_budget_tiers, ratio_for_budget
+    from fedprune.data import load_dataset
+    from fedprune.models import build_model
+    from fedprune.server.run_config import ConfigError
+    from fedprune.strategies.budgets import BudgetError, ModelCost, parse_budget_tiers, ratio_for_budget
 
     if model is None:
         splits = load_dataset(settings.dataset, settings.dataset_path or None)

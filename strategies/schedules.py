@@ -6,9 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from fedprune.strategies.scores import global_topk_mask
 from torch import nn
-
-from strategies.scores import global_topk_mask
 
 ScoreFn = Callable[[nn.Module, int, dict[str, np.ndarray] | None], dict[str, torch.Tensor]]
 

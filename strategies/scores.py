@@ -11,9 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from fedprune.models import prunable_names
 from torch import nn
-
-from models import prunable_names
 
 Scores = dict[str, torch.Tensor]
 
@@ -33,7 +32,7 @@ def random_scores(model: nn.Module, seed: int = 0, mask: dict[str, np.ndarray] |
 
 
 def _synflow(model: nn.Module, seed: int = 0, mask: dict[str, np.ndarray] | None = None) -> Scores:
-    from strategies.synflow import synflow_scores
+    from fedprune.strategies.synflow import synflow_scores
 
     return synflow_scores(model, seed, mask)
 
@@ -41,7 +40,7 @@ def _synflow(model: nn.Module, seed: int = 0, mask: dict[str, np.ndarray] | None
 def _scorer_for(model: nn.Module, score: str) -> Callable[[nn.Module, int, dict | None], Scores]:
     """A score function that may cache per-model work across iterations (SynFlow's linearized copy)."""
     if score == "synflow":
-        from strategies.synflow import SynFlowScorer
+        from fedprune.strategies.synflow import SynFlowScorer
 
         scorer = SynFlowScorer(model)
         return lambda _model, _seed, mask: scorer(mask)
@@ -59,7 +58,7 @@ ITERATIONS = {"magnitude": 1, "random": 1, "synflow": 100}
 
 def data_free_mask(model: nn.Module, score: str, density: float, seed: int = 0) -> dict[str, np.ndarray]:
     """The mask a score gives at ``density``, with that score's schedule (one-shot or iterative)."""
-    from strategies.schedules import prune_iteratively
+    from fedprune.strategies.schedules import prune_iteratively
 
     if score not in SCORES:
         raise ValueError(f"unknown score '{score}'; choose one of {sorted(SCORES)}")

@@ -14,15 +14,14 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
+from fedprune.protos.codec import Decoded, Expected, Manifest, TensorSpec, decode, reference_digest
+from fedprune.protos.flower_records import content_with_payload, payload_of
+from fedprune.strategies.aggregation import weighted_mean
+from fedprune.strategies.base import FederatedStrategy
+from fedprune.strategies.mask_delivery import MASK_SUFFIX, MaskDelivery
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
-
-from protos.codec import Decoded, Expected, Manifest, TensorSpec, decode, reference_digest
-from protos.flower_records import content_with_payload, payload_of
-from strategies.aggregation import weighted_mean
-from strategies.base import FederatedStrategy
-from strategies.mask_delivery import MASK_SUFFIX, MaskDelivery
 
 KEPT_SUFFIX = "/kept"
 TASK = "masked-sgd"

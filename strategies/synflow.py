@@ -12,9 +12,8 @@ import copy
 
 import numpy as np
 import torch
+from fedprune.models import prunable_names
 from torch import nn
-
-from models import prunable_names
 
 
 def _input_shape(model: nn.Module) -> tuple[int, ...]:

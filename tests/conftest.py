@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from server.run_config import RunSettings
+from fedprune.server.run_config import RunSettings
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ ClientApp component pointed at a wrapper around the real one, and the wrapper mo
   while decoding it), the rest answer honestly;
 * ``raise``: every training request fails in the ClientApp (an error reply from every node).
 
-The server side is the real one (``server.app:app``), so what is measured is what a deployment would see.
+The server side is the real one (``fedprune.server.app:app``), so what is measured is what a deployment would see.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import hashlib
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.app import app as honest
-from protos import fedprune_wire_pb2 as pb
+from fedprune.client.app import app as honest
+from fedprune.protos import fedprune_wire_pb2 as pb
 
 app = ClientApp()
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-
-from protos import fedprune_wire_pb2 as pb
-from protos.codec import DIGEST_BYTES, FORMAT_VERSION, encode
+from fedprune.protos import fedprune_wire_pb2 as pb
+from fedprune.protos.codec import DIGEST_BYTES, FORMAT_VERSION, encode
 
 
 def reseal(body: bytes) -> bytes:

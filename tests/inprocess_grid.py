@@ -88,8 +88,8 @@ def full_and_resumed(settings, stop_after: int, root) -> tuple[dict, dict]:
     checkpoint; returns both results documents (what a resume test compares)."""
     import dataclasses
 
-    from client.app import app as client_app
-    from server.runner import run_federation
+    from fedprune.client.app import app as client_app
+    from fedprune.server.runner import run_federation
 
     def run(s):
         grid = InProcessGrid(client_app, s.num_clients, s.to_run_config())

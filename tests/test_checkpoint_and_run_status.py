@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fedprune.client.app import app as client_app
+from fedprune.server.checkpoint import CHECKPOINT_NAME, CheckpointError
+from fedprune.server.results import RESULTS_NAME, format_progress
+from fedprune.server.runner import RunFailedError, run_federation
 
-from client.app import app as client_app
-from server.checkpoint import CHECKPOINT_NAME, CheckpointError
-from server.results import RESULTS_NAME, format_progress
-from server.runner import RunFailedError, run_federation
 from tests.inprocess_grid import InProcessGrid
 
 
@@ -166,7 +166,7 @@ def test_nodes_that_never_answer_are_failure_reasons(digits_settings):
 def test_strategy_state_arrays_survive_the_safe_format(two_rounds):
     payload = torch.load(Path(two_rounds.out) / CHECKPOINT_NAME, weights_only=True)
     assert isinstance(payload["strategy_state"], dict)
-    from server.checkpoint import _restored, _storable
+    from fedprune.server.checkpoint import _restored, _storable
 
     state = {"a": np.arange(4, dtype=np.int8), "b": [np.float64(1.5), (1, "x")], "c": {"d": np.ones(2, bool)}}
     back = _restored(_storable(state))
@@ -175,9 +175,8 @@ def test_strategy_state_arrays_survive_the_safe_format(two_rounds):
 
 
 def test_error_reasons_are_one_line_from_ray_tracebacks():
+    from fedprune.protos.flower_records import error_reason
     from flwr.app import Error, Message, RecordDict
-
-    from protos.flower_records import error_reason
 
     ray_style = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()"
                  "\x1b[39m (pid=9914, ip=192.0.2.2)\n  File \"x.py\", line 37, in train\n"

@@ -37,7 +37,7 @@ def test_bad_option_exits_2_with_one_line(args, needle, tmp_path, capsys):
 
 def test_missing_dataset_names_the_install_command(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FEDPRUNE_FASHION_MNIST_DIR", str(tmp_path / "none"))
-    from data import load_dataset
+    from fedprune.data import load_dataset
 
     load_dataset.cache_clear()
     try:
@@ -59,7 +59,7 @@ def test_flower_app_config_declares_every_run_setting_with_its_default():
     import tomllib
     from pathlib import Path
 
-    from server.run_config import RunSettings
+    from fedprune.server.run_config import RunSettings
 
     declared = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     declared = declared["tool"]["flwr"]["app"]["config"]

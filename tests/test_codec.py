@@ -5,11 +5,8 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from protos import fedprune_wire_pb2 as pb
-from protos.codec import (
+from fedprune.protos import fedprune_wire_pb2 as pb
+from fedprune.protos.codec import (
     DecodeLimits,
     Manifest,
     WireFormatError,
@@ -20,6 +17,8 @@ from protos.codec import (
     varint_decode,
     varint_encode,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 shapes = st.lists(st.integers(0, 40), min_size=0, max_size=3).map(tuple)
 

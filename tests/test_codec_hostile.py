@@ -13,9 +13,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
-from protos import fedprune_wire_pb2 as pb
-from protos.codec import (
+from fedprune.protos import fedprune_wire_pb2 as pb
+from fedprune.protos.codec import (
     DecodeLimits,
     Expected,
     Manifest,
@@ -24,6 +23,7 @@ from protos.codec import (
     decode,
     encode,
 )
+
 from tests.hostile_payloads import body_of, reseal
 
 E = pb.Encoding

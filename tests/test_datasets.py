@@ -2,9 +2,8 @@ import pickle
 
 import numpy as np
 import pytest
-
-from data import DatasetMissingError
-from data.sources import load_cifar10, load_digits, load_fashion_mnist
+from fedprune.data import DatasetMissingError
+from fedprune.data.sources import load_cifar10, load_digits, load_fashion_mnist
 
 
 def test_fashion_mnist_real_files_shapes_and_label_counts():

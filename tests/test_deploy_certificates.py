@@ -9,11 +9,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from fedprune.deploy.certificates import CertificateError, create_certificates, server_hosts
+from fedprune.deploy.launch import ServerTLS, cli_connection_toml, superlink_command, supernode_command
+from fedprune.simulation.flower_processes import flower_bin
 
-from deploy.certificates import CertificateError, create_certificates, server_hosts
-from deploy.launch import ServerTLS, cli_connection_toml, superlink_command, supernode_command
 from fedprune.cli import main
-from simulation.flower_processes import flower_bin
 
 
 def _mode(path):
@@ -188,7 +188,7 @@ def test_cli_superlink_execs_flower_and_register_adds_nodes_over_tls(tmp_path, c
     import os
     import sys
 
-    from simulation.flower_processes import APP_DIR, OwnedProcess, free_port
+    from fedprune.simulation.flower_processes import APP_DIR, OwnedProcess, free_port
 
     certs = tmp_path / "certs"
     assert main(["deploy", "certs", "--out", str(certs), "--nodes", "2"]) == 0

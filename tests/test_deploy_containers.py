@@ -7,12 +7,12 @@ matches a folder covers everything under it, ``**`` spans any number of folders)
 
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-
-from simulation.flower_processes import flower_bin
+from fedprune.simulation.flower_processes import flower_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "deploy" / "compose.yaml"
@@ -128,6 +128,7 @@ def test_the_build_context_can_never_carry_certificates_or_keys(services):
               "simulation/flower_processes.py", "models/__init__.py", "data/sources.py", "strategies/__init__.py"]
     assert [p for p in secret if not _ignored(p, lines)] == []
     assert [p for p in needed if _ignored(p, lines)] == []
-    packages = re.search(r'packages = \[(.*?)\]', (ROOT / "pyproject.toml").read_text()).group(1)
-    for package in re.findall(r'"([^"]+)"', packages):  # every installed package reaches the image
-        assert not _ignored(f"{package}/__init__.py", lines), package
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in setuptools["packages"]:  # every installed package's folder reaches the image
+        folder = setuptools.get("package-dir", {}).get(package, package)
+        assert not _ignored(f"{folder}/__init__.py", lines), package

@@ -14,19 +14,19 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from fedprune.client.app import app as client_app
+from fedprune.client.edge_inference import EdgeInferenceServer, describe, is_loopback_host, predict
+from fedprune.client.edge_model import EDGE_MODEL_NAME, load_edge_model, save_edge_model
+from fedprune.client.hidenseek import STATE_DENSE, STATE_PRIOR, STATE_SCORES, STATE_SETUP, Setup, _model, _stored
+from fedprune.client.local_loss import add_label_prior
+from fedprune.data import load_dataset
+from fedprune.kernels.sign_supermask import fold
+from fedprune.protos import edge_inference_pb2 as pb
+from fedprune.protos import edge_inference_pb2_grpc as pb_grpc
+from fedprune.protos.codec import decode
+from fedprune.server.run_config import RunSettings
+from fedprune.server.runner import run_federation
 
-from client.app import app as client_app
-from client.edge_inference import EdgeInferenceServer, describe, is_loopback_host, predict
-from client.edge_model import EDGE_MODEL_NAME, load_edge_model, save_edge_model
-from client.hidenseek import STATE_DENSE, STATE_PRIOR, STATE_SCORES, STATE_SETUP, Setup, _model, _stored
-from client.local_loss import add_label_prior
-from data import load_dataset
-from kernels.sign_supermask import fold
-from protos import edge_inference_pb2 as pb
-from protos import edge_inference_pb2_grpc as pb_grpc
-from protos.codec import decode
-from server.run_config import RunSettings
-from server.runner import run_federation
 from tests.inprocess_grid import InProcessGrid
 
 
@@ -178,7 +178,7 @@ def test_no_model_yet_is_unavailable_then_a_new_round_is_served(tmp_path, hidens
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "no trained model yet" in caught.value.details()
         stored = load_edge_model(hidenseek_run[2] / "node-0" / EDGE_MODEL_NAME)
-        from kernels.convert import export_dense_state
+        from fedprune.kernels.convert import export_dense_state
 
         state = export_dense_state(stored.module)
         mask = {k: (v != 0).numpy() for k, v in state.items() if k.endswith("weight") and v.dim() > 1}
@@ -284,7 +284,7 @@ def test_a_corrupt_replacement_model_keeps_the_last_good_one_serving(tmp_path, h
             assert "could not be loaded" in caplog.text and "still serving the round-2 model" in caplog.text
             caplog.clear()
         stored = load_edge_model(hidenseek_run[2] / "node-1" / EDGE_MODEL_NAME)
-        from kernels.convert import export_dense_state
+        from fedprune.kernels.convert import export_dense_state
 
         state = export_dense_state(stored.module)
         mask = {k: (v != 0).numpy() for k, v in state.items() if k.endswith("weight") and v.dim() > 1}

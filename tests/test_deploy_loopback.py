@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from deploy.certificates import create_certificates, create_node_keys
-from deploy.loopback import WIRE_NAME, LoopbackDeployment
-from server.results import validate_results
-from server.run_config import RunSettings
-from simulation.flower_processes import descendants
+from fedprune.deploy.certificates import create_certificates, create_node_keys
+from fedprune.deploy.loopback import WIRE_NAME, LoopbackDeployment
+from fedprune.server.results import validate_results
+from fedprune.server.run_config import RunSettings
+from fedprune.simulation.flower_processes import descendants
 
 pytestmark = pytest.mark.slow
 

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-
-from client.local_data import load_local_data
-from server.run_config import RunSettings
+from fedprune.client.local_data import load_local_data
+from fedprune.server.run_config import RunSettings
 
 
 def test_a_node_trains_on_its_own_npz_file_and_bad_files_are_refused(tmp_path):

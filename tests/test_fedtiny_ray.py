@@ -1,10 +1,9 @@
 """FedTiny through a real SuperLink + Ray: BN selection, one mask adjustment, 3 rounds on digits."""
 
 import pytest
-
-from server.results import validate_results
-from server.run_config import RunSettings
-from simulation.launcher import run_simulation
+from fedprune.server.results import validate_results
+from fedprune.server.run_config import RunSettings
+from fedprune.simulation.launcher import run_simulation
 
 pytestmark = pytest.mark.slow
 

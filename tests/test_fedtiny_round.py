@@ -5,18 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fedprune.client.app import app as client_app
+from fedprune.client.masked_training import STATE_KEY as MASK_STATE
+from fedprune.models import build_model
+from fedprune.protos.codec import WireFormatError, decode
+from fedprune.protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
+from fedprune.server.checkpoint import read_checkpoint
+from fedprune.server.runner import run_federation
+from fedprune.strategies import build_strategy, progressive
+from fedprune.strategies.budgets import BudgetError
+from fedprune.strategies.fedtiny import CANDIDATE, FedTiny, candidate_key
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from client.app import app as client_app
-from client.masked_training import STATE_KEY as MASK_STATE
-from models import build_model
-from protos.codec import WireFormatError, decode
-from protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
-from server.checkpoint import read_checkpoint
-from server.runner import run_federation
-from strategies import build_strategy, progressive
-from strategies.budgets import BudgetError
-from strategies.fedtiny import CANDIDATE, FedTiny, candidate_key
 from tests.hostile_payloads import encode_unchecked
 from tests.inprocess_grid import InProcessGrid, full_and_resumed
 

@@ -7,28 +7,40 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from client.bn_statistics import reestimate_bn
-from client.topk_gradients import (
+from fedprune.client.bn_statistics import reestimate_bn
+from fedprune.client.topk_gradients import (
     PrunedGradientTap,
     TopKBuffer,
     requested_adjustment,
     requested_capacities,
     top_k_pairs,
 )
-from data import LabeledArrays
-from kernels.convert import sparsify
-from kernels.dispatch import Backend
-from models import build_model, prunable_names
-from protos import fedprune_wire_pb2 as pb
-from protos.codec import Manifest, decode, encode
-from server.run_config import ConfigError, RunSettings
-from strategies import progressive
-from strategies.budgets import Budget, BudgetError, ModelCost, nested_submask, parse_budget_tiers, ratio_for_budget
-from strategies.candidates import candidate_masks, perturbed_counts
-from strategies.fedtiny import loss_margins, pool_statistics, select_candidate
-from strategies.progressive import adjustment_rounds, aggregate_magnitudes, cosine_k, grow_and_prune, layers_to_adjust
-from strategies.scores import data_free_mask
+from fedprune.data import LabeledArrays
+from fedprune.kernels.convert import sparsify
+from fedprune.kernels.dispatch import Backend
+from fedprune.models import build_model, prunable_names
+from fedprune.protos import fedprune_wire_pb2 as pb
+from fedprune.protos.codec import Manifest, decode, encode
+from fedprune.server.run_config import ConfigError, RunSettings
+from fedprune.strategies import progressive
+from fedprune.strategies.budgets import (
+    Budget,
+    BudgetError,
+    ModelCost,
+    nested_submask,
+    parse_budget_tiers,
+    ratio_for_budget,
+)
+from fedprune.strategies.candidates import candidate_masks, perturbed_counts
+from fedprune.strategies.fedtiny import loss_margins, pool_statistics, select_candidate
+from fedprune.strategies.progressive import (
+    adjustment_rounds,
+    aggregate_magnitudes,
+    cosine_k,
+    grow_and_prune,
+    layers_to_adjust,
+)
+from fedprune.strategies.scores import data_free_mask
 
 SHAPE = (1, 8, 8)
 
@@ -223,7 +235,7 @@ def test_top_k_upload_is_exactly_the_coded_pairs():
     (entry,) = pb.Payload.FromString(pb.Envelope.FromString(blob).body).pairs
     assert len(entry.values) == 4 * k
     deltas = np.diff(nonzero, prepend=-1) - 1
-    from protos.codec import pairs_cost, varint_encode
+    from fedprune.protos.codec import pairs_cost, varint_encode
 
     assert entry.indices == varint_encode(deltas)  # indices: delta varints, nothing else
     added, coded = pairs_cost(blob)
@@ -344,7 +356,7 @@ def test_budget_arithmetic():
     assert ratio_for_budget(cost, kept, Budget()) == 1.0
     budget = Budget(memory_mb=cost.memory_bytes(kept) / 2 / 1e6)
     ratio = ratio_for_budget(cost, kept, budget)
-    from strategies.budgets import scaled_counts
+    from fedprune.strategies.budgets import scaled_counts
 
     assert cost.memory_bytes(scaled_counts(kept, ratio)) <= budget.memory_mb * 1e6
     assert cost.memory_bytes(scaled_counts(kept, ratio + 0.01)) > budget.memory_mb * 1e6  # the largest that fits

@@ -4,12 +4,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from fedprune.client.app import app as client_app
+from fedprune.client.hidenseek import STATE_SCORES, STATE_SETUP, STATE_SIGMA
+from fedprune.protos.flower_records import payload_of
+from fedprune.server.runner import run_federation
 from flwr.common.serde import recorddict_to_proto
 
-from client.app import app as client_app
-from client.hidenseek import STATE_SCORES, STATE_SETUP, STATE_SIGMA
-from protos.flower_records import payload_of
-from server.runner import run_federation
 from tests.inprocess_grid import InProcessGrid, full_and_resumed
 
 

@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
-
-from kernels.sign_supermask import apply_sign_supermask, fold, folded_weights
-from models import build_model
-from strategies.aggregation import (
+from fedprune.kernels.sign_supermask import apply_sign_supermask, fold, folded_weights
+from fedprune.models import build_model
+from fedprune.strategies.aggregation import (
     server_step,
     sign_vote,
     signs_of,
@@ -12,7 +11,7 @@ from strategies.aggregation import (
     tally_update,
     ternary_value,
 )
-from strategies.scores import data_free_mask
+from fedprune.strategies.scores import data_free_mask
 
 
 def _setup(seed=0, density=0.3):

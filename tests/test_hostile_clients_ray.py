@@ -11,11 +11,11 @@ import functools
 import json
 
 import pytest
+from fedprune.server.run_config import RunSettings
+from fedprune.simulation import launcher
+from fedprune.simulation.launcher import run_simulation
 
-import simulation.launcher
 from fedprune.cli import main
-from server.run_config import RunSettings
-from simulation.launcher import run_simulation
 from tests.hostile_app import write_hostile_app
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_an_inflating_reply_costs_the_server_no_memory(tmp_path):
 
 def test_a_run_whose_clients_all_fail_exits_non_zero_with_the_reason(tmp_path, monkeypatch, capsys):
     app = write_hostile_app(tmp_path / "app", mode="raise")
-    monkeypatch.setattr(simulation.launcher, "run_simulation", functools.partial(run_simulation, app_dir=app))
+    monkeypatch.setattr(launcher, "run_simulation", functools.partial(run_simulation, app_dir=app))
     out = tmp_path / "run"
     code = main(["simulate", "--dataset", "digits", "--partition", "iid", "--num-clients", "3",
                  "--clients-per-round", "2", "--rounds", "5", "--max-failed-rounds", "2", "--out", str(out)])

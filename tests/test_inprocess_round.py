@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fedprune.client.app import app as client_app
+from fedprune.protos.wire_size import content_bytes
+from fedprune.server.checkpoint import CheckpointError, read_checkpoint
+from fedprune.server.results import validate_results
+from fedprune.server.runner import run_federation
 
-from client.app import app as client_app
-from protos.wire_size import content_bytes
-from server.checkpoint import CheckpointError, read_checkpoint
-from server.results import validate_results
-from server.runner import run_federation
 from tests.inprocess_grid import InProcessGrid
 
 

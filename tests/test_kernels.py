@@ -3,15 +3,22 @@
 import numpy as np
 import pytest
 import torch
+from fedprune.kernels import (
+    Backend,
+    CompactConv2d,
+    CompactLinear,
+    CSRLinear,
+    MaskedConv2d,
+    MaskedLinear,
+    choose_backend,
+)
+from fedprune.kernels.benchmark import training_state_bytes
+from fedprune.kernels.convert import export_dense_state, sparsify
+from fedprune.kernels.dispatch import CSR_BREAKEVEN, block_fraction, estimated_fraction
+from fedprune.models import build_model
+from fedprune.strategies.scores import data_free_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from kernels import Backend, CompactConv2d, CompactLinear, CSRLinear, MaskedConv2d, MaskedLinear, choose_backend
-from kernels.benchmark import training_state_bytes
-from kernels.convert import export_dense_state, sparsify
-from kernels.dispatch import CSR_BREAKEVEN, block_fraction, estimated_fraction
-from models import build_model
-from strategies.scores import data_free_mask
 
 
 def _check_linear(cls, out_f, in_f, density, batch, seed):
@@ -152,8 +159,8 @@ def test_memory_at_density_001_is_under_10_percent_of_dense_masked():
 def test_export_for_inference_folds_signs_into_compact_backends():
     import copy
 
-    from kernels.convert import export_for_inference
-    from kernels.sign_supermask import apply_sign_supermask, fold
+    from fedprune.kernels.convert import export_for_inference
+    from fedprune.kernels.sign_supermask import apply_sign_supermask, fold
 
     base = build_model("fl-cnn", (1, 28, 28), seed=0)
     theta0 = {k: v.detach().numpy().copy() for k, v in base.state_dict().items()}

@@ -5,12 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
-from client.local_loss import PRIOR_PSEUDO_COUNT, add_label_prior, label_prior_offset, logit_offset
-from client.local_training import train_epochs
-from client.score_optimizer import LayerNormalizedSGD, score_optimizer
-from data import LabeledArrays
-from server.run_config import ConfigError, RunSettings
+from fedprune.client.local_loss import PRIOR_PSEUDO_COUNT, add_label_prior, label_prior_offset, logit_offset
+from fedprune.client.local_training import train_epochs
+from fedprune.client.score_optimizer import LayerNormalizedSGD, score_optimizer
+from fedprune.data import LabeledArrays
+from fedprune.server.run_config import ConfigError, RunSettings
 
 
 def test_first_step_is_the_rms_normalized_gradient_times_lr_and_scale():

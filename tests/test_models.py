@@ -1,7 +1,6 @@
 import pytest
 import torch
-
-from models import build_model, prunable_names
+from fedprune.models import build_model, prunable_names
 
 
 @pytest.mark.parametrize("name,shape,params", [

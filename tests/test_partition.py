@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-
-from data import load_dataset, partition_indices, split_local
+from fedprune.data import load_dataset, partition_indices, split_local
 
 
 @pytest.fixture(scope="module")

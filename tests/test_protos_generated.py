@@ -19,14 +19,16 @@ def test_regenerating_gives_identical_files(tmp_path):
 
 
 def test_regenerating_the_edge_service_gives_identical_files(tmp_path):
-    # Compiled from the repository root (protos/Makefile) so the _grpc module imports `protos.…_pb2`.
-    (tmp_path / "protos").mkdir()
-    (tmp_path / "protos" / "edge_inference.proto").write_text((PROTOS / "edge_inference.proto").read_text())
+    # Compiled as fedprune/protos/… (protos/Makefile) so the _grpc module imports `fedprune.protos.…_pb2`.
+    (tmp_path / "fedprune" / "protos").mkdir(parents=True)
+    (tmp_path / "fedprune" / "protos" / "edge_inference.proto").write_text(
+        (PROTOS / "edge_inference.proto").read_text())
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I.", "--python_out=.", "--pyi_out=.",
-                    "--grpc_python_out=.", "protos/edge_inference.proto"], check=True, cwd=tmp_path)
+                    "--grpc_python_out=.", "fedprune/protos/edge_inference.proto"], check=True, cwd=tmp_path)
     for generated in ("edge_inference_pb2.py", "edge_inference_pb2.pyi", "edge_inference_pb2_grpc.py"):
-        assert (tmp_path / "protos" / generated).read_bytes() == (PROTOS / generated).read_bytes(), generated
-    assert "from protos import edge_inference_pb2" in (PROTOS / "edge_inference_pb2_grpc.py").read_text()
+        assert (tmp_path / "fedprune" / "protos" / generated).read_bytes() == (PROTOS / generated).read_bytes(), \
+            generated
+    assert "from fedprune.protos import edge_inference_pb2" in (PROTOS / "edge_inference_pb2_grpc.py").read_text()
 
 
 @pytest.mark.parametrize("name", ["fedprune_wire_pb2.py", "edge_inference_pb2.py"])
@@ -41,6 +43,6 @@ def test_generated_code_is_not_newer_than_the_protobuf_runtime(name):
 
 
 def test_generated_grpc_stubs_import_with_the_installed_grpcio():
-    from protos import edge_inference_pb2_grpc
+    from fedprune.protos import edge_inference_pb2_grpc
 
     assert hasattr(edge_inference_pb2_grpc, "EdgeInferenceStub")

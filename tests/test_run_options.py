@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 import pytest
+from fedprune.server.run_config import FLOAT_RANGES, ConfigError, RunSettings, model_facts
 
 from fedprune.cli import EXIT_USAGE, main
-from server.run_config import FLOAT_RANGES, ConfigError, RunSettings, model_facts
 
 
 class LauncherCalled(Exception):
@@ -23,15 +23,15 @@ class LauncherCalled(Exception):
 @pytest.fixture
 def no_launch(monkeypatch):
     """Replace ``run_simulation`` so a test fails loudly if a run would have started."""
-    import simulation.launcher
+    from fedprune.simulation import launcher
 
     calls = []
 
     def refuse(*args, **kwargs):
         calls.append(kwargs)
-        raise simulation.launcher.SimulationError("launcher called")
+        raise launcher.SimulationError("launcher called")
 
-    monkeypatch.setattr(simulation.launcher, "run_simulation", refuse)
+    monkeypatch.setattr(launcher, "run_simulation", refuse)
     return calls
 
 
@@ -158,7 +158,7 @@ def test_density_below_one_weight_per_layer_is_refused(model, tmp_path, capsys, 
 
 
 def test_model_facts_count_what_the_strategies_prune():
-    from models import build_model, prunable_names
+    from fedprune.models import build_model, prunable_names
 
     model = build_model("digits-cnn", (1, 8, 8), 10)
     params = dict(model.named_parameters())
@@ -189,7 +189,7 @@ def test_integers_beyond_64_bits_are_refused(option, tmp_path, capsys, no_launch
 
 
 def test_dataset_facts_match_what_the_loaders_return():
-    from data.sources import DATASET_FACTS, DATASETS, load_dataset
+    from fedprune.data.sources import DATASET_FACTS, DATASETS, load_dataset
 
     assert set(DATASET_FACTS) == set(DATASETS)
     splits = load_dataset("digits")
@@ -203,9 +203,8 @@ def test_partition_read_through_arrow_is_the_one_datasets_columns_give():
     import warnings
 
     from datasets import Dataset
-
-    from data import load_dataset, partition_indices
-    from data.partition import _build_partitioner
+    from fedprune.data import load_dataset, partition_indices
+    from fedprune.data.partition import _build_partitioner
 
     labels = load_dataset("digits").train.y
     for kind in ("dirichlet", "pathological"):
@@ -219,12 +218,12 @@ def test_partition_read_through_arrow_is_the_one_datasets_columns_give():
 
 
 def test_deploy_loopback_runs_the_same_partition_check(tmp_path, capsys, monkeypatch):
-    import deploy.loopback
+    from fedprune.deploy import loopback
 
     def refuse(*args, **kwargs):
         raise AssertionError("loopback started")
 
-    monkeypatch.setattr(deploy.loopback, "run_loopback", refuse)
+    monkeypatch.setattr(loopback, "run_loopback", refuse)
     code = main(["deploy", "loopback", "--dataset", "digits", "--num-clients", "2000", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == EXIT_USAGE and len(err) == 1 and "--num-clients: 2000 exceeds" in err[0]

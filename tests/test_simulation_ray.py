@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from server.results import validate_results
-from server.run_config import RunSettings
-from simulation.launcher import APP_DIR, LocalSuperLink, _bin, free_port, run_simulation
+from fedprune.server.results import validate_results
+from fedprune.server.run_config import RunSettings
+from fedprune.simulation.launcher import APP_DIR, LocalSuperLink, _bin, free_port, run_simulation
 
 pytestmark = pytest.mark.slow
 

@@ -6,18 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fedprune.client.app import app as client_app
+from fedprune.client.masked_training import STATE_KEY as MASK_STATE
+from fedprune.models import build_model, prunable_names
+from fedprune.protos.codec import decode, encode
+from fedprune.protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
+from fedprune.server.checkpoint import read_checkpoint
+from fedprune.server.runner import run_federation
+from fedprune.strategies import build_strategy
+from fedprune.strategies.scores import SCORES, global_topk_mask
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
-from client.app import app as client_app
-from client.masked_training import STATE_KEY as MASK_STATE
-from models import build_model, prunable_names
-from protos.codec import decode, encode
-from protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
-from server.checkpoint import read_checkpoint
-from server.runner import run_federation
-from strategies import build_strategy
-from strategies.scores import SCORES, global_topk_mask
 from tests.inprocess_grid import InProcessGrid
 
 

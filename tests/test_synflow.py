@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from fedprune.models import build_model
+from fedprune.strategies.schedules import exponential_schedule
+from fedprune.strategies.scores import data_free_mask, global_topk_mask
+from fedprune.strategies.synflow import synflow_scores
 from torch import nn
-
-from models import build_model
-from strategies.schedules import exponential_schedule
-from strategies.scores import data_free_mask, global_topk_mask
-from strategies.synflow import synflow_scores
 
 
 @pytest.mark.parametrize("density", [0.1, 0.01])

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = r"""
 import torch
-from kernels.masked import MaskedLinear
-from kernels.triton_blocksparse import blocksparse_linear, tile_index
+from fedprune.kernels.masked import MaskedLinear
+from fedprune.kernels.triton_blocksparse import blocksparse_linear, tile_index
 
 g = torch.Generator().manual_seed(0)
 cases = [(1, 8, 8, 0.0), (5, 40, 70, 0.1), (64, 96, 128, 0.02), (33, 64, 64, 1.0), (17, 130, 50, 0.3)]
