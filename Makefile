@@ -1,11 +1,12 @@
 # Two entry points for a newcomer on a fresh machine (see README.md):
 #   make demo   - set everything up, run a short Fashion-MNIST simulation (results + plot in runs/demo)
 #   make test   - set everything up, run the test suite
+#   make test-fast - the inner loop: every test except those that start SuperLinks, Ray or long processes
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 
 $(VENV)/.installed: pyproject.toml
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
@@ -24,6 +25,9 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow" -p no:warnings
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -22,11 +22,11 @@ from fedprune.client.local_data import load_local_data  # noqa: E402
 from fedprune.client.local_loss import logit_offset  # noqa: E402
 from fedprune.client.local_training import train_epochs, train_sgd  # noqa: E402
 from fedprune.client.score_optimizer import score_optimizer  # noqa: E402
+from fedprune.client.settings import ClientSettings  # noqa: E402
 from fedprune.kernels.convert import sparsify  # noqa: E402
 from fedprune.kernels.sign_supermask import apply_sign_supermask_sparse  # noqa: E402
 from fedprune.models import build_model  # noqa: E402
-from fedprune.server.run_config import RunSettings  # noqa: E402
-from fedprune.strategies.scores import data_free_mask  # noqa: E402
+from fedprune.pruning.schedules import data_free_mask  # noqa: E402
 
 
 def main() -> int:
@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    settings = RunSettings()
+    settings = ClientSettings()  # the client's defaults
     local = load_local_data({"partition-id": 0, "num-partitions": 100}, settings)
     base = build_model("fl-cnn", (1, 28, 28), 10, seed=0)
     theta0 = {k: v.detach().numpy().copy() for k, v in base.state_dict().items()}

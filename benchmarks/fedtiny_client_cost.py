@@ -41,8 +41,8 @@ from fedprune.client.topk_gradients import PrunedGradientTap  # noqa: E402
 from fedprune.kernels.convert import sparsify  # noqa: E402
 from fedprune.kernels.csr import CSRLinear  # noqa: E402
 from fedprune.models import build_model  # noqa: E402
-from fedprune.strategies.progressive import cosine_k, tap_buffer_capacity  # noqa: E402
-from fedprune.strategies.scores import data_free_mask  # noqa: E402
+from fedprune.pruning.progressive import cosine_k, tap_buffer_capacity  # noqa: E402
+from fedprune.pruning.schedules import data_free_mask  # noqa: E402
 
 SHAPE = (1, 28, 28)
 

@@ -34,10 +34,10 @@ from fedprune.client.app import app as client_app  # noqa: E402
 from fedprune.data.sources import load_fashion_mnist  # noqa: E402
 from fedprune.models.evaluation import evaluate  # noqa: E402
 from fedprune.models.registry import build_model  # noqa: E402
+from fedprune.pruning.progressive import smallest_active  # noqa: E402
 from fedprune.server.checkpoint import read_checkpoint
 from fedprune.server.run_config import ConfigError, RunSettings  # noqa: E402
 from fedprune.server.runner import run_federation  # noqa: E402
-from fedprune.strategies.progressive import smallest_active  # noqa: E402
 
 from tests.inprocess_grid import InProcessGrid  # noqa: E402
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fedprune.data.sources import load_dataset  # noqa: E402
 from fedprune.models import build_model  # noqa: E402
 from fedprune.models.evaluation import evaluate  # noqa: E402
-from fedprune.strategies.candidates import candidate_masks  # noqa: E402
-from fedprune.strategies.scores import data_free_mask  # noqa: E402
+from fedprune.pruning.candidates import candidate_masks  # noqa: E402
+from fedprune.pruning.schedules import data_free_mask  # noqa: E402
 
 
 def train_masked(splits, mask: dict[str, np.ndarray], seed: int, steps: int, lr: float = 0.05) -> list[float]:

@@ -4,7 +4,7 @@ Usage: python benchmarks/fedtiny_prune_damage.py RUNS_DIR [RUNS_DIR ...] [-- DEN
 For each seed directory (``benchmarks/fedtiny_table.sh`` output) and density: the final global model of
 ``fedtiny-no-pp-D`` (trained 30 rounds on FedTiny's selected mask, never adjusted), and, for each adjustment
 ``fedtiny-D`` made (its layer and K), the test-accuracy change when the K smallest-magnitude active weights of
-that layer are zeroed, in the order ``strategies.progressive.grow_and_prune`` prunes them (``smallest_active``;
+that layer are zeroed, in the order ``pruning.progressive.grow_and_prune`` prunes them (``smallest_active``;
 grown weights start at 0, so growing changes no output). Prints one line per run and adjustment, in points.
 """
 
@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fedprune.data.sources import load_fashion_mnist  # noqa: E402
 from fedprune.models.evaluation import evaluate  # noqa: E402
 from fedprune.models.registry import build_model  # noqa: E402
+from fedprune.pruning.progressive import smallest_active  # noqa: E402
 from fedprune.server.checkpoint import read_checkpoint  # noqa: E402
-from fedprune.strategies.progressive import smallest_active  # noqa: E402
 
 
 def main() -> int:

@@ -38,8 +38,8 @@ from fedprune.data.partition import partition_indices, split_local  # noqa: E402
 from fedprune.data.sources import LabeledArrays, load_dataset  # noqa: E402
 from fedprune.kernels.convert import sparsify  # noqa: E402
 from fedprune.models import build_model  # noqa: E402
-from fedprune.strategies.candidates import candidate_masks  # noqa: E402
-from fedprune.strategies.progressive import TAP_BUFFER_FACTOR, cosine_k, tap_buffer_capacity  # noqa: E402
+from fedprune.pruning.candidates import candidate_masks  # noqa: E402
+from fedprune.pruning.progressive import TAP_BUFFER_FACTOR, cosine_k, tap_buffer_capacity  # noqa: E402
 
 
 def masked_model(splits, mask: dict[str, np.ndarray]) -> torch.nn.Module:

@@ -26,7 +26,7 @@ from fedprune.data.sources import load_dataset  # noqa: E402
 from fedprune.kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse  # noqa: E402
 from fedprune.models import build_model  # noqa: E402
 from fedprune.models.evaluation import evaluate  # noqa: E402
-from fedprune.strategies.scores import data_free_mask  # noqa: E402
+from fedprune.pruning.schedules import data_free_mask  # noqa: E402
 
 CHECKPOINTS = (50, 100, 250, 500, 1000, 1875)
 

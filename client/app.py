@@ -7,19 +7,19 @@ from logging import WARNING
 import torch
 from fedprune.client.bn_statistics import bn_evaluation_reply, bn_statistics_reply
 from fedprune.client.device_budget import declared_budget
+from fedprune.client.edge_model import export_after_training
 from fedprune.client.hidenseek import evaluate_hidenseek, train_hidenseek
 from fedprune.client.local_data import load_local_data, partition_of
 from fedprune.client.local_loss import logit_offset
 from fedprune.client.local_training import local_seed, train_sgd
 from fedprune.client.masked_training import train_masked
+from fedprune.client.settings import ClientSettings, client_settings
 from fedprune.data import load_dataset
 from fedprune.data.sources import DatasetSplits
 from fedprune.models import build_model
 from fedprune.models.evaluation import evaluate as evaluate_model
-from fedprune.server.run_config import RunSettings, settings_from_run_config
-from fedprune.strategies.fedtiny import BN_EVAL_TASK, BN_STATS_TASK
-from fedprune.strategies.hidenseek import TASK as HIDENSEEK_TASK
-from fedprune.strategies.static_mask import TASK as MASKED_TASK
+from fedprune.protos.contract import ConfigKey, MetricKey, Record, Task
+from fedprune.protos.flower_records import config_of
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import log
@@ -27,8 +27,8 @@ from flwr.common import log
 app = ClientApp()
 
 
-def _settings(context: Context) -> RunSettings:
-    return settings_from_run_config(context.run_config)
+def _settings(context: Context) -> ClientSettings:
+    return client_settings(context.run_config)
 
 
 def _setup_threads() -> None:
@@ -44,7 +44,8 @@ def describe(msg: Message, context: Context) -> Message:
     settings = _settings(context)
     pid, count = partition_of(context.node_config, settings)
     budget = declared_budget(context.node_config, pid, settings)
-    return Message(RecordDict({"node": MetricRecord({"partition-id": pid, "num-partitions": count, **budget})}),
+    return Message(RecordDict({Record.NODE: MetricRecord({MetricKey.PARTITION_ID: pid,
+                                                           MetricKey.NUM_PARTITIONS: count, **budget})}),
                    reply_to=msg)
 
 
@@ -53,8 +54,6 @@ def train(msg: Message, context: Context) -> Message:
     """Train locally; a node with ``model-dir`` in its node config also keeps the result for edge inference."""
     reply = _train(msg, context)
     if context.node_config.get("model-dir"):
-        from fedprune.client.edge_model import export_after_training
-
         settings = _settings(context)
         data = load_dataset_shape(settings)
         try:
@@ -69,31 +68,32 @@ def _train(msg: Message, context: Context) -> Message:
     _setup_threads()
     settings = _settings(context)
     local = load_local_data(context.node_config, settings)
-    config = msg.content.config_records.get("config", {})
-    server_round = int(config.get("server-round", 0))
+    config = config_of(msg)
+    server_round = int(config.get(ConfigKey.SERVER_ROUND, 0))
     data = load_dataset_shape(settings)
     model = build_model(settings.model, data.input_shape, data.num_classes)
-    task = config.get("task")
-    batch_size = int(config.get("batch-size", settings.batch_size))
-    if task == MASKED_TASK:
+    task = config.get(ConfigKey.TASK)
+    batch_size = int(config.get(ConfigKey.BATCH_SIZE, settings.batch_size))
+    if task == Task.MASKED_SGD:
         return train_masked(msg, context, settings, local, model, data.num_classes)
-    if task == BN_STATS_TASK:
+    if task == Task.BN_STATISTICS:
         return bn_statistics_reply(msg, local, data.input_shape, data.num_classes, batch_size)
-    if config.get("task") == HIDENSEEK_TASK:
+    if task == Task.HIDENSEEK:
         return train_hidenseek(msg, context, settings, local, data.input_shape, data.num_classes)
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records[Record.ARRAYS].to_torch_state_dict())
     stats = train_sgd(
         model, local.train,
-        epochs=int(config.get("local-epochs", settings.local_epochs)),
-        lr=float(config.get("lr", settings.lr)),
-        momentum=float(config.get("momentum", settings.momentum)),
-        batch_size=int(config.get("batch-size", settings.batch_size)),
+        epochs=int(config.get(ConfigKey.LOCAL_EPOCHS, settings.local_epochs)),
+        lr=float(config.get(ConfigKey.LR, settings.lr)),
+        momentum=float(config.get(ConfigKey.MOMENTUM, settings.momentum)),
+        batch_size=batch_size,
         seed=local_seed(settings.seed, server_round, local.partition_id),
         logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, data.num_classes),
     )
-    metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,
-                            "partition-id": local.partition_id})
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+    metrics = MetricRecord({MetricKey.NUM_EXAMPLES: stats.num_examples, MetricKey.TRAIN_LOSS: stats.mean_loss,
+                            MetricKey.PARTITION_ID: local.partition_id})
+    return Message(RecordDict({Record.ARRAYS: ArrayRecord(model.state_dict()), Record.METRICS: metrics}),
+                   reply_to=msg)
 
 
 @app.evaluate()
@@ -103,18 +103,19 @@ def evaluate(msg: Message, context: Context) -> Message:
     settings = _settings(context)
     local = load_local_data(context.node_config, settings)
     data = load_dataset_shape(settings)
-    config = msg.content.config_records.get("config", {})
-    if config.get("task") == HIDENSEEK_TASK:
+    task = config_of(msg).get(ConfigKey.TASK)
+    if task == Task.HIDENSEEK:
         return evaluate_hidenseek(msg, context, settings, local, data.input_shape, data.num_classes)
-    if config.get("task") == BN_EVAL_TASK:
+    if task == Task.BN_EVALUATE:
         return bn_evaluation_reply(msg, local, data.input_shape, data.num_classes)
     model = build_model(settings.model, data.input_shape, data.num_classes)
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records[Record.ARRAYS].to_torch_state_dict())
     loss, accuracy = evaluate_model(model, local.test.x, local.test.y, settings.eval_batch_size)
-    metrics = MetricRecord({"num-examples": len(local.test), "loss": loss, "accuracy": accuracy})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    metrics = MetricRecord({MetricKey.NUM_EXAMPLES: len(local.test), MetricKey.LOSS: loss,
+                            MetricKey.ACCURACY: accuracy})
+    return Message(RecordDict({Record.METRICS: metrics}), reply_to=msg)
 
 
-def load_dataset_shape(settings: RunSettings) -> DatasetSplits:
+def load_dataset_shape(settings: ClientSettings) -> DatasetSplits:
     """The dataset's splits (cached per process) for input shape and class count."""
     return load_dataset(settings.dataset, settings.dataset_path or None)

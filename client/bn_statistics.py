@@ -10,7 +10,6 @@ on its local held-out split.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -20,26 +19,29 @@ from fedprune.data import LabeledArrays
 from fedprune.kernels.convert import sparsify
 from fedprune.models import build_model
 from fedprune.models.evaluation import evaluate
-from fedprune.protos.codec import Decoded, Manifest, decode, encode, reference_digest
-from fedprune.protos.flower_records import content_with_payload, payload_of
-from fedprune.strategies.fedtiny import CANDIDATE, THETA0_DIGEST, candidate_key
-from flwr.app import ConfigRecord, Message, MetricRecord
+from fedprune.protos.codec import Decoded, Manifest, decode, encode
+from fedprune.protos.contract import (
+    CANDIDATE,
+    THETA0_DIGEST,
+    ConfigKey,
+    Kind,
+    MetricKey,
+    Record,
+    candidate_accuracy_key,
+    candidate_key,
+    candidate_loss_key,
+    rebuild_theta0,
+)
+from fedprune.protos.flower_records import config_of, content_with_payload, payload_of
+from flwr.app import Message, MetricRecord, RecordDict
 from torch import nn
 
 
-@functools.lru_cache(maxsize=4)
-def _theta0(architecture: str, seed: int, input_shape: tuple, num_classes: int) -> dict[str, np.ndarray]:
-    model = build_model(architecture, input_shape, num_classes, seed=seed)
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def rebuild_theta0(decoded: Decoded, input_shape: tuple, num_classes: int) -> dict[str, np.ndarray]:
-    """θ0 from the manifest's architecture and seed, checked against the server's digest."""
+def _rebuilt_theta0(decoded: Decoded, input_shape: tuple, num_classes: int) -> dict[str, np.ndarray]:
+    """θ0 from the candidates payload's manifest (architecture and seed), checked against the server's digest."""
     m = decoded.manifest
-    theta0 = _theta0(m.architecture, m.model_seed, tuple(input_shape), num_classes)
-    if reference_digest(theta0) != decoded.tensors[THETA0_DIGEST].tobytes():
-        raise ValueError("θ0 rebuilt from the seed differs from the server's (torch version or model drift)")
-    return theta0
+    return rebuild_theta0(m.architecture, m.model_seed, input_shape, num_classes,
+                          decoded.tensors[THETA0_DIGEST].tobytes())
 
 
 def candidates_of(tensors: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -91,17 +93,15 @@ def reestimate_bn(model: nn.Module, data: LabeledArrays, batch_size: int) -> dic
 
 def _reply(msg: Message, tensors: dict[str, np.ndarray] | None, metrics: dict) -> Message:
     if tensors is None:
-        from flwr.app import RecordDict
-
-        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
-    blob = encode(tensors, manifest=Manifest(kind="fedtiny-bn-statistics"))
+        return Message(RecordDict({Record.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    blob = encode(tensors, manifest=Manifest(kind=Kind.FEDTINY_BN_STATISTICS))
     return Message(content_with_payload(blob, metrics=MetricRecord(metrics)), reply_to=msg)
 
 
 def _for_each_candidate(msg: Message, input_shape: tuple, num_classes: int, batch: int,
                         work: Callable[[int, nn.Module], None]) -> None:
     decoded = decode(payload_of(msg))
-    theta0 = rebuild_theta0(decoded, input_shape, num_classes)
+    theta0 = _rebuilt_theta0(decoded, input_shape, num_classes)
     for index, tensors in enumerate(candidates_of(decoded.tensors)):
         work(index, candidate_model(theta0, tensors, decoded.manifest.architecture, input_shape, num_classes, batch))
 
@@ -115,20 +115,19 @@ def bn_statistics_reply(msg: Message, local: LocalData, input_shape: tuple, num_
         stats.update({candidate_key(index, k): v for k, v in reestimate_bn(model, local.train, batch_size).items()})
 
     _for_each_candidate(msg, input_shape, num_classes, batch_size, work)
-    return _reply(msg, stats, {"num-examples": len(local.train), "partition-id": local.partition_id})
+    return _reply(msg, stats, {MetricKey.NUM_EXAMPLES: len(local.train), MetricKey.PARTITION_ID: local.partition_id})
 
 
 def bn_evaluation_reply(msg: Message, local: LocalData, input_shape: tuple, num_classes: int) -> Message:
     """Validation loss and accuracy of every candidate with the pooled statistics (local held-out split,
     or the training split when the node holds out nothing)."""
-    config = msg.content.config_records.get("config", ConfigRecord())
-    batch = int(config.get("eval-batch-size", 1000))
+    batch = int(config_of(msg).get(ConfigKey.EVAL_BATCH_SIZE, 1000))
     held_out = local.test if len(local.test) else local.train
-    metrics: dict = {"num-examples": len(held_out), "partition-id": local.partition_id}
+    metrics: dict = {MetricKey.NUM_EXAMPLES: len(held_out), MetricKey.PARTITION_ID: local.partition_id}
 
     def work(index: int, model: nn.Module) -> None:
         loss, accuracy = evaluate(model, held_out.x, held_out.y, batch)
-        metrics[f"loss-{index}"], metrics[f"accuracy-{index}"] = float(loss), float(accuracy)
+        metrics[candidate_loss_key(index)], metrics[candidate_accuracy_key(index)] = float(loss), float(accuracy)
 
     _for_each_candidate(msg, input_shape, num_classes, batch, work)
     return _reply(msg, None, metrics)

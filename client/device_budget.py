@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import math
 
-from fedprune.server.run_config import RunSettings
-from fedprune.strategies.budgets import FLOPS_KEY, MEMORY_KEY, parse_budget_tiers
+from fedprune.client.settings import ClientSettings
+from fedprune.protos.contract import MetricKey
+from fedprune.pruning.budgets import parse_budget_tiers
 
 
-def declared_budget(node_config: dict, partition_id: int, settings: RunSettings) -> dict[str, float]:
+def declared_budget(node_config: dict, partition_id: int, settings: ClientSettings) -> dict[str, float]:
     """The budgets this node declares (finite ones only): node config first, else its simulated tier."""
     declared: dict[str, float] = {}
     tiers = parse_budget_tiers(settings.budget_tiers)
     if tiers:
         tier = tiers[partition_id % len(tiers)]
-        declared.update({MEMORY_KEY: tier.memory_mb, FLOPS_KEY: tier.flops_per_sample})
-    for key in (MEMORY_KEY, FLOPS_KEY):
+        declared.update({MetricKey.MEMORY_BUDGET_MB: tier.memory_mb, MetricKey.FLOPS_BUDGET: tier.flops_per_sample})
+    for key in (MetricKey.MEMORY_BUDGET_MB, MetricKey.FLOPS_BUDGET):
         if key in node_config:
             declared[key] = float(node_config[key])
     return {k: float(v) for k, v in declared.items() if math.isfinite(float(v))}

@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 from fedprune.client.hidenseek import STATE_SETUP, Setup, _stored, personal_model
+from fedprune.client.masked_training import stored_mask
+from fedprune.client.settings import ClientSettings
 from fedprune.kernels.convert import export_for_inference
 from fedprune.models import build_model
 from fedprune.protos.codec import decode
-from fedprune.protos.flower_records import payload_of
-from fedprune.server.run_config import RunSettings
-from fedprune.strategies.hidenseek import TASK as HIDENSEEK_TASK
-from fedprune.strategies.static_mask import MASK_SUFFIX
-from fedprune.strategies.static_mask import TASK as MASKED_TASK
+from fedprune.protos.contract import MASK_SUFFIX, ConfigKey, Record, Task, join_kept
+from fedprune.protos.flower_records import config_of, payload_of
 from flwr.app import Context, Message
 from torch import nn
 
@@ -124,7 +123,7 @@ def load_edge_model(path: str | Path) -> EdgeModel:
                      int(payload["num_classes"]), bool(payload["personalized"]))
 
 
-def _hidenseek_personal(context: Context, settings: RunSettings, input_shape: tuple,
+def _hidenseek_personal(context: Context, settings: ClientSettings, input_shape: tuple,
                         num_classes: int) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
     """The node's own model after training: own scores z, dense params and label prior, folded."""
     setup = Setup(_stored(context, STATE_SETUP), input_shape, num_classes)
@@ -135,35 +134,32 @@ def _hidenseek_personal(context: Context, settings: RunSettings, input_shape: tu
 def _masked_trained(reply: Message, context: Context, template: dict[str, np.ndarray]
                     ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
     """The trained kept values this node just sent, joined back onto its mask."""
-    from fedprune.client.masked_training import _stored_mask
-    from fedprune.strategies.static_mask import join_kept
-
-    mask = _stored_mask(context)
+    mask = stored_mask(context)
     tensors = decode(payload_of(reply), reference=mask).tensors
     tensors = {k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX)}
     state = join_kept(tensors, mask, template)
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, mask
 
 
-def export_after_training(reply: Message, msg: Message, context: Context, settings: RunSettings,
+def export_after_training(reply: Message, msg: Message, context: Context, settings: ClientSettings,
                           input_shape: tuple, num_classes: int) -> Path | None:
     """Keep the model this node just trained in node config's ``model-dir`` (no-op without one)."""
     model_dir = context.node_config.get("model-dir")
     if not model_dir or reply.has_error():
         return None
-    config = msg.content.config_records.get("config", {})
-    task = config.get("task")
-    server_round = int(config.get("server-round", 0))
-    if task == HIDENSEEK_TASK:
+    config = config_of(msg)
+    task = config.get(ConfigKey.TASK)
+    server_round = int(config.get(ConfigKey.SERVER_ROUND, 0))
+    if task == Task.HIDENSEEK:
         state, mask = _hidenseek_personal(context, settings, input_shape, num_classes)
         personalized = True
-    elif task == MASKED_TASK:
+    elif task == Task.MASKED_SGD:
         template = {k: v.numpy() for k, v in build_model(settings.model, input_shape, num_classes)
                     .state_dict().items()}
         state, mask = _masked_trained(reply, context, template)
         personalized = False
     else:
-        state, mask, personalized = reply.content.array_records["arrays"].to_torch_state_dict(), {}, False
+        state, mask, personalized = reply.content.array_records[Record.ARRAYS].to_torch_state_dict(), {}, False
     return save_edge_model(model_dir, state=state, mask=mask, strategy=settings.strategy, server_round=server_round,
                            architecture=settings.model, input_shape=input_shape, num_classes=num_classes,
                            personalized=personalized)

@@ -16,23 +16,35 @@ from fedprune.client.local_data import LocalData
 from fedprune.client.local_loss import add_label_prior, logit_offset
 from fedprune.client.local_training import local_seed, train_epochs
 from fedprune.client.score_optimizer import score_optimizer
+from fedprune.client.settings import ClientSettings
 from fedprune.kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse, fold
 from fedprune.models import build_model
 from fedprune.models.evaluation import evaluate
 from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
-from fedprune.protos.flower_records import content_with_payload, payload_of, setup_of
-from fedprune.server.run_config import RunSettings
-from fedprune.strategies.aggregation import stochastic_ternary
-from fedprune.strategies.hidenseek import (
+from fedprune.protos.contract import (
+    AGGREGATIONS,
+    DENSE_PARAMS,
     MASK,
+    MASK_DIGEST,
     MOVED,
     SCORE_DOWNLINK,
     SCORES,
     SIGMA,
     STEP_SCALE,
     STEP_SIGNS,
-    theta0_digest,
+    THETA0_DIGEST,
+    Aggregation,
+    ConfigKey,
+    DenseParams,
+    Kind,
+    MetricKey,
+    Record,
+    rebuild_theta0,
+    score_of_setup_kind,
 )
+from fedprune.protos.flower_records import config_of, content_with_payload, payload_of, setup_of
+from fedprune.pruning.aggregation import stochastic_ternary
+from fedprune.pruning.schedules import data_free_mask
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 STATE_SETUP, STATE_SIGMA, STATE_SCORES, STATE_DENSE = "hns-setup", "hns-sigma", "hns-scores", "hns-dense"
@@ -40,16 +52,8 @@ STATE_PRIOR = "hns-label-prior"  # log label frequencies a logit-adjusted node t
 
 
 @functools.lru_cache(maxsize=4)
-def _theta0(architecture: str, seed: int, input_shape: tuple, num_classes: int) -> dict[str, np.ndarray]:
-    model = build_model(architecture, input_shape, num_classes, seed=seed)
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-@functools.lru_cache(maxsize=4)
 def _recomputed_mask(architecture: str, seed: int, input_shape: tuple, num_classes: int, score: str,
                      density: float) -> dict[str, np.ndarray]:
-    from fedprune.strategies.scores import data_free_mask
-
     model = build_model(architecture, input_shape, num_classes, seed=seed)
     return data_free_mask(model, score, density, seed)
 
@@ -70,19 +74,18 @@ class Setup:
         decoded = decode(blob)
         m = decoded.manifest
         self.manifest = m
-        self.theta0 = _theta0(m.architecture, m.model_seed, input_shape, num_classes)
+        self.theta0 = rebuild_theta0(m.architecture, m.model_seed, input_shape, num_classes,
+                                     decoded.tensors[THETA0_DIGEST].tobytes())
         masks = {k[len(MASK):]: v for k, v in decoded.tensors.items() if k.startswith(MASK)}
         if not masks:
-            score = m.kind.rsplit("/", 1)[-1]
+            score = score_of_setup_kind(m.kind)
             masks = _recomputed_mask(m.architecture, m.model_seed, input_shape, num_classes, score, m.density)
-            expected = decoded.tensors["mask-digest"].tobytes()
+            expected = decoded.tensors[MASK_DIGEST].tobytes()
             if reference_digest(masks) != expected:
                 raise ValueError("the mask recomputed here differs from the server's (digest mismatch)")
         self.mask = masks
         self.magnitude = {k: np.abs(self.theta0[k][v]).astype(np.float32) for k, v in masks.items()}
         self.initial_signs = {k: np.where(self.theta0[k][v] >= 0, 1, -1).astype(np.int8) for k, v in masks.items()}
-        if theta0_digest(self.magnitude, self.initial_signs) != decoded.tensors["theta0-digest"].tobytes():
-            raise ValueError("θ0 rebuilt from the seed differs from the server's (torch version or model drift)")
 
 
 def _setup(msg: Message, context: Context, input_shape: tuple, num_classes: int) -> tuple[Setup, bool]:
@@ -125,7 +128,7 @@ def _receive(msg: Message, context: Context, setup: Setup, first_contact: bool) 
 
 def _dense_params(tensors: dict[str, np.ndarray], context: Context, setup: Setup, mode: str) -> dict[str, np.ndarray]:
     dense = {k: v for k, v in setup.theta0.items() if k not in setup.mask}
-    if mode == "averaged":
+    if mode == DenseParams.AVERAGED:
         dense.update({k: tensors[k] for k in dense if k in tensors})
     else:
         stored = _stored(context, STATE_DENSE)
@@ -134,7 +137,7 @@ def _dense_params(tensors: dict[str, np.ndarray], context: Context, setup: Setup
     return dense
 
 
-def _model(settings: RunSettings, input_shape: tuple, num_classes: int, setup: Setup,
+def _model(settings: ClientSettings, input_shape: tuple, num_classes: int, setup: Setup,
            dense: dict[str, np.ndarray], scores: dict[str, np.ndarray],
            train_batch: int | None = None) -> tuple[torch.nn.Module, dict]:
     """The sign-supermask model; for training, Linear layers the dispatcher prices as CSR run compact."""
@@ -146,24 +149,36 @@ def _model(settings: RunSettings, input_shape: tuple, num_classes: int, setup: S
     return model, apply_sign_supermask_sparse(model, setup.mask, setup.magnitude, scores, batch=train_batch)
 
 
-def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local: LocalData,
+def _checked_rule(aggregation: str, dense_mode: str, settings: ClientSettings) -> None:
+    """Refuse an aggregation rule or dense-params mode this client cannot follow (``ValueError``)."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation '{aggregation}' is not one of {AGGREGATIONS}")
+    if dense_mode not in DENSE_PARAMS:
+        raise ValueError(f"dense-params '{dense_mode}' is not one of {DENSE_PARAMS}")
+    if aggregation == Aggregation.TALLY and settings.score_optimizer != "adam":
+        raise ValueError("aggregation 'tally' bounds a round's score movement by Adam's (~lr per step); "
+                         f"this run's score optimizer is '{settings.score_optimizer}'")
+
+
+def train_hidenseek(msg: Message, context: Context, settings: ClientSettings, local: LocalData,
                     input_shape: tuple, num_classes: int) -> Message:
     """One local round: start z from σ·|θ0| (or the global scores), train, send bits coded against σ."""
-    config = msg.content.config_records.get("config", ConfigRecord())
-    aggregation, dense_mode = str(config.get("aggregation")), str(config.get("dense-params"))
+    config = config_of(msg)
+    aggregation, dense_mode = str(config.get(ConfigKey.AGGREGATION)), str(config.get(ConfigKey.DENSE_PARAMS))
+    _checked_rule(aggregation, dense_mode, settings)
     setup, first_contact = _setup(msg, context, input_shape, num_classes)
     tensors = _receive(msg, context, setup, first_contact)
     sigma = {k: tensors[SIGMA + k] for k in setup.mask}
-    lr = float(config.get("score-lr", settings.score_lr))
-    epochs = int(config.get("local-epochs", settings.local_epochs))
-    batch_size = int(config.get("batch-size", settings.batch_size))
+    lr = float(config.get(ConfigKey.SCORE_LR, settings.score_lr))
+    epochs = int(config.get(ConfigKey.LOCAL_EPOCHS, settings.local_epochs))
+    batch_size = int(config.get(ConfigKey.BATCH_SIZE, settings.batch_size))
     # Tally: start at σ·(|θ0| + reach), where reach bounds one round of Adam (~lr per step), so no sign
     # flips locally; bits then round z stochastically between ±(|θ0| + 2·reach), which z cannot leave,
     # so each bit is an unbiased 1-bit estimate of the score change (no clipping, no drift).
     reach = lr * epochs * -(-len(local.train) // batch_size)
     if aggregation in SCORE_DOWNLINK:
         start = {k: tensors[SCORES + k] for k in setup.mask}
-    elif aggregation == "tally":
+    elif aggregation == Aggregation.TALLY:
         start = {k: sigma[k] * (setup.magnitude[k] + reach) for k in setup.mask}
     else:
         start = {k: sigma[k] * setup.magnitude[k] for k in setup.mask}
@@ -171,7 +186,7 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
     model, latent = _model(settings, input_shape, num_classes, setup, dense, start, train_batch=batch_size)
     optimizer = score_optimizer(settings.score_optimizer, model, latent, setup.magnitude, setup.theta0, lr,
                                 settings.score_momentum)
-    server_round = int(config.get("server-round", 0))
+    server_round = int(config.get(ConfigKey.SERVER_ROUND, 0))
     seed = local_seed(settings.seed, server_round, local.partition_id)
     offset = logit_offset(settings.resolved_local_loss(), local.train.y, num_classes)
     stats = train_epochs(model, local.train, optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
@@ -184,17 +199,17 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
     _store(context, STATE_SCORES, encode(scores))
     _store(context, STATE_DENSE, encode(trained_dense))
 
-    if aggregation == "score-average":
+    if aggregation == Aggregation.SCORE_AVERAGE:
         upload = {SCORES + k: v.astype(np.float32) for k, v in scores.items()}
-    elif aggregation == "ternary-delta":
-        upload, moved_share = {}, float(config.get("moved-share", settings.moved_share))
+    elif aggregation == Aggregation.TERNARY_DELTA:
+        upload, moved_share = {}, float(config.get(ConfigKey.MOVED_SHARE, settings.moved_share))
         for index, (k, z) in enumerate(sorted(scores.items())):
             rng = np.random.default_rng([settings.seed, server_round, local.partition_id, index])
             moved, step_signs, scale = stochastic_ternary(z.astype(np.float64) - start[k], rng, moved_share)
             upload[MOVED + k], upload[STEP_SIGNS + k] = moved, step_signs
             upload[STEP_SCALE + k] = np.array([scale], dtype=np.float32)
-    elif aggregation == "tally":
-        slot, slots = int(config.get("tally-slot", 0)), max(1, int(config.get("tally-slots", 1)))
+    elif aggregation == Aggregation.TALLY:
+        slot, slots = int(config.get(ConfigKey.TALLY_SLOT, 0)), max(1, int(config.get(ConfigKey.TALLY_SLOTS, 1)))
         upload = {}
         for index, (k, z) in enumerate(sorted(scores.items())):
             p_plus = (1.0 + np.clip(z / (setup.magnitude[k] + 2.0 * reach), -1.0, 1.0)) / 2.0
@@ -205,19 +220,19 @@ def train_hidenseek(msg: Message, context: Context, settings: RunSettings, local
             upload[SIGMA + k] = np.where(threshold < p_plus, 1, -1).astype(np.int8)
     else:
         upload = {SIGMA + k: np.where(z >= 0, 1, -1).astype(np.int8) for k, z in scores.items()}
-    if dense_mode == "averaged":
+    if dense_mode == DenseParams.AVERAGED:
         upload.update(trained_dense)
     m = setup.manifest
     blob = encode(upload, reference={SIGMA + k: v for k, v in sigma.items()},
-                  manifest=Manifest(m.architecture, m.model_seed, m.density, server_round, "hidenseek-update"))
+                  manifest=Manifest(m.architecture, m.model_seed, m.density, server_round, Kind.HIDENSEEK_UPDATE))
     local_flips = sum(int(((scores[k] >= 0) != (sigma[k] > 0)).sum()) for k in scores)
-    metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,
-                            "partition-id": local.partition_id, "tally-reach": reach,
-                            "local-flip-rate": local_flips / max(1, sum(v.size for v in scores.values()))})
+    metrics = MetricRecord({MetricKey.NUM_EXAMPLES: stats.num_examples, MetricKey.TRAIN_LOSS: stats.mean_loss,
+                            MetricKey.PARTITION_ID: local.partition_id, MetricKey.TALLY_REACH: reach,
+                            MetricKey.LOCAL_FLIP_RATE: local_flips / max(1, sum(v.size for v in scores.values()))})
     return Message(content_with_payload(blob, metrics=metrics), reply_to=msg)
 
 
-def personal_model(context: Context, settings: RunSettings, setup: Setup, dense: dict[str, np.ndarray],
+def personal_model(context: Context, settings: ClientSettings, setup: Setup, dense: dict[str, np.ndarray],
                    input_shape: tuple, num_classes: int) -> torch.nn.Module | None:
     """The node's own folded model: its scores z and dense parameters over ``dense``, plus its label prior
     in the last bias when it trained logit-adjusted (None before it has trained)."""
@@ -232,15 +247,16 @@ def personal_model(context: Context, settings: RunSettings, setup: Setup, dense:
     return model
 
 
-def evaluate_hidenseek(msg: Message, context: Context, settings: RunSettings, local: LocalData,
+def evaluate_hidenseek(msg: Message, context: Context, settings: ClientSettings, local: LocalData,
                        input_shape: tuple, num_classes: int) -> Message:
     """Accuracy on the local test split of the personal model (own z, own dense, own label prior) and of
     the global one."""
-    config = msg.content.config_records.get("config", ConfigRecord())
+    config = config_of(msg)
     setup, first_contact = _setup(msg, context, input_shape, num_classes)
     tensors = _receive(msg, context, setup, first_contact)
     sigma = {k: tensors[SIGMA + k] for k in setup.mask}
-    global_dense = _dense_params(tensors, context, setup, str(config.get("dense-params", "averaged")))
+    global_dense = _dense_params(tensors, context, setup,
+                                 str(config.get(ConfigKey.DENSE_PARAMS, DenseParams.AVERAGED)))
     global_model, _ = _model(settings, input_shape, num_classes, setup, global_dense,
                              {k: sigma[k] * setup.magnitude[k] for k in setup.mask})
     _, global_acc = evaluate(fold(global_model), local.test.x, local.test.y, settings.eval_batch_size)
@@ -248,6 +264,6 @@ def evaluate_hidenseek(msg: Message, context: Context, settings: RunSettings, lo
     personal_acc = global_acc
     if personal is not None:
         _, personal_acc = evaluate(personal, local.test.x, local.test.y, settings.eval_batch_size)
-    return Message(RecordDict({"metrics": MetricRecord({
-        "num-examples": len(local.test), "personal-accuracy": personal_acc, "global-accuracy": global_acc})}),
-        reply_to=msg)
+    return Message(RecordDict({Record.METRICS: MetricRecord({
+        MetricKey.NUM_EXAMPLES: len(local.test), MetricKey.PERSONAL_ACCURACY: personal_acc,
+        MetricKey.GLOBAL_ACCURACY: global_acc})}), reply_to=msg)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fedprune.client.settings import ClientSettings
 from fedprune.data import LabeledArrays, load_dataset, partition_indices, split_local
-from fedprune.server.run_config import RunSettings
+from fedprune.protos.contract import MetricKey
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,12 @@ class LocalData:
     test: LabeledArrays
 
 
-def partition_of(node_config: dict, settings: RunSettings) -> tuple[int, int]:
+def partition_of(node_config: dict, settings: ClientSettings) -> tuple[int, int]:
     """(partition id, number of partitions) from the node config, checked against the run."""
-    if "partition-id" not in node_config:
-        raise ValueError("node config has no 'partition-id'; set it on the SuperNode (--node-config)")
-    pid = int(node_config["partition-id"])
-    count = int(node_config.get("num-partitions", settings.num_clients))
+    if MetricKey.PARTITION_ID not in node_config:
+        raise ValueError(f"node config has no '{MetricKey.PARTITION_ID}'; set it on the SuperNode (--node-config)")
+    pid = int(node_config[MetricKey.PARTITION_ID])
+    count = int(node_config.get(MetricKey.NUM_PARTITIONS, settings.num_clients))
     if count != settings.num_clients:
         raise ValueError(f"node has num-partitions={count} but the run expects --num-clients {settings.num_clients}")
     if not 0 <= pid < count:
@@ -42,7 +43,7 @@ def partition_of(node_config: dict, settings: RunSettings) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(settings: RunSettings, partition_id: int) -> LocalData:
+def _cached(settings: ClientSettings, partition_id: int) -> LocalData:
     splits = load_dataset(settings.dataset, settings.dataset_path or None)
     parts = partition_indices(
         splits.train.y, settings.partition, settings.num_clients, alpha=settings.alpha,
@@ -54,7 +55,7 @@ def _cached(settings: RunSettings, partition_id: int) -> LocalData:
 
 
 @functools.lru_cache(maxsize=4)
-def _from_file(settings: RunSettings, partition_id: int, data_path: str, mtime: float) -> LocalData:
+def _from_file(settings: ClientSettings, partition_id: int, data_path: str, mtime: float) -> LocalData:
     splits = load_dataset(settings.dataset, settings.dataset_path or None)
     path = Path(data_path).expanduser()
     with np.load(path, allow_pickle=False) as arrays:
@@ -76,7 +77,7 @@ def _from_file(settings: RunSettings, partition_id: int, data_path: str, mtime: 
     return LocalData(partition_id, data.subset(local.train), data.subset(local.test))
 
 
-def load_local_data(node_config: dict, settings: RunSettings) -> LocalData:
+def load_local_data(node_config: dict, settings: ClientSettings) -> LocalData:
     """This client's data (cached per process: a Ray actor serves many clients)."""
     pid, _ = partition_of(node_config, settings)
     if node_config.get("data-path"):

@@ -12,18 +12,19 @@ import torch
 from fedprune.client.local_data import LocalData
 from fedprune.client.local_loss import logit_offset
 from fedprune.client.local_training import TrainStats, local_seed, train_sgd
+from fedprune.client.settings import ClientSettings
 from fedprune.client.topk_gradients import PrunedGradientTap, pairs_payload, requested_adjustment, requested_capacities
 from fedprune.kernels.convert import export_dense_state, sparsify
 from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode
-from fedprune.protos.flower_records import content_with_payload, payload_of
-from fedprune.server.run_config import RunSettings
-from fedprune.strategies.static_mask import KEPT_SUFFIX, MASK_SUFFIX, join_kept, split_kept
+from fedprune.protos.contract import KEPT_SUFFIX, MASK_SUFFIX, ConfigKey, Kind, MetricKey, join_kept, split_kept
+from fedprune.protos.flower_records import config_of, content_with_payload, payload_of
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
 
 STATE_KEY = "fedprune-mask"
 
 
-def _stored_mask(context: Context) -> dict[str, np.ndarray] | None:
+def stored_mask(context: Context) -> dict[str, np.ndarray] | None:
+    """The mask this node holds (kept in ``Context.state`` since it last arrived), or None."""
     record = context.state.config_records.get(STATE_KEY)
     if record is None:
         return None
@@ -48,7 +49,7 @@ def receive_masked_model(msg: Message, context: Context, template: dict[str, np.
     """(decoded tensors, mask, manifest) from a server payload, checked against this node's model
     (``template``: its state dict) before anything is decoded; ``join_kept`` checks the rest."""
     blob = payload_of(msg)
-    mask = _stored_mask(context)
+    mask = stored_mask(context)
     decoded = decode(blob, reference=mask, expect=expected_model_payload(template))
     carried = {k[: -len(MASK_SUFFIX)]: v for k, v in decoded.tensors.items() if k.endswith(MASK_SUFFIX)}
     if carried:
@@ -59,7 +60,7 @@ def receive_masked_model(msg: Message, context: Context, template: dict[str, np.
     return decoded.tensors, mask, decoded.manifest
 
 
-def train_masked(msg: Message, context: Context, settings: RunSettings, local: LocalData,
+def train_masked(msg: Message, context: Context, settings: ClientSettings, local: LocalData,
                  model: torch.nn.Module, num_classes: int) -> Message:
     """One round of masked SGD through compact sparse layers (``kernels``): only kept weights exist,
     train and carry optimizer state; the dispatcher picks each layer's backend. When the request names
@@ -68,8 +69,8 @@ def train_masked(msg: Message, context: Context, settings: RunSettings, local: L
     tensors, mask, manifest = receive_masked_model(msg, context, template)
     state = join_kept(tensors, mask, template)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()})
-    config = msg.content.config_records.get("config", ConfigRecord())
-    batch_size = int(config.get("batch-size", settings.batch_size))
+    config = config_of(msg)
+    batch_size = int(config.get(ConfigKey.BATCH_SIZE, settings.batch_size))
     adjust = requested_adjustment(config, mask)  # FedTiny: layers whose pruned-position gradients to report
     tap = PrunedGradientTap(model, list(adjust), requested_capacities(config, adjust), mask) if adjust else None
     sparsify(model, mask, batch=batch_size, training=True)
@@ -77,10 +78,11 @@ def train_masked(msg: Message, context: Context, settings: RunSettings, local: L
         tap.attach(model)
     stats: TrainStats = train_sgd(
         model, local.train,
-        epochs=int(config.get("local-epochs", settings.local_epochs)),
-        lr=float(config.get("lr", settings.lr)), momentum=float(config.get("momentum", settings.momentum)),
+        epochs=int(config.get(ConfigKey.LOCAL_EPOCHS, settings.local_epochs)),
+        lr=float(config.get(ConfigKey.LR, settings.lr)),
+        momentum=float(config.get(ConfigKey.MOMENTUM, settings.momentum)),
         batch_size=batch_size,
-        seed=local_seed(settings.seed, int(config.get("server-round", 0)), local.partition_id),
+        seed=local_seed(settings.seed, int(config.get(ConfigKey.SERVER_ROUND, 0)), local.partition_id),
         logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, num_classes),
     )
     trained = {k: v.detach().numpy() for k, v in export_dense_state(model).items()}
@@ -88,7 +90,7 @@ def train_masked(msg: Message, context: Context, settings: RunSettings, local: L
     pairs = {} if tap is None else pairs_payload(tap, mask, adjust)
     blob = encode(update, reference=mask, pairs=pairs,
                   manifest=Manifest(manifest.architecture, manifest.model_seed, manifest.density, manifest.round,
-                                    "static-mask-update"))
-    metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.mean_loss,
-                            "partition-id": local.partition_id})
+                                    Kind.STATIC_MASK_UPDATE))
+    metrics = MetricRecord({MetricKey.NUM_EXAMPLES: stats.num_examples, MetricKey.TRAIN_LOSS: stats.mean_loss,
+                            MetricKey.PARTITION_ID: local.partition_id})
     return Message(content_with_payload(blob, metrics=metrics), reply_to=msg)

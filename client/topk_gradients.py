@@ -17,7 +17,7 @@ compact. The *dense* tap holds one accumulator per adjusted layer (the size of
 that layer's dense weight) for the round: exact, but fc1 of the FL CNN alone is
 6.4 MB. The *buffered* tap (``capacity`` per layer, 8·K from the server) never
 forms the whole gradient: it computes each batch's gradient a few output rows
-at a time (``strategies.progressive.tap_chunk_rows``) and keeps running sums at
+at a time (``pruning.progressive.tap_chunk_rows``) and keeps running sums at
 no more than ``capacity`` pruned positions — a position already held adds the
 chunk's value, the others compete by magnitude for the free or weakest slots
 at the end of each batch.
@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from fedprune.strategies import progressive
+from fedprune.protos.contract import ConfigKey
+from fedprune.pruning import progressive
 from torch import nn
 from torch.nn.grad import conv2d_weight
 
@@ -46,7 +47,7 @@ class TopKBuffer:
     the ``capacity`` slots. An entrant no larger than the weakest of ``capacity`` sums already known (held,
     when the buffer is full, or the entrants so far) could never win a slot and is dropped on the spot, so
     besides the held sums only the chunk and at most ``2·capacity`` entrants exist at any time
-    (``strategies.budgets.ModelCost.tap_memory_bytes`` counts them). ``kept`` is the layer's flat kept mask,
+    (``pruning.budgets.ModelCost.tap_memory_bytes`` counts them). ``kept`` is the layer's flat kept mask,
     read in place (the client's own: the buffer copies nothing of the layer's size).
     """
 
@@ -246,19 +247,20 @@ def pairs_payload(tap: PrunedGradientTap, mask: dict[str, np.ndarray], ks: dict[
 
 def requested_capacities(config: Any, adjust: dict[str, int]) -> dict[str, int]:
     """Layers the training request asks to tap with a buffer, and each buffer's capacity (none: dense)."""
-    if "adjust-buffer" not in config:
+    if ConfigKey.ADJUST_BUFFER not in config:
         return {}
-    capacities = [int(c) for c in config["adjust-buffer"]]
+    capacities = [int(c) for c in config[ConfigKey.ADJUST_BUFFER]]
     if len(capacities) != len(adjust) or any(c < 0 for c in capacities):
-        raise ValueError(f"adjust-buffer {capacities} does not match the adjusted layers {list(adjust)}")
+        raise ValueError(f"{ConfigKey.ADJUST_BUFFER} {capacities} does not match the adjusted layers {list(adjust)}")
     return {name: c for name, c in zip(adjust, capacities, strict=True) if c > 0}
 
 
 def requested_adjustment(config: Any, mask: dict[str, np.ndarray]) -> dict[str, int]:
     """The layers and K a training request asks pairs for (empty when the round adjusts nothing)."""
-    if "adjust-layers" not in config:
+    if ConfigKey.ADJUST_LAYERS not in config:
         return {}
-    layers, ks = [str(x) for x in config["adjust-layers"]], [int(k) for k in config.get("adjust-k", [])]
+    layers = [str(x) for x in config[ConfigKey.ADJUST_LAYERS]]
+    ks = [int(k) for k in config.get(ConfigKey.ADJUST_K, [])]
     if len(layers) != len(ks) or any(name not in mask for name in layers) or any(k < 1 for k in ks):
         raise ValueError(f"adjustment names unknown layers or bad K: {layers} / {ks}")
     return dict(zip(layers, ks, strict=True))

@@ -16,7 +16,42 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedprune.client.edge_inference import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_PORT,
+    LARGEST_MAX_BATCH,
+    EdgeInferenceServer,
+    describe,
+    is_loopback_host,
+    predict,
+)
+from fedprune.data import load_dataset
+from fedprune.deploy.certificates import CertificateError, create_certificates
+from fedprune.deploy.launch import (
+    DEFAULT_CONTROL_PORT,
+    DEFAULT_FLEET_PORT,
+    DEFAULT_RUNTIME_PORT,
+    NODE_CONFIG_KEYS,
+    ServerTLS,
+    shell_line,
+    superlink_command,
+    supernode_command,
+    warn_insecure,
+    write_cli_connection,
+)
+from fedprune.deploy.loopback import DeploymentError, run_loopback
+from fedprune.server.results import RESULTS_NAME, human_bytes
 from fedprune.server.run_config import ConfigError
+from fedprune.simulation.flower_processes import (
+    APP_DIR,
+    config_overrides,
+    flower_env,
+    follow_run,
+    run_flwr,
+    submitted_run_id,
+)
+
+from fedprune.run_options import add_run_options, check_dataset, settings_from_args
 
 KEY_VALUE_HELP = "extra node config entry KEY=VALUE (repeatable), e.g. a budget the strategy reads"
 _HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")  # a name, IPv4, or [IPv6]
@@ -63,10 +98,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``deploy`` (with its subcommands) and ``predict`` on the top-level parser."""
-    from fedprune.client.edge_inference import DEFAULT_MAX_BATCH, DEFAULT_PORT, LARGEST_MAX_BATCH
-    from fedprune.deploy.launch import DEFAULT_CONTROL_PORT, DEFAULT_FLEET_PORT, DEFAULT_RUNTIME_PORT, NODE_CONFIG_KEYS
 
-    from fedprune.cli import add_run_options
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     deploy = sub.add_parser("deploy", help="real deployment: certificates, SuperLink, SuperNodes, loopback, serve")
@@ -161,7 +193,6 @@ def _connection_options(p: argparse.ArgumentParser, control_port: int) -> None:
 
 
 def _connection(args: argparse.Namespace) -> tuple[Path, str]:
-    from fedprune.deploy.launch import warn_insecure, write_cli_connection
 
     _check_address("superlink-address", args.superlink_address)
     if args.insecure:
@@ -176,8 +207,6 @@ def _connection(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def _exec(command: list[str], print_only: bool) -> int:
-    from fedprune.deploy.launch import shell_line
-    from fedprune.simulation.flower_processes import flower_env
 
     if print_only:
         print(shell_line(command))
@@ -192,7 +221,6 @@ CERTIFICATE_OPTIONS = {"directory": "out", "hosts": "hosts", "nodes": "nodes", "
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from fedprune.deploy.certificates import CertificateError, create_certificates
 
     given = [n.strip() for n in args.node_names.split(",") if n.strip()]
     if given and args.nodes:
@@ -215,7 +243,6 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from fedprune.simulation.flower_processes import run_flwr
 
     home, connection = _connection(args)
     failed = 0
@@ -230,7 +257,6 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:
-    from fedprune.deploy.launch import ServerTLS, superlink_command, warn_insecure
 
     _check_address("fleet-address", args.fleet_address)
     _check_host("control-host", args.control_host)
@@ -250,7 +276,6 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
-    from fedprune.deploy.launch import supernode_command, warn_insecure
 
     _check_address("superlink", args.superlink)
     _check_port("runtime-port", args.runtime_port)
@@ -278,12 +303,9 @@ def cmd_supernode(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedprune.server.results import RESULTS_NAME
-    from fedprune.simulation.flower_processes import APP_DIR, config_overrides, follow_run, run_flwr, submitted_run_id
 
-    from fedprune.cli import _settings_from_args
 
-    settings = _settings_from_args(args, local_out=False)  # --out is on the SuperLink host
+    settings = settings_from_args(args, local_out=False)  # --out is on the SuperLink host
     home, connection = _connection(args)
     started = run_flwr(home, "run", str(APP_DIR), connection, "--run-config",
                        config_overrides(settings.to_run_config()), "--format", "json")
@@ -299,13 +321,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_loopback(args: argparse.Namespace) -> int:
-    from fedprune.deploy.loopback import DeploymentError, run_loopback
-    from fedprune.server.results import human_bytes
 
-    from fedprune.cli import _check_dataset, _settings_from_args
 
-    settings = _settings_from_args(args)
-    _check_dataset(settings)
+    settings = settings_from_args(args)
+    check_dataset(settings)
     try:
         document, wire = run_loopback(settings, workdir=args.workdir, insecure=args.insecure,
                                       keep_models=args.keep_models, progress=lambda line: print(line, flush=True),
@@ -325,8 +344,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from fedprune.client.edge_inference import LARGEST_MAX_BATCH, EdgeInferenceServer, is_loopback_host
-    from fedprune.deploy.launch import warn_insecure
 
     _check_host("host", args.host)
     _check_port("port", args.port)
@@ -395,7 +412,6 @@ def _check_batch(option: str, shape: tuple[int, ...], info: Any) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     import grpc
     import numpy as np
-    from fedprune.client.edge_inference import describe, predict
 
     if not (args.npy or args.dataset or args.describe):
         raise ConfigError("npy", "give --npy FILE or --dataset NAME (or --describe)")
@@ -416,7 +432,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if not np.isfinite(x).all():
                 raise ConfigError("npy", f"{args.npy} contains NaN or infinity")
         else:
-            from fedprune.data import load_dataset
 
             test = load_dataset(args.dataset, args.dataset_path or None).test
             x, labels_true = test.x[: args.count], test.y[: args.count]

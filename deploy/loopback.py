@@ -41,6 +41,7 @@ from fedprune.simulation.flower_processes import (
     APP_DIR,
     FlowerProcessError,
     OwnedProcess,
+    config_overrides,
     flower_env,
     follow_run,
     free_port,
@@ -202,8 +203,6 @@ class LoopbackDeployment:
 
     def submit(self, settings: RunSettings) -> int:
         """``flwr run`` the fedprune app (this checkout) with ``settings`` as run config; return the run id."""
-        from fedprune.simulation.flower_processes import config_overrides
-
         out = str(Path(settings.out).expanduser().resolve())
         overrides = config_overrides({**settings.to_run_config(), "out": out})
         started = self.flwr("run", str(APP_DIR), CONNECTION, "--run-config", overrides, "--format", "json")

@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fedprune.kernels.compact import CompactConv2d, CompactLinear
 from fedprune.kernels.convert import sparsify
+from fedprune.kernels.csr import CSRLinear
 from fedprune.kernels.dispatch import Backend, choose_backend
 from fedprune.kernels.masked import MaskedConv2d, MaskedLinear
+from fedprune.models import build_model
+from fedprune.pruning.schedules import data_free_mask
 from torch import nn
 
 LAYER_BACKENDS = {"linear": (Backend.COMPACT, Backend.CSR), "conv": (Backend.COMPACT,)}
@@ -43,9 +47,6 @@ def _random_mask(shape: tuple[int, ...], density: float, rng: torch.Generator) -
 
 
 def _layer(kind: str, backend: Backend, weight: torch.Tensor, mask: torch.Tensor) -> nn.Module:
-    from fedprune.kernels.compact import CompactConv2d, CompactLinear
-    from fedprune.kernels.csr import CSRLinear
-
     if kind == "linear":
         cls = {Backend.MASKED: MaskedLinear, Backend.COMPACT: CompactLinear, Backend.CSR: CSRLinear}[backend]
         return cls(weight, mask, torch.zeros(weight.shape[0]))
@@ -118,9 +119,6 @@ def layer_rows(densities, batches, repeats: int, quick: bool) -> list[dict[str, 
 
 
 def model_rows(densities, batches, repeats: int, quick: bool) -> list[dict[str, Any]]:
-    from fedprune.models import build_model
-    from fedprune.strategies.scores import data_free_mask
-
     specs = [("fl-cnn", (1, 28, 28)), ("fl-cnn-bn", (1, 28, 28))] + ([] if quick else [("resnet18", (3, 32, 32))])
     rows = []
     for name, shape in specs:
@@ -155,9 +153,6 @@ def model_rows(densities, batches, repeats: int, quick: bool) -> list[dict[str, 
 
 def _layer_share(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """Share of forward time spent in each sparse layer (forward hooks, median of 5)."""
-    from fedprune.kernels.compact import CompactConv2d, CompactLinear
-    from fedprune.kernels.csr import CSRLinear
-
     layers = {n: m for n, m in model.named_modules()
               if isinstance(m, MaskedLinear | MaskedConv2d | CompactLinear | CompactConv2d | CSRLinear)}
     spent = {n: [] for n in layers}

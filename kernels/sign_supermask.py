@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fedprune.kernels.csr import CSRLinear, _CSRMatmul
+from fedprune.kernels.dispatch import Backend, choose_backend
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -94,8 +96,6 @@ class SignCSRLinear(nn.Module):
     def __init__(self, mask: np.ndarray, magnitude: np.ndarray, scores: np.ndarray,
                  bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        from fedprune.kernels.csr import CSRLinear
-
         mask_t = torch.from_numpy(np.asarray(mask, dtype=bool))
         structure = CSRLinear(torch.zeros(mask_t.shape), mask_t, None)
         self.out_features, self.in_features = structure.out_features, structure.in_features
@@ -106,8 +106,6 @@ class SignCSRLinear(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from fedprune.kernels.csr import _CSRMatmul
-
         values = self.magnitude * StraightThroughSign.apply(self.scores)
         lead = x.shape[:-1]
         out = _CSRMatmul.apply(values, x.reshape(-1, self.in_features).contiguous(), self.crow, self.col,
@@ -121,8 +119,6 @@ def apply_sign_supermask_sparse(model: nn.Module, mask: dict[str, np.ndarray], m
                                 scores: dict[str, np.ndarray], *, batch: int) -> dict[str, nn.Parameter]:
     """Like ``apply_sign_supermask``, but Linear layers the dispatcher prices as CSR become
     ``SignCSRLinear`` (kept-size compute and memory); the rest use the parametrization."""
-    from fedprune.kernels.dispatch import Backend, choose_backend
-
     modules = dict(model.named_modules())
     latent, rest = {}, {}
     for name, layer_mask in mask.items():

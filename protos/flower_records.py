@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 
 from fedprune.protos.codec import WireFormatError
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from fedprune.protos.contract import Record
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-PAYLOAD_RECORD = "fedprune"
-PAYLOAD_KEY = "payload"
-SETUP_KEY = "setup"
+PAYLOAD_RECORD = Record.PAYLOAD
+PAYLOAD_KEY = Record.PAYLOAD_KEY
+SETUP_KEY = Record.SETUP_KEY
 WIRE_STYPE = "fedprune.wire.v1"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*: .+")
@@ -57,17 +58,32 @@ def payload_as_array(blob: bytes) -> ArrayRecord:
     return ArrayRecord({PAYLOAD_KEY: Array(dtype="uint8", shape=(len(blob),), stype=WIRE_STYPE, data=blob)})
 
 
-def content_with_payload(blob: bytes, **records) -> RecordDict:
-    """A message content holding ``blob`` plus any other records (config, metrics)."""
-    return RecordDict({PAYLOAD_RECORD: payload_record(blob), **records})
+def _content(payload: ConfigRecord, config: ConfigRecord | None, metrics: MetricRecord | None) -> RecordDict:
+    records: dict = {PAYLOAD_RECORD: payload}
+    if config is not None:
+        records[Record.CONFIG] = config
+    if metrics is not None:
+        records[Record.METRICS] = metrics
+    return RecordDict(records)
 
 
-def setup_record(blob: bytes, setup: bytes | None, **records) -> RecordDict:
+def content_with_payload(blob: bytes, *, config: ConfigRecord | None = None,
+                         metrics: MetricRecord | None = None) -> RecordDict:
+    """A message content holding ``blob`` plus the config (server → client) or metrics (client → server)."""
+    return _content(payload_record(blob), config, metrics)
+
+
+def setup_record(blob: bytes, setup: bytes | None, *, config: ConfigRecord | None = None) -> RecordDict:
     """Content with a round payload and, for a node's first contact, a setup payload decoded first."""
     values = {PAYLOAD_KEY: blob}
     if setup is not None:
         values[SETUP_KEY] = setup
-    return RecordDict({PAYLOAD_RECORD: ConfigRecord(values), **records})
+    return _content(ConfigRecord(values), config, None)
+
+
+def config_of(message: Message) -> ConfigRecord:
+    """The config a server sent with ``message`` (empty if none)."""
+    return message.content.config_records.get(Record.CONFIG, ConfigRecord())
 
 
 def setup_of(message: Message) -> bytes | None:

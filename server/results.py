@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fedprune import __version__
+
 RESULTS_NAME = "results.json"
 ROUND_KEYS = {"round": int, "accuracy": float, "loss": float, "uplink_bytes": int, "downlink_bytes": int,
               "clients_sampled": int, "clients_failed": int, "seconds": float}
@@ -26,8 +28,6 @@ def environment() -> dict[str, Any]:
     """Versions and machine facts a reader needs to compare runs."""
     import flwr
     import torch
-
-    from fedprune import __version__
 
     return {
         "fedprune": __version__,

@@ -14,6 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import torch
+from fedprune.client.local_loss import LOCAL_LOSSES
+from fedprune.client.score_optimizer import SCORE_OPTIMIZERS
+from fedprune.data import DATASETS, PARTITIONERS
+from fedprune.data.sources import DATASET_FACTS
+from fedprune.models import BATCHNORM_MODELS, MODELS, build_model, prunable_names
+from fedprune.protos.contract import AGGREGATIONS, DENSE_PARAMS, MASK_TRANSFER, STRATEGY_NAMES
+from fedprune.pruning.budgets import parse_budget_tiers
+from fedprune.pruning.candidates import RANKINGS
+from fedprune.pruning.progressive import GRADIENT_TAPS, LAYER_ORDERS
+from fedprune.pruning.scores import SCORES
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -46,55 +58,88 @@ class ConfigError(ValueError):
         self.option = option
 
 
+def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word for it
+    """A run option: its default and its help text, declared once (the CLI and the app config derive from it)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """All options of one run; field names are the run-config keys with ``-`` for ``_``."""
 
-    strategy: str = "fedavg"
-    dataset: str = "fashion-mnist"
-    dataset_path: str = ""
-    model: str = "fl-cnn"
-    partition: str = "dirichlet"
-    alpha: float = 0.5
-    classes_per_client: int = 2
-    min_partition_size: int = 10
-    local_test_fraction: float = 0.2
-    num_clients: int = 100
-    clients_per_round: int = 10
-    min_train_nodes: int = 1
-    rounds: int = 30
-    local_epochs: int = 1
-    lr: float = 0.05
-    momentum: float = 0.9
-    batch_size: int = 32
-    seed: int = 0
-    density: float = 1.0
-    score: str = "synflow"
-    aggregation: str = "ternary-delta"
-    dense_params: str = "averaged"
-    mask_transfer: str = "send"
-    score_lr: float = 0.03
-    score_optimizer: str = "layer-sgd"
-    score_momentum: float = 0.9
-    local_loss: str = "auto"
-    server_lr: float = 1.0
-    server_momentum: float = 0.0
-    moved_share: float = 0.15
-    personal_eval_every: int = 5
-    candidates: int = 5
-    candidate_spread: float = 0.5
-    candidate_ranking: str = "magnitude"
-    adjust_every: int = 3
-    adjust_until: int = 24
-    adjust_alpha: float = 0.05
-    adjust_layers: str = "output-first"
-    gradient_tap: str = "auto"
-    budget_tiers: str = ""
-    out: str = "runs/latest"
-    resume: bool = False
-    eval_batch_size: int = 1000
-    round_timeout: float = 3600.0
-    max_failed_rounds: int = 3
+    strategy: str = option("fedavg",
+                           "fedavg | flwr-fedavg | hidenseek | fedtiny | static-synflow | static-magnitude | "
+                           "static-random")
+    dataset: str = option("fashion-mnist", "fashion-mnist | digits | cifar10")
+    dataset_path: str = option("", "dataset directory (default: the dataset's standard place)")
+    model: str = option("fl-cnn", "architecture (default: the dataset's usual model)")
+    partition: str = option("dirichlet", "iid | dirichlet | pathological")
+    alpha: float = option(0.5, "Dirichlet concentration")
+    classes_per_client: int = option(2, "classes per client for the pathological partition")
+    min_partition_size: int = option(10, "smallest partition the Dirichlet partitioner may produce")
+    local_test_fraction: float = option(0.2, "share of each client's data held out for personalized evaluation")
+    num_clients: int = option(100, "simulated clients (SuperNodes), one data partition each")
+    clients_per_round: int = option(10, "clients sampled for training each round (seeded)")
+    min_train_nodes: int = option(1, "valid replies a round needs to update the model")
+    rounds: int = option(30, "federated rounds")
+    local_epochs: int = option(1, "local epochs per training round on each client")
+    lr: float = option(0.05, "client SGD learning rate")
+    momentum: float = option(0.9, "client SGD momentum")
+    batch_size: int = option(32, "client batch size")
+    seed: int = option(0, "seeds the model, the masks, the partition and the sampling (0..2^32-1)")
+    density: float = option(1.0, "kept fraction of prunable weights")
+    score: str = option("synflow", "hidenseek mask score: synflow | magnitude | random")
+    aggregation: str = option("ternary-delta",
+                              "hidenseek: ternary-delta (score change as stochastic ternary values, global scores "
+                              "downlink) | tally (1 bit/weight, confidence kept on the server) | vote | score-average")
+    dense_params: str = option("averaged", "hidenseek biases/BatchNorm: averaged | personal")
+    mask_transfer: str = option("send",
+                                "hidenseek: send (coded mask to new nodes) | recompute (clients rebuild it, digest "
+                                "checked)")
+    score_lr: float = option(0.03,
+                             "hidenseek client step size on scores (relative to each layer's |θ0| for layer-sgd; "
+                             "absolute for adam, e.g. 0.001)")
+    score_optimizer: str = option("layer-sgd",
+                                  "hidenseek client optimizer on scores: layer-sgd (RMS-normalized per layer) | adam")
+    score_momentum: float = option(0.9, "hidenseek layer-sgd momentum")
+    local_loss: str = option("auto",
+                             "client loss: cross-entropy | logit-adjusted (by the client's label prior) | auto "
+                             "(logit-adjusted for hidenseek, cross-entropy otherwise)")
+    server_lr: float = option(1.0, "hidenseek: server step size on the clients' mean score change")
+    server_momentum: float = option(0.0,
+                                    "hidenseek score-average/ternary-delta: server heavy-ball momentum on score "
+                                    "changes")
+    moved_share: float = option(0.15,
+                                "hidenseek ternary-delta: at most this share of scores moves per client-round (fewer "
+                                "bits, more variance)")
+    personal_eval_every: int = option(5, "hidenseek: rounds between personalized evaluations (0 = never)")
+    candidates: int = option(5, "fedtiny: candidate masks for adaptive BN selection (1 = no BN selection)")
+    candidate_spread: float = option(0.5,
+                                     "fedtiny: spread (std of a normal shift in logit space) of candidates' layer-wise "
+                                     "densities")
+    candidate_ranking: str = option("magnitude",
+                                    "fedtiny: which weights a candidate keeps within a layer once --score set the "
+                                    "layer's count: magnitude (largest |θ0|) | score (the score's own choice)")
+    adjust_every: int = option(3,
+                               "fedtiny: every ΔT-th round also reports top-K pairs and adjusts the mask after it (0 = "
+                               "off)")
+    adjust_until: int = option(24, "fedtiny: last round whose training reports top-K pairs for an adjustment, T_end")
+    adjust_alpha: float = option(0.05, "fedtiny: α in K_t = α/2·(1+cos(πt/T_end)) × the layer's active count")
+    adjust_layers: str = option("output-first", "fedtiny: output-first (one layer per adjustment, output→input) | all")
+    gradient_tap: str = option("auto",
+                               "fedtiny: how an adjusting client forms pruned-position gradients: dense (exact, one "
+                               "accumulator the size of the layer) | buffered (running sums at 8·K positions, a few "
+                               "rows at a time) | auto (dense where the node's budget holds it, else buffered)")
+    budget_tiers: str = option("",
+                               "fedtiny simulation: client budgets 'MB:FLOPS,...' assigned round-robin by partition (a "
+                               "node's memory-budget-mb / flops-budget node config wins)")
+    out: str = option("runs/latest", "directory for results.json, report.png, checkpoint")
+    resume: bool = option(False, "continue from the checkpoint in --out")
+    eval_batch_size: int = option(1000, "batch size of the server's central evaluation")
+    round_timeout: float = option(3600.0, "seconds a round waits for replies before going on with what arrived")
+    max_failed_rounds: int = option(3,
+                                    "stop the run as failed after this many rounds in a row without enough valid "
+                                    "replies to update the model (0 = never stop)")
     extra: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
@@ -120,10 +165,6 @@ class RunSettings:
         out.update({k.replace("_", "-"): v for k, v in self.extra})
         return out
 
-    def option(self, name: str, default: Any = None) -> Any:
-        """A strategy-specific run-config value not declared as a field (``extra``)."""
-        return dict(self.extra).get(name.replace("-", "_"), default)
-
     def resolved_local_loss(self) -> str:
         """The local loss clients train with: ``auto`` is logit-adjusted for HideNseek (its sign scores
         swing with the sampled clients' label skew otherwise) and plain cross-entropy for the rest."""
@@ -133,15 +174,12 @@ class RunSettings:
 
     def validate(self, check_out_dir: bool = True) -> None:
         """Raise ``ConfigError`` naming the first option with a bad value."""
-        from fedprune.data import DATASETS, PARTITIONERS
-        from fedprune.models import MODELS
-        from fedprune.strategies import STRATEGIES
 
         def allowed(option: str, value: str, choices) -> None:
             if value not in choices:
                 raise ConfigError(option, f"'{value}' is not one of: {', '.join(sorted(choices))}")
 
-        allowed("strategy", self.strategy, STRATEGIES)
+        allowed("strategy", self.strategy, STRATEGY_NAMES)
         allowed("dataset", self.dataset, DATASETS)
         allowed("model", self.model, MODELS)
         allowed("partition", self.partition, PARTITIONERS)
@@ -162,15 +200,11 @@ class RunSettings:
         if not 0 <= self.seed <= SEED_MAX:
             raise ConfigError("seed", f"{self.seed} is outside [0, {SEED_MAX}] (numpy seeds are 32-bit)")
         self._validate_dataset()
-        from fedprune.strategies.hidenseek import AGGREGATIONS, DENSE_PARAMS, MASK_TRANSFER
-        from fedprune.strategies.scores import SCORES
 
         allowed("score", self.score, SCORES)
         allowed("aggregation", self.aggregation, AGGREGATIONS)
         allowed("dense-params", self.dense_params, DENSE_PARAMS)
         allowed("mask-transfer", self.mask_transfer, MASK_TRANSFER)
-        from fedprune.client.local_loss import LOCAL_LOSSES
-        from fedprune.client.score_optimizer import SCORE_OPTIMIZERS
 
         allowed("score-optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
         allowed("local-loss", self.local_loss, ("auto", *LOCAL_LOSSES))
@@ -213,7 +247,6 @@ class RunSettings:
 
     def _validate_dataset(self) -> None:
         """What the dataset fixes without loading it: its class count, and whether it reads files at all."""
-        from fedprune.data.sources import DATASET_FACTS
 
         facts = DATASET_FACTS[self.dataset]
         if self.classes_per_client > facts.num_classes:
@@ -224,7 +257,7 @@ class RunSettings:
                                               "--dataset-path (it is for fashion-mnist and cifar10)")
 
     def _validate_model(self) -> None:
-        """The density must keep a weight in every prunable layer (``strategies.scores.global_topk_mask``
+        """The density must keep a weight in every prunable layer (``pruning.scores.global_topk_mask``
         otherwise keeps one per layer anyway, above the density asked for)."""
         facts = model_facts(self.model, self.dataset)
         kept = round(self.density * facts.prunable_weights)
@@ -235,10 +268,6 @@ class RunSettings:
                                          f"{_smallest_density(facts)} (one weight per layer)")
 
     def _validate_fedtiny(self) -> None:
-        from fedprune.models import BATCHNORM_MODELS
-        from fedprune.strategies.budgets import parse_budget_tiers
-        from fedprune.strategies.candidates import RANKINGS
-        from fedprune.strategies.progressive import GRADIENT_TAPS, LAYER_ORDERS
 
         if self.candidates < 1:
             raise ConfigError("candidates", f"{self.candidates} must be >= 1 (1 = no BN selection)")
@@ -280,9 +309,6 @@ def _smallest_density(facts: ModelFacts) -> str:
 
 def _meta_model(model: str, dataset: str) -> nn.Module:
     """``model`` built for ``dataset``'s inputs on torch's meta device: shapes only, no memory, milliseconds."""
-    import torch
-    from fedprune.data.sources import DATASET_FACTS
-    from fedprune.models import build_model
 
     facts = DATASET_FACTS[dataset]
     with torch.device("meta"):
@@ -296,7 +322,6 @@ def _meta_model(model: str, dataset: str) -> nn.Module:
 def model_facts(model: str, dataset: str) -> ModelFacts:
     """Prunable layers and weights of ``model`` for ``dataset``, counted as the strategies count them
     (``models.prunable_names``)."""
-    from fedprune.models import prunable_names
 
     net = _meta_model(model, dataset)
     params = dict(net.named_parameters())
@@ -307,8 +332,6 @@ def model_facts(model: str, dataset: str) -> ModelFacts:
 @functools.lru_cache(maxsize=32)
 def _input_error(model: str, dataset: str) -> str:
     """Why ``model`` cannot take ``dataset``'s inputs, or '' if it can."""
-    import torch
-    from fedprune.data.sources import DATASET_FACTS
 
     try:
         net = _meta_model(model, dataset)
@@ -328,27 +351,12 @@ def check_model_takes_inputs(settings: RunSettings) -> None:
     """Raise ``ConfigError('model')`` unless the model's forward pass takes the dataset's inputs (otherwise the
     run fails at its first evaluation). A meta-device pass: shapes only, but its first call in a process imports
     torch's decompositions (~1 s), so the CLI runs it once rather than ``validate`` in every client process."""
-    from fedprune.data.sources import DATASET_FACTS
-    from fedprune.models import MODELS
 
     if _input_error(settings.model, settings.dataset):
         shape = "x".join(map(str, DATASET_FACTS[settings.dataset].input_shape))
         fitting = [m for m in sorted(MODELS) if not _input_error(m, settings.dataset)]
         raise ConfigError("model", f"'{settings.model}' cannot take the {shape} inputs of {settings.dataset}; "
                                    f"use one of: {', '.join(fitting)}")
-
-
-@functools.lru_cache(maxsize=8)
-def _settings_cached(items: tuple) -> RunSettings:
-    return RunSettings.from_run_config(dict(items), check_out_dir=False)
-
-
-def settings_from_run_config(run_config: dict[str, Any]) -> RunSettings:
-    """``RunSettings.from_run_config`` cached per process (client side: once, not per message).
-
-    Clients never write ``out``, so its writability is not checked here.
-    """
-    return _settings_cached(tuple(sorted((k, v) for k, v in run_config.items() )))
 
 
 def check_writable_dir(path: str) -> None:

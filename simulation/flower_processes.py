@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -223,6 +224,21 @@ def run_failure(status: str, document: dict[str, Any] | None) -> str | None:
     if document is not None and document.get("status") == "failed" and document.get("error"):
         return str(document["error"])
     return f"it ended with status '{status}'"
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception)\b:? .*")
+
+
+def run_log_cause(flwr: Callable[..., subprocess.CompletedProcess], connection: str, run_id: int) -> str | None:
+    """The last exception line in the run's own log (``flwr log RUN_ID --show``): why a ServerApp that failed
+    before it could write results.json failed, e.g. an import error. ``None`` if the log says nothing."""
+    try:
+        result = flwr("log", str(run_id), connection, "--show", timeout=60)
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    lines = [line.strip() for line in f"{result.stdout}\n{result.stderr}".splitlines()]
+    found = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return found[-1][:300] if found else None
 
 
 def follow_run(flwr: Callable[..., subprocess.CompletedProcess], connection: str, run_id: int, results_path: Path,

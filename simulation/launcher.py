@@ -34,6 +34,7 @@ from fedprune.simulation.flower_processes import (
     free_port,
     run_failure,
     run_flwr,
+    run_log_cause,
     submitted_run_id,
     toml_value,
 )
@@ -130,6 +131,9 @@ def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_a
         status, document = follow_run(link.flwr, "fedprune", run_id, results_path, settings.rounds, progress,
                                       poll_seconds=poll_seconds, status_poll_seconds=status_poll_seconds)
         failure = run_failure(status, document)
+        if failure is not None and (document or {}).get("error") is None:  # failed before it could say why
+            cause = run_log_cause(link.flwr, "fedprune", run_id)
+            failure += f"; the run's log says: {cause}" if cause else ""
         if failure is not None:
             raise SimulationError(
                 f"run {run_id} failed: {failure} (results: {results_path}; log: {link.log_path}, "

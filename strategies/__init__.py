@@ -1,4 +1,4 @@
-"""Server-side algorithms as Flower strategies, and the pieces they are built from."""
+"""Server-side algorithms as Flower strategies (the algorithms they are composed of: ``fedprune.pruning``)."""
 
 from fedprune.strategies.registry import STRATEGIES, build_strategy
 

@@ -1,16 +1,23 @@
-"""The contract every fedprune strategy shares, on top of Flower's ``Strategy``.
+"""The contract between the round loop (``server.runner``) and every fedprune strategy.
 
-Flower's ``Strategy`` names the four steps of a round (configure/aggregate for
-train and evaluate). This base adds what every fedprune algorithm needs around
-them, once:
+``FederatedStrategy`` declares every hook the runner calls, in the order it calls them, each with its role
+in the round and, where a round can go without it, a default that does nothing (Flower's own ``Strategy``
+declares its four round steps the same way)::
+
+    once:        initialize_arrays -> bind_nodes -> bind_node_profiles -> load_state_dict (resume only)
+    each round:  prepare_round -> configure_train -> aggregate_train -> configure_evaluate
+                 -> aggregate_evaluate -> round_report -> run_report -> state_dict (checkpoint)
+
+The runner calls nothing else, so a strategy is exactly what this class declares. Around the hooks the
+base gives what every fedprune algorithm needs, once:
 
 * seeded sampling over *partition ids*, after all expected nodes registered, so
   the same seed picks the same clients in every run and after a resume;
 * reply screening: error replies and replies whose content fails the strategy's
   own check are dropped, counted and logged with the node id; a round aggregates
   what arrived if at least ``min_train_nodes`` valid replies came back;
-* state for checkpoints (``state_dict``/``load_state_dict``) and a per-round
-  report the server folds into ``results.json``.
+* reading a reply's metrics (``reply_metrics``) and the round's training metrics
+  (``train_metrics``: example-weighted mean train loss, example count).
 
 Byte accounting is not here: the server meters every message on the ``Grid`` it
 hands to strategies (``server.metered_grid``), so a strategy cannot misreport.
@@ -20,11 +27,12 @@ from __future__ import annotations
 
 import random
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from logging import WARNING
 from typing import Any
 
 import numpy as np
+from fedprune.protos.contract import MetricKey
 from fedprune.protos.flower_records import error_reason
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
@@ -49,12 +57,20 @@ def checked_state_arrays(what: str, value: Any, like: dict[str, np.ndarray], dty
     return out
 
 
+def reply_metrics(reply: Message) -> MetricRecord:
+    """The metrics a client answered with: the first ``MetricRecord`` of ``reply`` (fedprune replies carry one).
+
+    ``StopIteration`` if it has none; ``FederatedStrategy.check_reply`` refuses such replies first."""
+    return next(iter(reply.content.metric_records.values()))
+
+
 class NodesMissingError(TimeoutError):
     """Fewer nodes registered than the run needs within the wait limit."""
 
 
 class FederatedStrategy(Strategy):
-    """Sampling, reply screening and checkpointable state shared by fedprune strategies.
+    """Every hook the round loop calls (see the module docstring for their order), plus the sampling, reply
+    screening and checkpointable state shared by fedprune strategies.
 
     Parameters
     ----------
@@ -69,7 +85,7 @@ class FederatedStrategy(Strategy):
     """
 
     def __init__(self, *, clients_per_round: int, min_train_nodes: int = 1, seed: int = 0,
-                 weighted_by_key: str = "num-examples") -> None:
+                 weighted_by_key: str = MetricKey.NUM_EXAMPLES) -> None:
         if clients_per_round < 1:
             raise ValueError("clients_per_round must be >= 1")
         if not 1 <= min_train_nodes <= clients_per_round:
@@ -81,11 +97,87 @@ class FederatedStrategy(Strategy):
         self.node_partitions: dict[int, int] = {}
         self.rejected: dict[int, list[tuple[int, str]]] = {}
 
-    # -- nodes ---------------------------------------------------------------
+    # -- hooks of the run's setup (once, before round 1 or the resumed round) -------------------------------
+
+    def initialize_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The global model round 1 starts from, given the seeded initial model (default: unchanged).
+
+        Pruning strategies restrict it to their mask here. A resume replaces it with the checkpoint's."""
+        return arrays
 
     def bind_nodes(self, node_partitions: dict[int, int]) -> None:
-        """Tell the strategy which partition each registered node holds (server discovers it)."""
+        """Tell the strategy which partition each registered node holds (the server discovers it); sampling
+        and aggregation order go by partition id."""
         self.node_partitions = dict(node_partitions)
+
+    def bind_node_profiles(self, profiles: dict[int, dict[str, Any]]) -> None:
+        """Everything each node said about itself at discovery (its ``node`` record: partition id, declared
+        budgets, ...). Default: nothing to read (FedTiny turns budgets into each node's density)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """On resume: restore what ``state_dict`` saved; ``ValueError`` if it is not what ``state_dict`` writes
+        (the runner then refuses the checkpoint)."""
+        try:
+            self.rejected = {int(k): [(int(node), str(reason)) for node, reason in v]
+                             for k, v in state.get("rejected", {}).items()}
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"strategy state 'rejected' is malformed: {exc}") from None
+
+    # -- hooks of one round, in the order the runner calls them --------------------------------------------
+
+    def prepare_round(self, server_round: int, arrays: ArrayRecord, grid: Grid,
+                      timeout: float | None = None) -> ArrayRecord | None:
+        """Extra exchanges before the round trains (FedTiny: BN selection in round 1), on the metered ``grid``
+        so their bytes count in this round. Returns the arrays to train from; ``None`` (default) keeps them."""
+        return None
+
+    @abstractmethod
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Sample this round's nodes and build one training message for each (``config``: the run's training
+        options); the runner sends them and collects the replies within the round timeout."""
+
+    @abstractmethod
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The new global arrays and training metrics from this round's replies; ``(None, None)`` when too few
+        valid replies came back (the round then failed: the global model stays and the runner says why)."""
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Federated evaluation messages after training (HideNseek: personalized accuracy). Default: none; the
+        server evaluates the global model centrally every round anyway."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Merge the evaluation replies into the round's ``federated_evaluation``; called only when
+        ``configure_evaluate`` sent messages. Default: nothing."""
+        return None
+
+    def round_report(self, server_round: int) -> dict[str, Any]:
+        """Strategy-specific figures for this round's entry in ``results.json``, after central evaluation.
+
+        The base reports the replies it dropped (``rejected_replies``: the runner counts these nodes failed
+        and gives their reasons when the round failed); subclasses add their own keys to it."""
+        return {"rejected_replies": [
+            {"node_id": node, "reason": reason} for node, reason in self.rejected.get(server_round, [])
+        ]}
+
+    def run_report(self) -> dict[str, Any] | None:
+        """Run-level figures, rewritten into ``results.json`` as ``strategy_report`` after every round (FedTiny:
+        selection, adjustments). Default: ``None``, no such key."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run after a restart (beyond the global arrays), saved in the
+        checkpoint after every round."""
+        return {"rejected": {str(k): v for k, v in self.rejected.items()}}
+
+    @abstractmethod
+    def summary(self) -> None:
+        """Log the strategy's configuration."""
+
+    # -- sampling ------------------------------------------------------------------------------------------
 
     def sample_nodes(self, server_round: int, grid: Grid, count: int | None = None) -> list[int]:
         """Sample ``count`` connected nodes with an RNG seeded by (seed, round).
@@ -106,14 +198,13 @@ class FederatedStrategy(Strategy):
         rng = random.Random(f"{self.seed}/{server_round}")
         return [node for _, node in rng.sample(known, count)]
 
-    # -- replies -------------------------------------------------------------
+    # -- replies -------------------------------------------------------------------------------------------
 
     def check_reply(self, server_round: int, reply: Message) -> str | None:
         """Return why ``reply`` is unusable, or ``None``. Subclasses add their own checks."""
         if not reply.content.metric_records:
             return "reply carries no MetricRecord"
-        metrics = next(iter(reply.content.metric_records.values()))
-        weight = metrics.get(self.weighted_by_key)
+        weight = reply_metrics(reply).get(self.weighted_by_key)
         if not isinstance(weight, int | float) or weight <= 0:
             return f"metric '{self.weighted_by_key}' missing or not positive"
         return None
@@ -163,40 +254,12 @@ class FederatedStrategy(Strategy):
 
     def weight_of(self, reply: Message) -> float:
         """Aggregation weight of a screened reply."""
-        metrics = next(iter(reply.content.metric_records.values()))
-        return float(metrics[self.weighted_by_key])
+        return float(reply_metrics(reply)[self.weighted_by_key])
 
-    # -- evaluation: off unless a strategy asks for it -----------------------
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """No federated evaluation by default; the server evaluates centrally each round."""
-        return []
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Nothing to aggregate unless ``configure_evaluate`` sent messages."""
-        return None
-
-    # -- state ---------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the run after a restart (beyond the global arrays)."""
-        return {"rejected": {str(k): v for k, v in self.rejected.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` saved; ``ValueError`` if it is not what ``state_dict`` writes."""
-        try:
-            self.rejected = {int(k): [(int(node), str(reason)) for node, reason in v]
-                             for k, v in state.get("rejected", {}).items()}
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"strategy state 'rejected' is malformed: {exc}") from None
-
-    def round_report(self, server_round: int) -> dict[str, Any]:
-        """Strategy-specific figures for this round's entry in ``results.json``."""
-        return {"rejected_replies": [
-            {"node_id": node, "reason": reason} for node, reason in self.rejected.get(server_round, [])
-        ]}
-
-    @abstractmethod
-    def summary(self) -> None:
-        """Log the strategy's configuration."""
+    @staticmethod
+    def train_metrics(valid: Sequence[Message], weights: Sequence[float]) -> MetricRecord:
+        """The round's training metrics from its valid replies: the example-weighted mean of their train loss
+        (0 where a reply reports none) and the number of examples trained on."""
+        losses = [float(reply_metrics(m).get(MetricKey.TRAIN_LOSS, 0.0)) for m in valid]
+        return MetricRecord({MetricKey.TRAIN_LOSS: float(np.average(losses, weights=weights)),
+                             MetricKey.NUM_EXAMPLES: int(sum(weights))})

@@ -3,7 +3,7 @@
 How a run goes (DESIGN §1, §4):
 
 * once, on the server, without data: θ0 from the run seed and C candidate masks
-  (``strategies.candidates``: layer-wise densities perturbed around the target,
+  (``pruning.candidates``: layer-wise densities perturbed around the target,
   total density exact);
 * ``prepare_round`` of round 1 — adaptive BN selection, two extra exchanges with
   clients sampled for it: (1) each re-estimates BatchNorm running mean/variance of
@@ -16,7 +16,7 @@ How a run goes (DESIGN §1, §4):
 * every round — sparse FedAvg over kept weights (``StaticMaskFedAvg``: kept values,
   and the coded mask whenever the mask a node holds is not the current one);
   a client whose declared memory/compute budget is below the global mask trains
-  the nested submodel its budget allows (``strategies.budgets``), and kept values
+  the nested submodel its budget allows (``pruning.budgets``), and kept values
   are averaged over the clients that trained them; in an adjusting round only
   clients whose budget also holds a gradient tap are asked for pairs (``gradient_tap``:
   ``dense`` — an exact accumulator the size of the adjusted layer; ``buffered`` —
@@ -29,7 +29,7 @@ How a run goes (DESIGN §1, §4):
   top-K magnitudes, coded as (index, value) pairs, to its update. After
   averaging the updates the server grows the K best by aggregate magnitude (new
   weights start at 0) and prunes the K smallest active weights of that layer
-  (``strategies.progressive``); the next round trains the new mask.
+  (``pruning.progressive``); the next round trains the new mask.
 
 Hostile replies in any exchange (malformed or oversized payloads, wrong shapes,
 NaN statistics, more than K pairs or pairs at active positions) are dropped with the node id and
@@ -45,26 +45,31 @@ from typing import Any
 
 import numpy as np
 from fedprune.protos.codec import Decoded, Expected, Manifest, TensorSpec, decode, encode, pairs_cost, reference_digest
+from fedprune.protos.contract import (
+    KEPT_SUFFIX,
+    THETA0_DIGEST,
+    ConfigKey,
+    Kind,
+    MetricKey,
+    Task,
+    candidate_accuracy_key,
+    candidate_key,
+    candidate_loss_key,
+    join_kept,
+    split_kept,
+    theta0_digest,
+)
 from fedprune.protos.flower_records import content_with_payload, payload_of
 from fedprune.protos.wire_size import content_bytes
-from fedprune.strategies import budgets, progressive
+from fedprune.pruning import budgets, progressive
+from fedprune.pruning.budgets import Budget, BudgetError, ModelCost
 from fedprune.strategies.base import checked_state_arrays
-from fedprune.strategies.budgets import Budget, BudgetError, ModelCost
-from fedprune.strategies.static_mask import KEPT_SUFFIX, StaticMaskFedAvg, join_kept, split_kept
+from fedprune.strategies.static_mask import StaticMaskFedAvg
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 
-BN_STATS_TASK = "fedtiny-bn-statistics"
-BN_EVAL_TASK = "fedtiny-bn-evaluate"
-CANDIDATE = "candidate"  # tensor names: candidate/<i>/<layer> (masks) and candidate/<i>/<bn buffer> (stats)
-THETA0_DIGEST = "theta0-digest"
 BN_STATS = ("running_mean", "running_var")
-
-
-def candidate_key(index: int, name: str) -> str:
-    """Payload name of candidate ``index``'s tensor ``name`` (a mask or a BN statistic)."""
-    return f"{CANDIDATE}/{index}/{name}"
 
 
 def bn_stat_names(state: dict[str, np.ndarray]) -> list[str]:
@@ -128,7 +133,7 @@ class FedTiny(StaticMaskFedAvg):
         super().__init__(mask=candidates[0], architecture=architecture, model_seed=model_seed, score=score,
                          clients_per_round=clients_per_round, min_train_nodes=min_train_nodes, seed=seed)
         self.theta0 = {k: np.asarray(v) for k, v in theta0.items()}
-        self.theta0_digest = reference_digest(self.theta0)
+        self.theta0_digest = theta0_digest(self.theta0)
         self.candidates = [{k: np.asarray(v, dtype=bool) for k, v in c.items()} for c in candidates]
         self.cost = cost
         self.adjust_every, self.adjust_until, self.adjust_alpha = adjust_every, adjust_until, adjust_alpha
@@ -165,13 +170,13 @@ class FedTiny(StaticMaskFedAvg):
         """Read each node's declared budgets (from its QUERY reply); refuse budgets no density satisfies."""
         declared = {}
         for node, profile in profiles.items():
-            budget = Budget(float(profile.get(budgets.MEMORY_KEY, float("inf"))),
-                            float(profile.get(budgets.FLOPS_KEY, float("inf"))))
+            budget = Budget(float(profile.get(MetricKey.MEMORY_BUDGET_MB, float("inf"))),
+                            float(profile.get(MetricKey.FLOPS_BUDGET, float("inf"))))
             if not budget.unlimited:
                 try:
                     budgets.ratio_for_budget(self.cost, dict.fromkeys(self.mask, 1), budget)
                 except BudgetError as exc:
-                    partition = profile.get("partition-id")
+                    partition = profile.get(MetricKey.PARTITION_ID)
                     raise BudgetError(f"node {node} (partition {partition}): {exc}") from None
             declared[node] = budget
         self.budgets = declared
@@ -208,11 +213,11 @@ class FedTiny(StaticMaskFedAvg):
 
     def _select_by_bn(self, arrays: ArrayRecord, grid: Grid, timeout: float | None) -> ArrayRecord:
         nodes = self.sample_nodes(0, grid)  # "round 0": BN selection draws its own clients
-        config = ConfigRecord({"task": BN_STATS_TASK, "server-round": 0})
-        blob = self._candidate_payload({}, 0, "fedtiny-candidates")
+        config = ConfigRecord({ConfigKey.TASK: Task.BN_STATISTICS, ConfigKey.SERVER_ROUND: 0})
+        blob = self._candidate_payload({}, 0, Kind.FEDTINY_CANDIDATES)
         messages = [Message(content=content_with_payload(blob, config=config), dst_node_id=node,
                             message_type=MessageType.TRAIN) for node in nodes]
-        valid = self._exchange(1, BN_STATS_TASK, messages, grid, timeout)
+        valid = self._exchange(1, Task.BN_STATISTICS, messages, grid, timeout)
         report: dict[str, Any] = {"clients": len(nodes), "statistics_replies": len(valid),
                                   "layer_densities": [self._layer_densities(c) for c in self.candidates]}
         if not self.enough_replies(1, valid):
@@ -224,11 +229,12 @@ class FedTiny(StaticMaskFedAvg):
         pooled = [pool_statistics([u[i] for u in uploads], weights) for i in range(len(self.candidates))]
         stats = {candidate_key(i, k): v for i, p in enumerate(pooled) for k, v in p.items()}
         eval_nodes = [m.metadata.src_node_id for m in valid]
-        config = ConfigRecord({"task": BN_EVAL_TASK, "server-round": 0, "eval-batch-size": self.eval_batch_size})
-        blob = self._candidate_payload(stats, 0, "fedtiny-candidates-pooled-bn")
+        config = ConfigRecord({ConfigKey.TASK: Task.BN_EVALUATE, ConfigKey.SERVER_ROUND: 0,
+                               ConfigKey.EVAL_BATCH_SIZE: self.eval_batch_size})
+        blob = self._candidate_payload(stats, 0, Kind.FEDTINY_POOLED_BN)
         messages = [Message(content=content_with_payload(blob, config=config), dst_node_id=node,
                             message_type=MessageType.EVALUATE) for node in eval_nodes]
-        evaluated = self._exchange(1, BN_EVAL_TASK, messages, grid, timeout)
+        evaluated = self._exchange(1, Task.BN_EVALUATE, messages, grid, timeout)
         report["evaluation_replies"] = len(evaluated)
         if not self.enough_replies(1, evaluated):
             report["fallback"] = "too few candidate evaluations; candidate 0 kept"
@@ -237,9 +243,9 @@ class FedTiny(StaticMaskFedAvg):
         rows = [next(iter(m.content.metric_records.values())) for m in evaluated]
         eval_weights = [self.weight_of(m) for m in evaluated]
         count = len(self.candidates)
-        loss_table = [[float(r[f"loss-{i}"]) for i in range(count)] for r in rows]
+        loss_table = [[float(r[candidate_loss_key(i)]) for i in range(count)] for r in rows]
         chosen, losses = select_candidate(loss_table, eval_weights)
-        _, accuracies = select_candidate([[float(r[f"accuracy-{i}"]) for i in range(count)] for r in rows],
+        _, accuracies = select_candidate([[float(r[candidate_accuracy_key(i)]) for i in range(count)] for r in rows],
                                          eval_weights)
         margins = loss_margins(loss_table, eval_weights, chosen)
         runner_up = min((m for i, m in enumerate(margins) if i != chosen), default=None)
@@ -283,11 +289,11 @@ class FedTiny(StaticMaskFedAvg):
     def _check_bn_evaluation(self, reply: Message) -> None:
         metrics = next(iter(reply.content.metric_records.values()))
         for i in range(len(self.candidates)):
-            loss, accuracy = metrics.get(f"loss-{i}"), metrics.get(f"accuracy-{i}")
+            loss, accuracy = metrics.get(candidate_loss_key(i)), metrics.get(candidate_accuracy_key(i))
             if not isinstance(loss, float) or not np.isfinite(loss) or loss < 0:
-                raise ValueError(f"'loss-{i}' missing or not a finite non-negative number")
+                raise ValueError(f"'{candidate_loss_key(i)}' missing or not a finite non-negative number")
             if not isinstance(accuracy, float) or not 0.0 <= accuracy <= 1.0:
-                raise ValueError(f"'accuracy-{i}' missing or outside [0, 1]")
+                raise ValueError(f"'{candidate_accuracy_key(i)}' missing or outside [0, 1]")
 
     # -- progressive pruning -----------------------------------------------------------
 
@@ -426,9 +432,10 @@ class FedTiny(StaticMaskFedAvg):
         if tap is None:
             return config
         self._asked[node] = tap
-        extra: dict[str, Any] = {"adjust-layers": list(self._plan), "adjust-k": [int(k) for k in self._plan.values()]}
+        extra: dict[str, Any] = {ConfigKey.ADJUST_LAYERS: list(self._plan),
+                                 ConfigKey.ADJUST_K: [int(k) for k in self._plan.values()]}
         if tap == "buffered":
-            extra["adjust-buffer"] = [self._capacities()[name] for name in self._plan]
+            extra[ConfigKey.ADJUST_BUFFER] = [self._capacities()[name] for name in self._plan]
         return ConfigRecord({**dict(config), **extra})
 
     def _capacities(self) -> dict[str, int]:
@@ -458,7 +465,7 @@ class FedTiny(StaticMaskFedAvg):
             return reason
         node = reply.metadata.src_node_id
         try:
-            if self._phase == BN_STATS_TASK:
+            if self._phase == Task.BN_STATISTICS:
                 self._phase_data[node] = self._check_bn_statistics(reply)
             else:
                 self._check_bn_evaluation(reply)
@@ -511,10 +518,12 @@ class FedTiny(StaticMaskFedAvg):
         mean = {k: np.where(cover[k] > 0, sums[k] / np.maximum(cover[k], 1e-300), global_kept[k]).astype(
             global_kept[k].dtype) for k in global_kept}
         joined = join_kept(mean, self.mask, self._template)
-        losses = [float(next(iter(m.content.metric_records.values())).get("train-loss", 0.0)) for m in valid]
+        losses = [float(next(iter(m.content.metric_records.values())).get(MetricKey.TRAIN_LOSS, 0.0))
+                  for m in valid]
         self._decoded = {}
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in joined.items()}), MetricRecord(
-            {"train-loss": float(np.average(losses, weights=weights)), "num-examples": int(sum(weights))})
+            {MetricKey.TRAIN_LOSS: float(np.average(losses, weights=weights)),
+             MetricKey.NUM_EXAMPLES: int(sum(weights))})
 
     # -- state and reports -------------------------------------------------------------
 

@@ -25,38 +25,41 @@ averaged``) or stay on the client (``personal``).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from logging import INFO
 from typing import Any
 
 import numpy as np
+from fedprune.kernels.sign_supermask import folded_weights
 from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
+from fedprune.protos.contract import (
+    AGGREGATIONS,
+    DENSE_PARAMS,
+    MASK,
+    MASK_DIGEST,
+    MASK_TRANSFER,
+    MOVED,
+    SCORE_DOWNLINK,
+    SCORES,
+    SIGMA,
+    STEP_SCALE,
+    STEP_SIGNS,
+    THETA0_DIGEST,
+    Aggregation,
+    ConfigKey,
+    DenseParams,
+    Kind,
+    MetricKey,
+    Task,
+    hidenseek_setup_kind,
+    theta0_digest,
+)
 from fedprune.protos.flower_records import payload_of, setup_record
-from fedprune.strategies.aggregation import server_step, sign_vote, signs_of, tally_update, ternary_value, weighted_mean
+from fedprune.pruning.aggregation import server_step, sign_vote, signs_of, tally_update, ternary_value, weighted_mean
 from fedprune.strategies.base import FederatedStrategy, checked_state_arrays
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
-
-TASK = "hidenseek"
-AGGREGATIONS = ("vote", "tally", "score-average", "ternary-delta")
-SCORE_DOWNLINK = ("score-average", "ternary-delta")  # rules whose clients start from the global scores
-DENSE_PARAMS = ("averaged", "personal")
-MASK_TRANSFER = ("send", "recompute")
-SIGMA = "sigma/"
-SCORES = "scores/"
-MASK = "mask/"
-MOVED, STEP_SIGNS, STEP_SCALE = "moved/", "step-signs/", "step-scale/"
-
-
-def theta0_digest(magnitudes: dict[str, np.ndarray], signs: dict[str, np.ndarray]) -> bytes:
-    """Digest of the kept initial weights, so a client can prove it rebuilt the same θ0."""
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(magnitudes):
-        h.update(name.encode())
-        h.update((magnitudes[name] * signs[name]).astype("<f4").tobytes())
-    return h.digest()
 
 
 class HideNseek(FederatedStrategy):
@@ -79,7 +82,7 @@ class HideNseek(FederatedStrategy):
         self.initial_signs = initial_signs
         self.sigma = dict(initial_signs)
         self.tally = {k: (self.magnitude[k] * initial_signs[k]).astype(np.float32) for k in self.mask}
-        self.theta0_digest = theta0_digest(self.magnitude, initial_signs)
+        self.theta0_digest = theta0_digest(theta0)
         self.mask_digest = reference_digest(self.mask)
         self.architecture, self.model_seed, self.score, self.density = architecture, model_seed, score, density
         self.aggregation, self.dense_params, self.mask_transfer = aggregation, dense_params, mask_transfer
@@ -103,8 +106,6 @@ class HideNseek(FederatedStrategy):
 
     def folded_arrays(self, dense: dict[str, np.ndarray]) -> ArrayRecord:
         """m ⊙ |θ0| ⊙ σ for masked weights plus the global dense parameters: what the server evaluates."""
-        from fedprune.kernels.sign_supermask import folded_weights
-
         weights = {**dense, **folded_weights(self.mask, self.magnitude, self.sigma)}
         return ArrayRecord({k: Array(np.ascontiguousarray(weights[k])) for k in self._order})
 
@@ -120,27 +121,27 @@ class HideNseek(FederatedStrategy):
         tensors = {SIGMA + k: v for k, v in self.sigma.items()}
         if self.aggregation in SCORE_DOWNLINK:
             tensors.update({SCORES + k: v for k, v in self.tally.items()})
-        if self.dense_params == "averaged":
+        if self.dense_params == DenseParams.AVERAGED:
             tensors.update(self._dense)
         return tensors
 
     def _setup_blob(self) -> bytes:
-        tensors: dict[str, np.ndarray] = {"theta0-digest": np.frombuffer(self.theta0_digest, dtype=np.uint8)}
+        tensors: dict[str, np.ndarray] = {THETA0_DIGEST: np.frombuffer(self.theta0_digest, dtype=np.uint8)}
         if self.mask_transfer == "send":
             tensors.update({MASK + k: v for k, v in self.mask.items()})
         else:
-            tensors["mask-digest"] = np.frombuffer(self.mask_digest, dtype=np.uint8)
+            tensors[MASK_DIGEST] = np.frombuffer(self.mask_digest, dtype=np.uint8)
         return encode(tensors, manifest=Manifest(self.architecture, self.model_seed, self.density, 0,
-                                                 f"hidenseek-setup/{self.score}"))
+                                                 hidenseek_setup_kind(self.score)))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Send σ (coded against each node's last copy) and, to new nodes, the setup."""
         self._dense = {k: arrays[k].numpy() for k in arrays.keys() if k not in self.mask}
-        config = ConfigRecord({**dict(config), "server-round": server_round, "task": TASK,
-                               "aggregation": self.aggregation, "dense-params": self.dense_params})
+        config = ConfigRecord({**dict(config), ConfigKey.SERVER_ROUND: server_round, ConfigKey.TASK: Task.HIDENSEEK,
+                               ConfigKey.AGGREGATION: self.aggregation, ConfigKey.DENSE_PARAMS: self.dense_params})
         tensors = self._round_tensors()
-        manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, "hidenseek-round")
+        manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, Kind.HIDENSEEK_ROUND)
         messages = []
         self._sampled = self.sample_nodes(server_round, grid)
         for slot, node in enumerate(self._sampled):
@@ -153,7 +154,8 @@ class HideNseek(FederatedStrategy):
             self.sent[node] = dict(self.sigma)
             # Tally bits are rounded with one shared random draw offset by each client's slot
             # (stratified): still unbiased per client; the round's mean is less noisy where clients agree.
-            node_config = ConfigRecord({**dict(config), "tally-slot": slot, "tally-slots": len(self._sampled)})
+            node_config = ConfigRecord({**dict(config), ConfigKey.TALLY_SLOT: slot,
+                                        ConfigKey.TALLY_SLOTS: len(self._sampled)})
             messages.append(Message(content=setup_record(blob, setup, config=node_config), dst_node_id=node,
                                     message_type=MessageType.TRAIN))
         return messages
@@ -184,25 +186,25 @@ class HideNseek(FederatedStrategy):
         before anything is decoded: a reply can never make the server allocate more than it asked for."""
         specs: dict[str, TensorSpec] = {}
         for name, kept in self.magnitude.items():
-            if self.aggregation == "ternary-delta":
+            if self.aggregation == Aggregation.TERNARY_DELTA:
                 specs[MOVED + name] = TensorSpec("bool", kept.shape)
                 specs[STEP_SIGNS + name] = TensorSpec("sign", kept.shape, at_most=True)
                 specs[STEP_SCALE + name] = TensorSpec("float32", (1,))
-            elif self.aggregation == "score-average":
+            elif self.aggregation == Aggregation.SCORE_AVERAGE:
                 specs[SCORES + name] = TensorSpec("float32", kept.shape)
             else:
                 specs[SIGMA + name] = TensorSpec("sign", kept.shape)
-        if self.dense_params == "averaged":
+        if self.dense_params == DenseParams.AVERAGED:
             specs.update({name: TensorSpec.of(value) for name, value in self._dense.items()})
         return Expected(specs)
 
     def _check_tensors(self, decoded: dict[str, np.ndarray], metrics: MetricRecord) -> None:
-        if self.aggregation == "tally":
-            reach = metrics.get("tally-reach")
+        if self.aggregation == Aggregation.TALLY:
+            reach = metrics.get(MetricKey.TALLY_REACH)
             if not isinstance(reach, float) or not 0 <= reach < 1e3:
-                raise ValueError("tally reply lacks a valid 'tally-reach'")
+                raise ValueError(f"tally reply lacks a valid '{MetricKey.TALLY_REACH}'")
         for name, kept in self.magnitude.items():
-            if self.aggregation == "ternary-delta":
+            if self.aggregation == Aggregation.TERNARY_DELTA:
                 moved, signs = decoded.get(MOVED + name), decoded.get(STEP_SIGNS + name)
                 scale = decoded.get(STEP_SCALE + name)
                 if moved is None or moved.dtype != np.bool_ or moved.shape != kept.shape:
@@ -212,13 +214,13 @@ class HideNseek(FederatedStrategy):
                 if scale is None or scale.shape != (1,) or not (np.isfinite(scale).all() and 0 <= scale[0] < 1e3):
                     raise ValueError(f"'{STEP_SCALE + name}' missing or not a finite scale")
                 continue
-            prefix = SCORES if self.aggregation == "score-average" else SIGMA
+            prefix = SCORES if self.aggregation == Aggregation.SCORE_AVERAGE else SIGMA
             value = decoded.get(prefix + name)
             if value is None or value.shape != kept.shape:
                 raise ValueError(f"'{prefix + name}' missing or not {kept.shape}")
             if prefix == SIGMA and value.dtype != np.int8:
                 raise ValueError(f"'{prefix + name}' is not a sign vector")
-        if self.dense_params == "averaged":
+        if self.dense_params == DenseParams.AVERAGED:
             for name, value in self._dense.items():
                 if name not in decoded or decoded[name].shape != value.shape:
                     raise ValueError(f"dense parameter '{name}' missing or misshapen")
@@ -237,10 +239,10 @@ class HideNseek(FederatedStrategy):
         weights = [self.weight_of(m) for m in valid]
         decoded = [self._decoded.pop(m.metadata.src_node_id) for m in valid]
         previous = self.sigma
-        if self.aggregation == "vote":
+        if self.aggregation == Aggregation.VOTE:
             self.sigma = {k: sign_vote([d[SIGMA + k] for d in decoded], weights, previous[k]) for k in self.mask}
-        elif self.aggregation == "tally":
-            reaches = [float(next(iter(m.content.metric_records.values()))["tally-reach"]) for m in valid]
+        elif self.aggregation == Aggregation.TALLY:
+            reaches = [float(next(iter(m.content.metric_records.values()))[MetricKey.TALLY_REACH]) for m in valid]
             self.tally = {k: tally_update(self.tally[k], [d[SIGMA + k] for d in decoded], weights, previous[k],
                                           self.magnitude[k], reaches, self.server_lr) for k in self.mask}
             self.sigma = {k: signs_of(self.tally[k], previous[k]) for k in self.mask}
@@ -249,7 +251,7 @@ class HideNseek(FederatedStrategy):
             for k in self.mask:
                 change = np.zeros(self.tally[k].shape, dtype=np.float64)
                 for d, weight in zip(decoded, weights, strict=True):
-                    if self.aggregation == "ternary-delta":
+                    if self.aggregation == Aggregation.TERNARY_DELTA:
                         step = ternary_value(d[MOVED + k], d[STEP_SIGNS + k], float(d[STEP_SCALE + k][0]))
                     else:
                         step = d[SCORES + k].astype(np.float64) - self.tally[k]
@@ -257,14 +259,15 @@ class HideNseek(FederatedStrategy):
                 self.tally[k], self.velocity[k] = server_step(self.tally[k], change, self.velocity[k],
                                                               self.server_lr, self.server_momentum)
             self.sigma = {k: signs_of(self.tally[k], previous[k]) for k in self.mask}
-        if self.dense_params == "averaged":
+        if self.dense_params == DenseParams.AVERAGED:
             mean = weighted_mean([ArrayRecord({k: Array(d[k]) for k in self._dense}) for d in decoded], weights)
             self._dense = {k: mean[k].numpy() for k in self._dense}
         flipped = sum(int((self.sigma[k] != previous[k]).sum()) for k in self.mask)
         self.flip_rates[server_round] = flipped / sum(v.size for v in self.sigma.values())
-        losses = [float(next(iter(m.content.metric_records.values())).get("train-loss", 0.0)) for m in valid]
-        metrics = MetricRecord({"train-loss": float(np.average(losses, weights=weights)),
-                                "num-examples": int(sum(weights))})
+        losses = [float(next(iter(m.content.metric_records.values())).get(MetricKey.TRAIN_LOSS, 0.0))
+                  for m in valid]
+        metrics = MetricRecord({MetricKey.TRAIN_LOSS: float(np.average(losses, weights=weights)),
+                                MetricKey.NUM_EXAMPLES: int(sum(weights))})
         return self.folded_arrays(self._dense), metrics
 
     # -- personalized evaluation ---------------------------------------------------
@@ -274,10 +277,10 @@ class HideNseek(FederatedStrategy):
         """Every few rounds, this round's clients evaluate their personal model and the global one locally."""
         if not self.personal_eval_every or server_round % self.personal_eval_every:
             return []
-        config = ConfigRecord({**dict(config), "server-round": server_round, "task": TASK})
+        config = ConfigRecord({**dict(config), ConfigKey.SERVER_ROUND: server_round, ConfigKey.TASK: Task.HIDENSEEK})
         messages = []
         tensors = self._round_tensors()
-        manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, "hidenseek-eval")
+        manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, Kind.HIDENSEEK_EVAL)
         for node in self._sampled:
             if node not in self.sent:
                 continue
@@ -295,12 +298,13 @@ class HideNseek(FederatedStrategy):
                 self.forget_node(reply.metadata.src_node_id)
         valid = [m for m in replies if not m.has_error() and m.content.metric_records]
         rows = [next(iter(m.content.metric_records.values())) for m in valid]
-        rows = [r for r in rows if r.get("num-examples", 0) > 0]
+        rows = [r for r in rows if r.get(MetricKey.NUM_EXAMPLES, 0) > 0]
         if not rows:
             return None
-        total = sum(float(r["num-examples"]) for r in rows)
-        return MetricRecord({key: sum(float(r[key]) * float(r["num-examples"]) for r in rows) / total
-                             for key in ("personal-accuracy", "global-accuracy")} | {"clients": len(rows)})
+        total = sum(float(r[MetricKey.NUM_EXAMPLES]) for r in rows)
+        return MetricRecord({key: sum(float(r[key]) * float(r[MetricKey.NUM_EXAMPLES]) for r in rows) / total
+                             for key in (MetricKey.PERSONAL_ACCURACY, MetricKey.GLOBAL_ACCURACY)}
+                            | {"clients": len(rows)})
 
     # -- state ---------------------------------------------------------------------
 

@@ -13,8 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from fedprune.protos.codec import Manifest, encode, reference_digest
-
-MASK_SUFFIX = "/mask"
+from fedprune.protos.contract import MASK_SUFFIX
 
 
 class MaskDelivery:

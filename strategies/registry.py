@@ -1,42 +1,58 @@
-"""Strategy names a run config may choose, and how each is built from the run settings."""
+"""Strategy names a run config may choose, and how each is built from the run settings.
+
+The names are ``protos.contract.STRATEGY_NAMES`` (what ``RunSettings`` validates against without importing
+strategies); ``STRATEGIES`` maps each to its builder here.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from fedprune.strategies.fedavg import DenseFedAvg
+import numpy as np
+from fedprune.data import load_dataset
+from fedprune.models import build_model
+from fedprune.pruning.budgets import BudgetError, ModelCost, parse_budget_tiers, ratio_for_budget
+from fedprune.pruning.candidates import candidate_masks
+from fedprune.pruning.schedules import data_free_mask
+from fedprune.server.run_config import ConfigError, RunSettings
+from fedprune.strategies.base import FederatedStrategy
+from fedprune.strategies.fedavg import DenseFedAvg, FlowerStrategy
+from fedprune.strategies.fedtiny import FedTiny
 from fedprune.strategies.hidenseek import HideNseek
 from fedprune.strategies.static_mask import StaticMaskFedAvg
-from flwr.serverapp.strategy import FedAvg, Strategy
-
-if TYPE_CHECKING:
-    from fedprune.server.run_config import RunSettings
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
 
 
-def _dense_fedavg(settings: RunSettings) -> Strategy:
+def seeded_model(settings: RunSettings) -> tuple[nn.Module, tuple[int, ...]]:
+    """The run's initial model (θ0 from the run seed, as the server builds it) and the dataset's input shape."""
+    splits = load_dataset(settings.dataset, settings.dataset_path or None)
+    return build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed), splits.input_shape
+
+
+def _theta0(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _dense_fedavg(settings: RunSettings) -> FederatedStrategy:
     return DenseFedAvg(clients_per_round=settings.clients_per_round,
                        min_train_nodes=settings.min_train_nodes, seed=settings.seed)
 
 
-def _flower_fedavg(settings: RunSettings) -> Strategy:
-    """Flower's own FedAvg, unchanged: the reference for overhead and byte comparisons."""
-    return FedAvg(
+def _flower_fedavg(settings: RunSettings) -> FederatedStrategy:
+    """Flower's own FedAvg, unchanged behind the hooks: the reference for overhead and byte comparisons."""
+    return FlowerStrategy(FedAvg(
         fraction_train=settings.clients_per_round / settings.num_clients,
         fraction_evaluate=0.0,
         min_train_nodes=settings.clients_per_round,
         min_evaluate_nodes=0,
         min_available_nodes=settings.num_clients,
-    )
+    ), clients_per_round=settings.clients_per_round)
 
 
-def _static_mask(score: str):
-    def build(settings: RunSettings) -> Strategy:
-        from fedprune.data import load_dataset
-        from fedprune.models import build_model
-        from fedprune.strategies.scores import data_free_mask
-
-        splits = load_dataset(settings.dataset, settings.dataset_path or None)
-        model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
+def _static_mask(score: str) -> Callable[[RunSettings], FederatedStrategy]:
+    def build(settings: RunSettings) -> FederatedStrategy:
+        model, _ = seeded_model(settings)
         mask = data_free_mask(model, score, settings.density, settings.seed)
         return StaticMaskFedAvg(mask=mask, architecture=settings.model, model_seed=settings.seed, score=score,
                                 clients_per_round=settings.clients_per_round,
@@ -44,14 +60,9 @@ def _static_mask(score: str):
     return build
 
 
-def _hidenseek(settings: RunSettings) -> Strategy:
-    from fedprune.data import load_dataset
-    from fedprune.models import build_model
-    from fedprune.strategies.scores import data_free_mask
-
-    splits = load_dataset(settings.dataset, settings.dataset_path or None)
-    model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
-    theta0 = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+def _hidenseek(settings: RunSettings) -> FederatedStrategy:
+    model, _ = seeded_model(settings)
+    theta0 = _theta0(model)
     mask = data_free_mask(model, settings.score, settings.density, settings.seed)
     return HideNseek(theta0=theta0, mask=mask, architecture=settings.model, model_seed=settings.seed,
                      score=settings.score, density=settings.density, clients_per_round=settings.clients_per_round,
@@ -61,18 +72,12 @@ def _hidenseek(settings: RunSettings) -> Strategy:
                      server_momentum=settings.server_momentum)
 
 
-def _fedtiny(settings: RunSettings) -> Strategy:
-    from fedprune.data import load_dataset
-    from fedprune.models import build_model
-    from fedprune.strategies.candidates import candidate_masks
-    from fedprune.strategies.fedtiny import FedTiny
-
-    splits = load_dataset(settings.dataset, settings.dataset_path or None)
-    model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
-    theta0 = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+def _fedtiny(settings: RunSettings) -> FederatedStrategy:
+    model, input_shape = seeded_model(settings)
+    theta0 = _theta0(model)
     candidates = candidate_masks(model, settings.score, settings.density, settings.candidates, settings.seed,
                                  settings.candidate_spread, settings.candidate_ranking)
-    return FedTiny(theta0=theta0, candidates=candidates, cost=check_budget_tiers(settings, model, splits.input_shape),
+    return FedTiny(theta0=theta0, candidates=candidates, cost=check_budget_tiers(settings, model, input_shape),
                    architecture=settings.model, model_seed=settings.seed, score=settings.score,
                    clients_per_round=settings.clients_per_round, min_train_nodes=settings.min_train_nodes,
                    seed=settings.seed, adjust_every=settings.adjust_every, adjust_until=settings.adjust_until,
@@ -80,17 +85,13 @@ def _fedtiny(settings: RunSettings) -> Strategy:
                    gradient_tap=settings.gradient_tap, eval_batch_size=settings.eval_batch_size)
 
 
-def check_budget_tiers(settings: RunSettings, model=None, input_shape=None):
-    """The model's cost profile; ``ConfigError('budget-tiers')`` if a simulated tier no density satisfies."""
-    from fedprune.data import load_dataset
-    from fedprune.models import build_model
-    from fedprune.server.run_config import ConfigError
-    from fedprune.strategies.budgets import BudgetError, ModelCost, parse_budget_tiers, ratio_for_budget
+def check_budget_tiers(settings: RunSettings, model: nn.Module | None = None,
+                       input_shape: tuple[int, ...] | None = None) -> ModelCost:
+    """The model's cost profile; ``ConfigError('budget-tiers')`` if a simulated tier no density satisfies.
 
+    ``model``/``input_shape``: the run's initial model if the caller has it (else it is built here)."""
     if model is None:
-        splits = load_dataset(settings.dataset, settings.dataset_path or None)
-        input_shape = splits.input_shape
-        model = build_model(settings.model, input_shape, splits.num_classes, seed=settings.seed)
+        model, input_shape = seeded_model(settings)
     cost = ModelCost.of(model, input_shape)
     for tier in parse_budget_tiers(settings.budget_tiers):
         try:
@@ -100,7 +101,7 @@ def check_budget_tiers(settings: RunSettings, model=None, input_shape=None):
     return cost
 
 
-STRATEGIES = {
+STRATEGIES: dict[str, Callable[[RunSettings], FederatedStrategy]] = {
     "fedavg": _dense_fedavg,
     "flwr-fedavg": _flower_fedavg,
     "static-magnitude": _static_mask("magnitude"),
@@ -111,7 +112,7 @@ STRATEGIES = {
 }
 
 
-def build_strategy(settings: RunSettings) -> Strategy:
+def build_strategy(settings: RunSettings) -> FederatedStrategy:
     """Instantiate the strategy ``settings.strategy`` names."""
     if settings.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy '{settings.strategy}'; choose one of {sorted(STRATEGIES)}")

@@ -15,47 +15,14 @@ from typing import Any
 
 import numpy as np
 from fedprune.protos.codec import Decoded, Expected, Manifest, TensorSpec, decode, reference_digest
+from fedprune.protos.contract import KEPT_SUFFIX, ConfigKey, Kind, MetricKey, Task, join_kept, split_kept
 from fedprune.protos.flower_records import content_with_payload, payload_of
-from fedprune.strategies.aggregation import weighted_mean
+from fedprune.pruning.aggregation import weighted_mean
 from fedprune.strategies.base import FederatedStrategy
-from fedprune.strategies.mask_delivery import MASK_SUFFIX, MaskDelivery
+from fedprune.strategies.mask_delivery import MaskDelivery
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
-
-KEPT_SUFFIX = "/kept"
-TASK = "masked-sgd"
-__all__ = ["KEPT_SUFFIX", "MASK_SUFFIX", "TASK", "StaticMaskFedAvg", "join_kept", "split_kept"]
-
-
-def split_kept(state: dict[str, np.ndarray], mask: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Kept values of masked tensors (1-D, in flat index order) and every other tensor whole."""
-    out = {}
-    for name, value in state.items():
-        if name in mask:
-            out[name + KEPT_SUFFIX] = np.ascontiguousarray(value.reshape(-1)[mask[name].reshape(-1)], np.float32)
-        else:
-            out[name] = value
-    return out
-
-
-def join_kept(tensors: dict[str, np.ndarray], mask: dict[str, np.ndarray],
-              template: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Inverse of ``split_kept``: scatter kept values into zero tensors shaped like ``template``."""
-    out = {}
-    for name, like in template.items():
-        if name in mask:
-            kept = tensors[name + KEPT_SUFFIX]
-            if kept.shape != (int(mask[name].sum()),):
-                raise ValueError(f"'{name}': {kept.shape[0]} kept values for {int(mask[name].sum())} kept positions")
-            full = np.zeros(like.size, dtype=np.float32)
-            full[mask[name].reshape(-1)] = kept
-            out[name] = full.reshape(like.shape)
-        else:
-            if tensors[name].shape != like.shape:
-                raise ValueError(f"'{name}' has shape {tensors[name].shape}, expected {like.shape}")
-            out[name] = tensors[name]
-    return out
 
 
 class StaticMaskFedAvg(FederatedStrategy):
@@ -84,7 +51,7 @@ class StaticMaskFedAvg(FederatedStrategy):
         return ArrayRecord({k: Array(v * self.mask[k] if k in self.mask else v) for k, v in state.items()})
 
     def _manifest(self, server_round: int) -> Manifest:
-        return Manifest(self.architecture, self.model_seed, self.density, server_round, "static-mask")
+        return Manifest(self.architecture, self.model_seed, self.density, server_round, Kind.STATIC_MASK)
 
     def mask_for(self, node: int) -> dict[str, np.ndarray]:
         """The mask ``node`` trains this round: the global one here (FedTiny narrows it to a client's budget)."""
@@ -98,7 +65,7 @@ class StaticMaskFedAvg(FederatedStrategy):
         """Send each sampled node the kept values; the coded mask too if it does not hold it."""
         self._template = {k: arrays[k].numpy() for k in arrays.keys()}
         kept = split_kept(self._template, self.mask)
-        config = ConfigRecord({**dict(config), "server-round": server_round, "task": TASK})
+        config = ConfigRecord({**dict(config), ConfigKey.SERVER_ROUND: server_round, ConfigKey.TASK: Task.MASKED_SGD})
         messages = []
         for node in self.sample_nodes(server_round, grid):
             mask = self.mask_for(node)
@@ -169,10 +136,12 @@ class StaticMaskFedAvg(FederatedStrategy):
                                 self._decoded[m.metadata.src_node_id].items()}) for m in valid]
         mean = weighted_mean(records, weights)
         joined = join_kept({k: mean[k].numpy() for k in mean.keys()}, self.mask, self._template)
-        losses = [float(next(iter(m.content.metric_records.values())).get("train-loss", 0.0)) for m in valid]
+        losses = [float(next(iter(m.content.metric_records.values())).get(MetricKey.TRAIN_LOSS, 0.0))
+                  for m in valid]
         self._decoded = {}
         return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in joined.items()}), MetricRecord(
-            {"train-loss": float(np.average(losses, weights=weights)), "num-examples": int(sum(weights))})
+            {MetricKey.TRAIN_LOSS: float(np.average(losses, weights=weights)),
+             MetricKey.NUM_EXAMPLES: int(sum(weights))})
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         """Adds the mask's density and score to the round entry."""

@@ -68,9 +68,10 @@ def train(msg: Message, context):
 '''
 
 
-def write_hostile_app(directory: Path, mode: str = "off") -> Path:
+def write_hostile_app(directory: Path, mode: str = "off", *, broken_server: bool = False) -> Path:
     """Write the hostile app into ``directory`` (created) and return it, ready for ``flwr run``; ``mode`` is
-    the default ``hostile-mode`` (a run config override may change it)."""
+    the default ``hostile-mode`` (a run config override may change it). ``broken_server``: the ServerApp
+    component is a module that raises on import (a run that fails before it can write results.json)."""
     if mode not in ("off", "bomb", "raise"):
         raise ValueError(f"hostile mode '{mode}' is not off, bomb or raise")
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,11 @@ def write_hostile_app(directory: Path, mode: str = "off") -> Path:
     assert replaced == 1, "pyproject.toml has no clientapp component line"
     pyproject = pyproject.replace("[tool.flwr.app.config]\n", f'[tool.flwr.app.config]\nhostile-mode = "{mode}"\n', 1)
     # Only the wrapper module ships in this app; fedprune itself is imported from the installed package.
-    pyproject = re.sub(r"(?ms)^\[tool\.setuptools\].*?(?=^\[)", "", pyproject)
+    pyproject = re.sub(r"(?ms)^\[tool\.setuptools[\].].*?(?=^\[(?!tool\.setuptools))", "", pyproject)
+    if broken_server:
+        pyproject = re.sub(r'(?m)^serverapp = ".*"$', 'serverapp = "fedprune_broken_serverapp:app"', pyproject)
+        (directory / "fedprune_broken_serverapp.py").write_text(
+            'raise RuntimeError("broken ServerApp module for a test")\n')
     (directory / "pyproject.toml").write_text(pyproject)
     (directory / f"{MODULE}.py").write_text(_CLIENT_SOURCE)
     return directory

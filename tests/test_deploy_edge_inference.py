@@ -19,6 +19,7 @@ from fedprune.client.edge_inference import EdgeInferenceServer, describe, is_loo
 from fedprune.client.edge_model import EDGE_MODEL_NAME, load_edge_model, save_edge_model
 from fedprune.client.hidenseek import STATE_DENSE, STATE_PRIOR, STATE_SCORES, STATE_SETUP, Setup, _model, _stored
 from fedprune.client.local_loss import add_label_prior
+from fedprune.client.settings import client_settings
 from fedprune.data import load_dataset
 from fedprune.kernels.sign_supermask import fold
 from fedprune.protos import edge_inference_pb2 as pb
@@ -62,7 +63,8 @@ def _personal_reference(grid, node, settings):
     setup = Setup(_stored(context, STATE_SETUP), (1, 8, 8), 10)
     dense = {k: v for k, v in setup.theta0.items() if k not in setup.mask}
     dense.update(decode(_stored(context, STATE_DENSE)).tensors)
-    model, _ = _model(settings, (1, 8, 8), 10, setup, dense, decode(_stored(context, STATE_SCORES)).tensors)
+    model, _ = _model(client_settings(settings.to_run_config()), (1, 8, 8), 10, setup, dense,
+                      decode(_stored(context, STATE_SCORES)).tensors)
     prior = decode(_stored(context, STATE_PRIOR)).tensors["label-prior"]
     assert prior.shape == (10,) and np.isfinite(prior).all()
     return add_label_prior(fold(model), prior).eval()

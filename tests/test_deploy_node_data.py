@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 from fedprune.client.local_data import load_local_data
-from fedprune.server.run_config import RunSettings
+from fedprune.client.settings import ClientSettings
 
 
 def test_a_node_trains_on_its_own_npz_file_and_bad_files_are_refused(tmp_path):
-    settings = RunSettings(dataset="digits", model="digits-cnn", num_clients=3, local_test_fraction=0.25)
+    settings = ClientSettings(dataset="digits", model="digits-cnn", num_clients=3, local_test_fraction=0.25)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 40)
     np.savez(tmp_path / "own.npz", x=x, y=y)

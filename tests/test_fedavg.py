@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from fedprune.strategies.aggregation import weighted_mean
+from fedprune.pruning.aggregation import weighted_mean
 from fedprune.strategies.fedavg import DenseFedAvg
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity

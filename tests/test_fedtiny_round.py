@@ -9,12 +9,14 @@ from fedprune.client.app import app as client_app
 from fedprune.client.masked_training import STATE_KEY as MASK_STATE
 from fedprune.models import build_model
 from fedprune.protos.codec import WireFormatError, decode
+from fedprune.protos.contract import CANDIDATE, candidate_key
 from fedprune.protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
+from fedprune.pruning import progressive
+from fedprune.pruning.budgets import BudgetError
 from fedprune.server.checkpoint import read_checkpoint
 from fedprune.server.runner import run_federation
-from fedprune.strategies import build_strategy, progressive
-from fedprune.strategies.budgets import BudgetError
-from fedprune.strategies.fedtiny import CANDIDATE, FedTiny, candidate_key
+from fedprune.strategies import build_strategy
+from fedprune.strategies.fedtiny import FedTiny
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from tests.hostile_payloads import encode_unchecked

@@ -21,9 +21,8 @@ from fedprune.kernels.dispatch import Backend
 from fedprune.models import build_model, prunable_names
 from fedprune.protos import fedprune_wire_pb2 as pb
 from fedprune.protos.codec import Manifest, decode, encode
-from fedprune.server.run_config import ConfigError, RunSettings
-from fedprune.strategies import progressive
-from fedprune.strategies.budgets import (
+from fedprune.pruning import progressive
+from fedprune.pruning.budgets import (
     Budget,
     BudgetError,
     ModelCost,
@@ -31,16 +30,17 @@ from fedprune.strategies.budgets import (
     parse_budget_tiers,
     ratio_for_budget,
 )
-from fedprune.strategies.candidates import candidate_masks, perturbed_counts
-from fedprune.strategies.fedtiny import loss_margins, pool_statistics, select_candidate
-from fedprune.strategies.progressive import (
+from fedprune.pruning.candidates import candidate_masks, perturbed_counts
+from fedprune.pruning.progressive import (
     adjustment_rounds,
     aggregate_magnitudes,
     cosine_k,
     grow_and_prune,
     layers_to_adjust,
 )
-from fedprune.strategies.scores import data_free_mask
+from fedprune.pruning.schedules import data_free_mask
+from fedprune.server.run_config import ConfigError, RunSettings
+from fedprune.strategies.fedtiny import loss_margins, pool_statistics, select_candidate
 
 SHAPE = (1, 8, 8)
 
@@ -356,7 +356,7 @@ def test_budget_arithmetic():
     assert ratio_for_budget(cost, kept, Budget()) == 1.0
     budget = Budget(memory_mb=cost.memory_bytes(kept) / 2 / 1e6)
     ratio = ratio_for_budget(cost, kept, budget)
-    from fedprune.strategies.budgets import scaled_counts
+    from fedprune.pruning.budgets import scaled_counts
 
     assert cost.memory_bytes(scaled_counts(kept, ratio)) <= budget.memory_mb * 1e6
     assert cost.memory_bytes(scaled_counts(kept, ratio + 0.01)) > budget.memory_mb * 1e6  # the largest that fits

@@ -3,7 +3,7 @@ import pytest
 import torch
 from fedprune.kernels.sign_supermask import apply_sign_supermask, fold, folded_weights
 from fedprune.models import build_model
-from fedprune.strategies.aggregation import (
+from fedprune.pruning.aggregation import (
     server_step,
     sign_vote,
     signs_of,
@@ -11,7 +11,7 @@ from fedprune.strategies.aggregation import (
     tally_update,
     ternary_value,
 )
-from fedprune.strategies.scores import data_free_mask
+from fedprune.pruning.schedules import data_free_mask
 
 
 def _setup(seed=0, density=0.3):

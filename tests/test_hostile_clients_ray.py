@@ -12,9 +12,9 @@ import json
 
 import pytest
 from fedprune.server.run_config import RunSettings
-from fedprune.simulation import launcher
-from fedprune.simulation.launcher import run_simulation
+from fedprune.simulation.launcher import SimulationError, run_simulation
 
+from fedprune import cli
 from fedprune.cli import main
 from tests.hostile_app import write_hostile_app
 
@@ -45,7 +45,7 @@ def test_an_inflating_reply_costs_the_server_no_memory(tmp_path):
 
 def test_a_run_whose_clients_all_fail_exits_non_zero_with_the_reason(tmp_path, monkeypatch, capsys):
     app = write_hostile_app(tmp_path / "app", mode="raise")
-    monkeypatch.setattr(launcher, "run_simulation", functools.partial(run_simulation, app_dir=app))
+    monkeypatch.setattr(cli, "run_simulation", functools.partial(run_simulation, app_dir=app))
     out = tmp_path / "run"
     code = main(["simulate", "--dataset", "digits", "--partition", "iid", "--num-clients", "3",
                  "--clients-per-round", "2", "--rounds", "5", "--max-failed-rounds", "2", "--out", str(out)])
@@ -55,3 +55,10 @@ def test_a_run_whose_clients_all_fail_exits_non_zero_with_the_reason(tmp_path, m
     document = json.loads((out / "results.json").read_text())
     assert document["status"] == "failed" and "refusing to train" in document["error"]
     assert [r["failed"] for r in document["rounds"]] == [True, True]
+
+
+def test_a_server_app_that_fails_before_writing_results_says_why(tmp_path):
+    """No results.json error to show: the launcher reads the run's own log and names the exception."""
+    app = write_hostile_app(tmp_path / "app", broken_server=True)
+    with pytest.raises(SimulationError, match="broken ServerApp module for a test"):
+        run_simulation(_settings(tmp_path / "run", "off"), app_dir=app, progress=lambda line: None)

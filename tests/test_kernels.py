@@ -16,7 +16,7 @@ from fedprune.kernels.benchmark import training_state_bytes
 from fedprune.kernels.convert import export_dense_state, sparsify
 from fedprune.kernels.dispatch import CSR_BREAKEVEN, block_fraction, estimated_fraction
 from fedprune.models import build_model
-from fedprune.strategies.scores import data_free_mask
+from fedprune.pruning.schedules import data_free_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -25,13 +25,15 @@ def no_launch(monkeypatch):
     """Replace ``run_simulation`` so a test fails loudly if a run would have started."""
     from fedprune.simulation import launcher
 
+    from fedprune import cli
+
     calls = []
 
     def refuse(*args, **kwargs):
         calls.append(kwargs)
         raise launcher.SimulationError("launcher called")
 
-    monkeypatch.setattr(launcher, "run_simulation", refuse)
+    monkeypatch.setattr(cli, "run_simulation", refuse)
     return calls
 
 
@@ -143,9 +145,9 @@ def test_malformed_ray_address_is_refused(address, tmp_path, capsys, no_launch):
 
 @pytest.mark.parametrize("address", ["auto", "local", "127.0.0.1:6379", "[::1]:6379", "ray-head.cluster:1"])
 def test_well_formed_ray_addresses_pass(address):
-    from fedprune.cli import _check_ray_options
+    from fedprune.run_options import check_ray_options
 
-    _check_ray_options(address, 1)
+    check_ray_options(address, 1)
 
 
 @pytest.mark.parametrize("model", ["digits-cnn", "resnet18"])
@@ -218,12 +220,12 @@ def test_partition_read_through_arrow_is_the_one_datasets_columns_give():
 
 
 def test_deploy_loopback_runs_the_same_partition_check(tmp_path, capsys, monkeypatch):
-    from fedprune.deploy import loopback
+    from fedprune.deploy import cli as deploy_cli
 
     def refuse(*args, **kwargs):
         raise AssertionError("loopback started")
 
-    monkeypatch.setattr(loopback, "run_loopback", refuse)
+    monkeypatch.setattr(deploy_cli, "run_loopback", refuse)
     code = main(["deploy", "loopback", "--dataset", "digits", "--num-clients", "2000", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == EXIT_USAGE and len(err) == 1 and "--num-clients: 2000 exceeds" in err[0]

@@ -11,10 +11,10 @@ from fedprune.client.masked_training import STATE_KEY as MASK_STATE
 from fedprune.models import build_model, prunable_names
 from fedprune.protos.codec import decode, encode
 from fedprune.protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
+from fedprune.pruning.scores import SCORES, global_topk_mask
 from fedprune.server.checkpoint import read_checkpoint
 from fedprune.server.runner import run_federation
 from fedprune.strategies import build_strategy
-from fedprune.strategies.scores import SCORES, global_topk_mask
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 from fedprune.models import build_model
-from fedprune.strategies.schedules import exponential_schedule
-from fedprune.strategies.scores import data_free_mask, global_topk_mask
-from fedprune.strategies.synflow import synflow_scores
+from fedprune.pruning.schedules import data_free_mask, exponential_schedule
+from fedprune.pruning.scores import global_topk_mask
+from fedprune.pruning.synflow import synflow_scores
 from torch import nn
 
 

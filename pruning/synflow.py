@@ -3,7 +3,7 @@
 The network runs on |θ| in double precision, with biases zeroed and BatchNorm
 in eval mode, on an all-ones input; R = Σ output and each prunable weight
 scores |∂R/∂θ ⊙ θ|. Scores are recomputed with the current mask applied,
-so iterating (``strategies.schedules``) avoids layer collapse.
+so iterating (``pruning.schedules``) avoids layer collapse.
 """
 
 from __future__ import annotations

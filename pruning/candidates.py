@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from fedprune.models import prunable_names
+from fedprune.pruning.schedules import data_free_mask
+from fedprune.pruning.scores import scorer_for
 from torch import nn
 
 RANKINGS = ("magnitude", "score")  # how a candidate picks the weights within a layer (module docstring)
@@ -97,8 +99,6 @@ def _largest(magnitude: np.ndarray, keep: int) -> np.ndarray:
 def candidate_masks(model: nn.Module, score: str, density: float, count: int, seed: int,
                     spread: float = 0.5, ranking: str = "magnitude") -> list[dict[str, np.ndarray]]:
     """``count`` masks of exactly the same total kept count from ``model``'s θ0 (see module docstring)."""
-    from fedprune.strategies.scores import SCORES, data_free_mask
-
     if count < 1:
         raise ValueError("count must be >= 1")
     if ranking not in RANKINGS:
@@ -115,12 +115,7 @@ def candidate_masks(model: nn.Module, score: str, density: float, count: int, se
         return [{n: _largest(magnitude[n], counts[n]) for n in names} for counts in allocations]
     if count == 1:
         return [base]
-    if score == "synflow":  # rank within a layer by the score under the base mask (what SynFlow kept)
-        from fedprune.strategies.synflow import SynFlowScorer
-
-        raw = SynFlowScorer(model)(base)
-    else:
-        raw = SCORES[score](model, seed, base)
+    raw = scorer_for(model, score)(model, seed, base)  # rank within a layer by the score under the base mask
     ranks = {n: raw[n].detach().double().numpy() if isinstance(raw[n], torch.Tensor) else np.asarray(raw[n])
              for n in names}
     masks = [base]

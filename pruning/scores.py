@@ -1,8 +1,9 @@
 """Data-free importance scores for pruning and the global top-k rule that turns scores into a mask.
 
 Scores say how much each prunable weight matters; ``global_topk_mask`` decides
-what to keep. Keeping them apart lets any score be combined with any schedule
-or strategy (Torch-Pruning's importance/pruner split).
+what to keep; a schedule (``pruning.schedules``) decides how much to keep at
+each step and how often to rescore. Keeping them apart lets any score be
+combined with any schedule or strategy (Torch-Pruning's importance/pruner split).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from fedprune.models import prunable_names
+from fedprune.pruning.synflow import SynFlowScorer, synflow_scores
 from torch import nn
 
 Scores = dict[str, torch.Tensor]
@@ -31,38 +33,23 @@ def random_scores(model: nn.Module, seed: int = 0, mask: dict[str, np.ndarray] |
             for name in prunable_names(model)}
 
 
-def _synflow(model: nn.Module, seed: int = 0, mask: dict[str, np.ndarray] | None = None) -> Scores:
-    from fedprune.strategies.synflow import synflow_scores
+ScoreFn = Callable[[nn.Module, int, dict[str, np.ndarray] | None], Scores]
+SCORES: dict[str, ScoreFn] = {
+    "magnitude": magnitude_scores,
+    "random": random_scores,
+    "synflow": synflow_scores,
+}
 
-    return synflow_scores(model, seed, mask)
 
-
-def _scorer_for(model: nn.Module, score: str) -> Callable[[nn.Module, int, dict | None], Scores]:
-    """A score function that may cache per-model work across iterations (SynFlow's linearized copy)."""
+def scorer_for(model: nn.Module, score: str) -> ScoreFn:
+    """Score ``score`` as a function of (model, seed, mask) that may cache per-model work across calls
+    (SynFlow's linearized copy of ``model``, built once): what an iterative schedule rescores with."""
+    if score not in SCORES:
+        raise ValueError(f"unknown score '{score}'; choose one of {sorted(SCORES)}")
     if score == "synflow":
-        from fedprune.strategies.synflow import SynFlowScorer
-
         scorer = SynFlowScorer(model)
         return lambda _model, _seed, mask: scorer(mask)
     return SCORES[score]
-
-
-SCORES: dict[str, Callable[..., Scores]] = {
-    "magnitude": magnitude_scores,
-    "random": random_scores,
-    "synflow": _synflow,
-}
-# Scores that change as weights are pruned are applied iteratively (DESIGN §4: 100 steps).
-ITERATIONS = {"magnitude": 1, "random": 1, "synflow": 100}
-
-
-def data_free_mask(model: nn.Module, score: str, density: float, seed: int = 0) -> dict[str, np.ndarray]:
-    """The mask a score gives at ``density``, with that score's schedule (one-shot or iterative)."""
-    from fedprune.strategies.schedules import prune_iteratively
-
-    if score not in SCORES:
-        raise ValueError(f"unknown score '{score}'; choose one of {sorted(SCORES)}")
-    return prune_iteratively(model, _scorer_for(model, score), density, ITERATIONS[score], seed)
 
 
 def _top_k(flat: torch.Tensor, k: int) -> torch.Tensor:

@@ -28,12 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from fedprune.models import prunable_names
-from fedprune.strategies import progressive
+from fedprune.pruning import progressive
 from torch import nn
 
 MB = 1_000_000
-MEMORY_KEY = "memory-budget-mb"
-FLOPS_KEY = "flops-budget"
 
 
 class BudgetError(ValueError):
