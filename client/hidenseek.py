@@ -22,18 +22,12 @@ from fedprune.models import build_model
 from fedprune.models.evaluation import evaluate
 from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
 from fedprune.protos.contract import (
-    AGGREGATIONS,
     DENSE_PARAMS,
     MASK,
     MASK_DIGEST,
-    MOVED,
-    SCORE_DOWNLINK,
     SCORES,
     SIGMA,
-    STEP_SCALE,
-    STEP_SIGNS,
     THETA0_DIGEST,
-    Aggregation,
     ConfigKey,
     DenseParams,
     Kind,
@@ -43,8 +37,8 @@ from fedprune.protos.contract import (
     score_of_setup_kind,
 )
 from fedprune.protos.flower_records import config_of, content_with_payload, payload_of, setup_of
-from fedprune.pruning.aggregation import stochastic_ternary
 from fedprune.pruning.schedules import data_free_mask
+from fedprune.pruning.sign_aggregation import ClientRound, SignRule, sign_rule
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 STATE_SETUP, STATE_SIGMA, STATE_SCORES, STATE_DENSE = "hns-setup", "hns-sigma", "hns-scores", "hns-dense"
@@ -149,44 +143,41 @@ def _model(settings: ClientSettings, input_shape: tuple, num_classes: int, setup
     return model, apply_sign_supermask_sparse(model, setup.mask, setup.magnitude, scores, batch=train_batch)
 
 
-def _checked_rule(aggregation: str, dense_mode: str, settings: ClientSettings) -> None:
-    """Refuse an aggregation rule or dense-params mode this client cannot follow (``ValueError``)."""
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation '{aggregation}' is not one of {AGGREGATIONS}")
+def _checked_rule(aggregation: str, dense_mode: str, settings: ClientSettings) -> SignRule:
+    """The aggregation rule the server asks for; ``ValueError`` for a rule or dense-params mode this client
+    cannot follow."""
+    rule = sign_rule(aggregation)
     if dense_mode not in DENSE_PARAMS:
         raise ValueError(f"dense-params '{dense_mode}' is not one of {DENSE_PARAMS}")
-    if aggregation == Aggregation.TALLY and settings.score_optimizer != "adam":
-        raise ValueError("aggregation 'tally' bounds a round's score movement by Adam's (~lr per step); "
-                         f"this run's score optimizer is '{settings.score_optimizer}'")
+    rule.check_client(settings.score_optimizer)
+    return rule
 
 
 def train_hidenseek(msg: Message, context: Context, settings: ClientSettings, local: LocalData,
                     input_shape: tuple, num_classes: int) -> Message:
     """One local round: start z from σ·|θ0| (or the global scores), train, send bits coded against σ."""
     config = config_of(msg)
-    aggregation, dense_mode = str(config.get(ConfigKey.AGGREGATION)), str(config.get(ConfigKey.DENSE_PARAMS))
-    _checked_rule(aggregation, dense_mode, settings)
+    dense_mode = str(config.get(ConfigKey.DENSE_PARAMS))
+    rule = _checked_rule(str(config.get(ConfigKey.AGGREGATION)), dense_mode, settings)
     setup, first_contact = _setup(msg, context, input_shape, num_classes)
     tensors = _receive(msg, context, setup, first_contact)
     sigma = {k: tensors[SIGMA + k] for k in setup.mask}
     lr = float(config.get(ConfigKey.SCORE_LR, settings.score_lr))
     epochs = int(config.get(ConfigKey.LOCAL_EPOCHS, settings.local_epochs))
     batch_size = int(config.get(ConfigKey.BATCH_SIZE, settings.batch_size))
-    # Tally: start at σ·(|θ0| + reach), where reach bounds one round of Adam (~lr per step), so no sign
-    # flips locally; bits then round z stochastically between ±(|θ0| + 2·reach), which z cannot leave,
-    # so each bit is an unbiased 1-bit estimate of the score change (no clipping, no drift).
+    server_round = int(config.get(ConfigKey.SERVER_ROUND, 0))
+    # How far one round of local training can move a score (tally: the scale of a client's bits).
     reach = lr * epochs * -(-len(local.train) // batch_size)
-    if aggregation in SCORE_DOWNLINK:
-        start = {k: tensors[SCORES + k] for k in setup.mask}
-    elif aggregation == Aggregation.TALLY:
-        start = {k: sigma[k] * (setup.magnitude[k] + reach) for k in setup.mask}
-    else:
-        start = {k: sigma[k] * setup.magnitude[k] for k in setup.mask}
+    round_ = ClientRound(sigma=sigma, magnitude=setup.magnitude, received=tensors, reach=reach, seed=settings.seed,
+                         server_round=server_round, partition_id=local.partition_id,
+                         moved_share=float(config.get(ConfigKey.MOVED_SHARE, settings.moved_share)),
+                         slot=int(config.get(ConfigKey.TALLY_SLOT, 0)),
+                         slots=max(1, int(config.get(ConfigKey.TALLY_SLOTS, 1))))
+    start = rule.start(round_)
     dense = _dense_params(tensors, context, setup, dense_mode)
     model, latent = _model(settings, input_shape, num_classes, setup, dense, start, train_batch=batch_size)
     optimizer = score_optimizer(settings.score_optimizer, model, latent, setup.magnitude, setup.theta0, lr,
                                 settings.score_momentum)
-    server_round = int(config.get(ConfigKey.SERVER_ROUND, 0))
     seed = local_seed(settings.seed, server_round, local.partition_id)
     offset = logit_offset(settings.resolved_local_loss(), local.train.y, num_classes)
     stats = train_epochs(model, local.train, optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
@@ -199,27 +190,7 @@ def train_hidenseek(msg: Message, context: Context, settings: ClientSettings, lo
     _store(context, STATE_SCORES, encode(scores))
     _store(context, STATE_DENSE, encode(trained_dense))
 
-    if aggregation == Aggregation.SCORE_AVERAGE:
-        upload = {SCORES + k: v.astype(np.float32) for k, v in scores.items()}
-    elif aggregation == Aggregation.TERNARY_DELTA:
-        upload, moved_share = {}, float(config.get(ConfigKey.MOVED_SHARE, settings.moved_share))
-        for index, (k, z) in enumerate(sorted(scores.items())):
-            rng = np.random.default_rng([settings.seed, server_round, local.partition_id, index])
-            moved, step_signs, scale = stochastic_ternary(z.astype(np.float64) - start[k], rng, moved_share)
-            upload[MOVED + k], upload[STEP_SIGNS + k] = moved, step_signs
-            upload[STEP_SCALE + k] = np.array([scale], dtype=np.float32)
-    elif aggregation == Aggregation.TALLY:
-        slot, slots = int(config.get(ConfigKey.TALLY_SLOT, 0)), max(1, int(config.get(ConfigKey.TALLY_SLOTS, 1)))
-        upload = {}
-        for index, (k, z) in enumerate(sorted(scores.items())):
-            p_plus = (1.0 + np.clip(z / (setup.magnitude[k] + 2.0 * reach), -1.0, 1.0)) / 2.0
-            # Shared draw (same for every client this round) shifted by the client's slot: each client's
-            # threshold is uniform (unbiased bits), and the round's clients cover [0, 1) evenly.
-            shared = np.random.default_rng([settings.seed, server_round, index]).random(z.shape)
-            threshold = np.mod(shared + slot / slots, 1.0)
-            upload[SIGMA + k] = np.where(threshold < p_plus, 1, -1).astype(np.int8)
-    else:
-        upload = {SIGMA + k: np.where(z >= 0, 1, -1).astype(np.int8) for k, z in scores.items()}
+    upload = rule.upload(scores, start, round_)
     if dense_mode == DenseParams.AVERAGED:
         upload.update(trained_dense)
     m = setup.manifest

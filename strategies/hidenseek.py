@@ -17,7 +17,8 @@ Round by round (DESIGN §4):
   reference point, 32 bits per weight, recorded honestly), or ``ternary-delta`` (clients
   start from the global scores and send their score change as unbiased stochastic
   ternary values {-r, 0, +r}: score averaging at well under one bit per weight uplink;
-  the global scores travel downlink).
+  the global scores travel downlink). Each rule is one object (``pruning.sign_aggregation``) that the
+  client uses too: what travels down, the client's upload, its check here and the aggregation.
 
 Biases and BatchNorm parameters are trained locally and averaged (``dense-params =
 averaged``) or stay on the client (``personal``).
@@ -38,14 +39,8 @@ from fedprune.protos.contract import (
     MASK,
     MASK_DIGEST,
     MASK_TRANSFER,
-    MOVED,
-    SCORE_DOWNLINK,
-    SCORES,
     SIGMA,
-    STEP_SCALE,
-    STEP_SIGNS,
     THETA0_DIGEST,
-    Aggregation,
     ConfigKey,
     DenseParams,
     Kind,
@@ -55,8 +50,9 @@ from fedprune.protos.contract import (
     theta0_digest,
 )
 from fedprune.protos.flower_records import payload_of, setup_record
-from fedprune.pruning.aggregation import server_step, sign_vote, signs_of, tally_update, ternary_value, weighted_mean
-from fedprune.strategies.base import FederatedStrategy, checked_state_arrays
+from fedprune.pruning.aggregation import weighted_mean
+from fedprune.pruning.sign_aggregation import ServerStep, SignState, Upload, sign_rule
+from fedprune.strategies.base import FederatedStrategy, checked_state_arrays, reply_metrics
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -86,6 +82,7 @@ class HideNseek(FederatedStrategy):
         self.mask_digest = reference_digest(self.mask)
         self.architecture, self.model_seed, self.score, self.density = architecture, model_seed, score, density
         self.aggregation, self.dense_params, self.mask_transfer = aggregation, dense_params, mask_transfer
+        self.rule = sign_rule(aggregation)  # the upload's shape, its check and the aggregation
         self.personal_eval_every, self.server_lr = personal_eval_every, server_lr
         self.server_momentum = server_momentum
         self.velocity = {k: np.zeros(v.shape, dtype=np.float32) for k, v in self.magnitude.items()}
@@ -119,8 +116,7 @@ class HideNseek(FederatedStrategy):
 
     def _round_tensors(self) -> dict[str, np.ndarray]:
         tensors = {SIGMA + k: v for k, v in self.sigma.items()}
-        if self.aggregation in SCORE_DOWNLINK:
-            tensors.update({SCORES + k: v for k, v in self.tally.items()})
+        tensors.update(self.rule.downlink(self.tally))
         if self.dense_params == DenseParams.AVERAGED:
             tensors.update(self._dense)
         return tensors
@@ -184,42 +180,13 @@ class HideNseek(FederatedStrategy):
     def expected_reply(self) -> Expected:
         """What a training reply must hold under this aggregation rule (names, dtypes, shapes), checked
         before anything is decoded: a reply can never make the server allocate more than it asked for."""
-        specs: dict[str, TensorSpec] = {}
-        for name, kept in self.magnitude.items():
-            if self.aggregation == Aggregation.TERNARY_DELTA:
-                specs[MOVED + name] = TensorSpec("bool", kept.shape)
-                specs[STEP_SIGNS + name] = TensorSpec("sign", kept.shape, at_most=True)
-                specs[STEP_SCALE + name] = TensorSpec("float32", (1,))
-            elif self.aggregation == Aggregation.SCORE_AVERAGE:
-                specs[SCORES + name] = TensorSpec("float32", kept.shape)
-            else:
-                specs[SIGMA + name] = TensorSpec("sign", kept.shape)
+        dense: dict[str, TensorSpec] = {}
         if self.dense_params == DenseParams.AVERAGED:
-            specs.update({name: TensorSpec.of(value) for name, value in self._dense.items()})
-        return Expected(specs)
+            dense = {name: TensorSpec.of(value) for name, value in self._dense.items()}
+        return self.rule.expected_upload(self.magnitude, dense)
 
     def _check_tensors(self, decoded: dict[str, np.ndarray], metrics: MetricRecord) -> None:
-        if self.aggregation == Aggregation.TALLY:
-            reach = metrics.get(MetricKey.TALLY_REACH)
-            if not isinstance(reach, float) or not 0 <= reach < 1e3:
-                raise ValueError(f"tally reply lacks a valid '{MetricKey.TALLY_REACH}'")
-        for name, kept in self.magnitude.items():
-            if self.aggregation == Aggregation.TERNARY_DELTA:
-                moved, signs = decoded.get(MOVED + name), decoded.get(STEP_SIGNS + name)
-                scale = decoded.get(STEP_SCALE + name)
-                if moved is None or moved.dtype != np.bool_ or moved.shape != kept.shape:
-                    raise ValueError(f"'{MOVED + name}' missing or not a {kept.shape} mask")
-                if signs is None or signs.dtype != np.int8 or signs.shape != (int(moved.sum()),):
-                    raise ValueError(f"'{STEP_SIGNS + name}' missing or not one sign per moved entry")
-                if scale is None or scale.shape != (1,) or not (np.isfinite(scale).all() and 0 <= scale[0] < 1e3):
-                    raise ValueError(f"'{STEP_SCALE + name}' missing or not a finite scale")
-                continue
-            prefix = SCORES if self.aggregation == Aggregation.SCORE_AVERAGE else SIGMA
-            value = decoded.get(prefix + name)
-            if value is None or value.shape != kept.shape:
-                raise ValueError(f"'{prefix + name}' missing or not {kept.shape}")
-            if prefix == SIGMA and value.dtype != np.int8:
-                raise ValueError(f"'{prefix + name}' is not a sign vector")
+        self.rule.check_upload(decoded, self.magnitude, metrics)
         if self.dense_params == DenseParams.AVERAGED:
             for name, value in self._dense.items():
                 if name not in decoded or decoded[name].shape != value.shape:
@@ -239,36 +206,16 @@ class HideNseek(FederatedStrategy):
         weights = [self.weight_of(m) for m in valid]
         decoded = [self._decoded.pop(m.metadata.src_node_id) for m in valid]
         previous = self.sigma
-        if self.aggregation == Aggregation.VOTE:
-            self.sigma = {k: sign_vote([d[SIGMA + k] for d in decoded], weights, previous[k]) for k in self.mask}
-        elif self.aggregation == Aggregation.TALLY:
-            reaches = [float(next(iter(m.content.metric_records.values()))[MetricKey.TALLY_REACH]) for m in valid]
-            self.tally = {k: tally_update(self.tally[k], [d[SIGMA + k] for d in decoded], weights, previous[k],
-                                          self.magnitude[k], reaches, self.server_lr) for k in self.mask}
-            self.sigma = {k: signs_of(self.tally[k], previous[k]) for k in self.mask}
-        else:  # clients started from the global scores: apply their mean change (server lr, momentum)
-            total = float(sum(weights))
-            for k in self.mask:
-                change = np.zeros(self.tally[k].shape, dtype=np.float64)
-                for d, weight in zip(decoded, weights, strict=True):
-                    if self.aggregation == Aggregation.TERNARY_DELTA:
-                        step = ternary_value(d[MOVED + k], d[STEP_SIGNS + k], float(d[STEP_SCALE + k][0]))
-                    else:
-                        step = d[SCORES + k].astype(np.float64) - self.tally[k]
-                    change += (weight / total) * step
-                self.tally[k], self.velocity[k] = server_step(self.tally[k], change, self.velocity[k],
-                                                              self.server_lr, self.server_momentum)
-            self.sigma = {k: signs_of(self.tally[k], previous[k]) for k in self.mask}
+        uploads = [Upload(d, w, reply_metrics(m)) for d, w, m in zip(decoded, weights, valid, strict=True)]
+        state = self.rule.aggregate(SignState(self.sigma, self.tally, self.velocity, self.magnitude), uploads,
+                                    ServerStep(self.server_lr, self.server_momentum))
+        self.sigma, self.tally, self.velocity = state.sigma, state.tally, state.velocity
         if self.dense_params == DenseParams.AVERAGED:
             mean = weighted_mean([ArrayRecord({k: Array(d[k]) for k in self._dense}) for d in decoded], weights)
             self._dense = {k: mean[k].numpy() for k in self._dense}
         flipped = sum(int((self.sigma[k] != previous[k]).sum()) for k in self.mask)
         self.flip_rates[server_round] = flipped / sum(v.size for v in self.sigma.values())
-        losses = [float(next(iter(m.content.metric_records.values())).get(MetricKey.TRAIN_LOSS, 0.0))
-                  for m in valid]
-        metrics = MetricRecord({MetricKey.TRAIN_LOSS: float(np.average(losses, weights=weights)),
-                                MetricKey.NUM_EXAMPLES: int(sum(weights))})
-        return self.folded_arrays(self._dense), metrics
+        return self.folded_arrays(self._dense), self.train_metrics(valid, weights)
 
     # -- personalized evaluation ---------------------------------------------------
 
