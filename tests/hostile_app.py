@@ -68,10 +68,24 @@ def train(msg: Message, context):
 '''
 
 
+_BROKEN_SERVER_SOURCE = '''\
+"""A ServerApp that fails before the run writes anything (tests/hostile_app.py, ``broken_server``)."""
+
+from flwr.serverapp import ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid, context):
+    raise RuntimeError("broken ServerApp for a test")
+'''
+
+
 def write_hostile_app(directory: Path, mode: str = "off", *, broken_server: bool = False) -> Path:
     """Write the hostile app into ``directory`` (created) and return it, ready for ``flwr run``; ``mode`` is
     the default ``hostile-mode`` (a run config override may change it). ``broken_server``: the ServerApp
-    component is a module that raises on import (a run that fails before it can write results.json)."""
+    raises as soon as it starts (a run that fails before it can write results.json)."""
     if mode not in ("off", "bomb", "raise"):
         raise ValueError(f"hostile mode '{mode}' is not off, bomb or raise")
     directory.mkdir(parents=True, exist_ok=True)
@@ -83,8 +97,7 @@ def write_hostile_app(directory: Path, mode: str = "off", *, broken_server: bool
     pyproject = re.sub(r"(?ms)^\[tool\.setuptools[\].].*?(?=^\[(?!tool\.setuptools))", "", pyproject)
     if broken_server:
         pyproject = re.sub(r'(?m)^serverapp = ".*"$', 'serverapp = "fedprune_broken_serverapp:app"', pyproject)
-        (directory / "fedprune_broken_serverapp.py").write_text(
-            'raise RuntimeError("broken ServerApp module for a test")\n')
+        (directory / "fedprune_broken_serverapp.py").write_text(_BROKEN_SERVER_SOURCE)
     (directory / "pyproject.toml").write_text(pyproject)
     (directory / f"{MODULE}.py").write_text(_CLIENT_SOURCE)
     return directory

@@ -60,5 +60,5 @@ def test_a_run_whose_clients_all_fail_exits_non_zero_with_the_reason(tmp_path, m
 def test_a_server_app_that_fails_before_writing_results_says_why(tmp_path):
     """No results.json error to show: the launcher reads the run's own log and names the exception."""
     app = write_hostile_app(tmp_path / "app", broken_server=True)
-    with pytest.raises(SimulationError, match="broken ServerApp module for a test"):
+    with pytest.raises(SimulationError, match="broken ServerApp for a test"):
         run_simulation(_settings(tmp_path / "run", "off"), app_dir=app, progress=lambda line: None)
