@@ -16,7 +16,8 @@ A client with budget below the global mask gets a nested submodel: every layer
 keeps the fraction r of its kept weights (at least one) with the largest global
 magnitude; r is the largest value both budgets allow. A budget that even one
 weight per layer (plus the dense parameters) exceeds cannot be met by any
-density: ``BudgetError``.
+density: ``BudgetError``. A kept value is then averaged over the clients whose
+submodel holds it (``nested_mean``); one no client trained keeps its value.
 """
 
 from __future__ import annotations
@@ -175,3 +176,24 @@ def nested_submask(mask: dict[str, np.ndarray], weights: dict[str, np.ndarray], 
         sub[keep] = True
         out[name] = sub.reshape(layer_mask.shape)
     return out
+
+
+def nested_mean(current: np.ndarray, values: Sequence[np.ndarray], covers: Sequence[np.ndarray | None],
+                weights: Sequence[float]) -> np.ndarray:
+    """Entry by entry, the weighted mean of ``values`` over the clients that trained it; ``current`` where
+    none did.
+
+    ``values[i]`` holds client i's values of the entries ``covers[i]`` marks (a boolean mask over
+    ``current``; ``None``: every entry). Each term ``weights[i] * values[i]`` is formed in the values' own
+    dtype, then summed in float64 in the given order (the caller fixes it), so the result is reproducible
+    whatever order replies arrived in; it has ``current``'s dtype."""
+    sums = np.zeros(current.shape, np.float64)
+    cover = np.zeros(current.shape, np.float64)
+    for value, where, weight in zip(values, covers, weights, strict=True):
+        if where is None:
+            sums += weight * value
+            cover += weight
+        else:
+            sums[where] += weight * value
+            cover[where] += weight
+    return np.where(cover > 0, sums / np.maximum(cover, 1e-300), current).astype(current.dtype)

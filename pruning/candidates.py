@@ -26,6 +26,10 @@ log space, but a layer the score keeps nearly dense stays nearly dense. With a
 log-normal factor on kept counts, FedTiny at density 0.01 drew a candidate that
 cut the 800-weight first convolution from 97% to 22% kept, and BN selection —
 whose signal at initialization is weak — installed it (BENCHMARKS.md, FedTiny).
+
+Choosing among them (``strategies.bn_selection`` runs the exchanges): clients' re-estimated BatchNorm
+statistics are pooled per candidate (``pool_statistics``), and the candidate with the lowest sample-weighted
+validation loss under them wins (``select_candidate``; ``loss_margins`` says whether it won beyond noise).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from fedprune.pruning.scores import scorer_for
 from torch import nn
 
 RANKINGS = ("magnitude", "score")  # how a candidate picks the weights within a layer (module docstring)
+BN_STATS = ("running_mean", "running_var")
 
 
 def perturbed_counts(base: dict[str, int], sizes: dict[str, int], rng: np.random.Generator,
@@ -123,3 +128,52 @@ def candidate_masks(model: nn.Module, score: str, density: float, count: int, se
         counts = perturbed_counts(base_counts, sizes, rng, spread)
         masks.append({n: _ranked_layer(base[n], ranks[n], magnitude[n], counts[n]) for n in names})
     return masks
+
+
+# -- choosing a candidate: pooled BatchNorm statistics and the validation losses under them ----------------
+
+
+def bn_stat_names(state: dict[str, np.ndarray]) -> list[str]:
+    """Running mean/variance buffers of every BatchNorm layer in a state dict, in order."""
+    return [k for k in state if k.rsplit(".", 1)[-1] in BN_STATS]
+
+
+def pool_statistics(uploads: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
+    """Sample-weighted pooled mean and variance: Var = Σw(var + mean²)/Σw − mean_pooled² (per buffer pair)."""
+    total = float(sum(weights))
+    pooled: dict[str, np.ndarray] = {}
+    for name in uploads[0]:
+        if not name.endswith("running_mean"):
+            continue
+        var_name = name[: -len("running_mean")] + "running_var"
+        mean = sum(w / total * u[name].astype(np.float64) for u, w in zip(uploads, weights, strict=True))
+        second = sum(w / total * (u[var_name].astype(np.float64) + u[name].astype(np.float64) ** 2)
+                     for u, w in zip(uploads, weights, strict=True))
+        pooled[name] = mean.astype(np.float32)
+        pooled[var_name] = np.maximum(second - mean ** 2, 0.0).astype(np.float32)
+    return pooled
+
+
+def select_candidate(losses: list[list[float]], weights: list[float]) -> tuple[int, list[float]]:
+    """Index of the lowest sample-weighted mean loss (ties: lowest index) and every candidate's mean loss."""
+    table = np.asarray(losses, dtype=np.float64)  # clients x candidates
+    mean = (table * np.asarray(weights, dtype=np.float64)[:, None]).sum(0) / float(sum(weights))
+    return int(np.argmin(mean)), [float(v) for v in mean]
+
+
+def loss_margins(losses: list[list[float]], weights: list[float], chosen: int) -> list[tuple[float, float]]:
+    """Each candidate's sample-weighted mean loss minus the chosen one's, paired client by client, and the
+    standard error of that difference across clients (0 with one client).
+
+    Why: at initialization every candidate's loss sits near ln(classes); a margin within about two standard
+    errors means the clients' data did not tell the candidates apart, which the run report should say.
+    """
+    table = np.asarray(losses, dtype=np.float64)  # clients x candidates
+    w = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+    diffs = table - table[:, [chosen]]
+    mean = (diffs * w[:, None]).sum(0)
+    n = table.shape[0]
+    if n < 2:
+        return [(float(m), 0.0) for m in mean]
+    var = ((diffs - mean) ** 2 * (w ** 2)[:, None]).sum(0) * n / (n - 1)
+    return [(float(m), float(np.sqrt(v))) for m, v in zip(mean, var, strict=True)]

@@ -13,9 +13,12 @@ base gives what every fedprune algorithm needs, once:
 
 * seeded sampling over *partition ids*, after all expected nodes registered, so
   the same seed picks the same clients in every run and after a resume;
-* reply screening: error replies and replies whose content fails the strategy's
-  own check are dropped, counted and logged with the node id; a round aggregates
-  what arrived if at least ``min_train_nodes`` valid replies came back;
+* reply screening (``screen_replies``): each reply goes through a check (``check_reply`` for training
+  replies; an extra exchange passes its own) that returns what it decoded from the reply or raises
+  ``ReplyRejected`` with the reason; error replies and rejected ones are dropped, counted and logged with
+  the node id, and the valid ones come back with what was decoded from each (``Screened``), in
+  partition order, so nothing decoded travels to ``aggregate_train`` through the instance; a round
+  aggregates what arrived if at least ``min_train_nodes`` valid replies came back;
 * reading a reply's metrics (``reply_metrics``) and the round's training metrics
   (``train_metrics``: example-weighted mean train loss, example count).
 
@@ -27,9 +30,10 @@ from __future__ import annotations
 
 import random
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
+from dataclasses import dataclass
 from logging import WARNING
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from fedprune.protos.contract import MetricKey
@@ -66,6 +70,30 @@ def reply_metrics(reply: Message) -> MetricRecord:
 
 class NodesMissingError(TimeoutError):
     """Fewer nodes registered than the run needs within the wait limit."""
+
+
+class ReplyRejected(Exception):  # noqa: N818 - a verdict on a reply, not an error of the server
+    """A check's verdict that a reply is unusable; its message is the reason recorded with the node id.
+
+    A check raises it for content it understood and refused; any other exception a check raises means the
+    reply could not be read at all, and screening records it as ``unreadable reply`` and forgets the node."""
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Screened(Generic[T]):
+    """A reply that passed screening, with what its check decoded from it (a strategy aggregates ``decoded``,
+    never a copy kept on the instance)."""
+
+    reply: Message
+    decoded: T
+
+    @property
+    def node(self) -> int:
+        """The node that sent the reply."""
+        return self.reply.metadata.src_node_id
 
 
 class FederatedStrategy(Strategy):
@@ -200,36 +228,57 @@ class FederatedStrategy(Strategy):
 
     # -- replies -------------------------------------------------------------------------------------------
 
-    def check_reply(self, server_round: int, reply: Message) -> str | None:
-        """Return why ``reply`` is unusable, or ``None``. Subclasses add their own checks."""
+    def check_metrics(self, reply: Message) -> MetricRecord:
+        """The reply's metrics, if it carries a ``MetricRecord`` with a positive aggregation weight; else
+        ``ReplyRejected``. Every check of a fedprune reply starts with it."""
         if not reply.content.metric_records:
-            return "reply carries no MetricRecord"
-        weight = reply_metrics(reply).get(self.weighted_by_key)
+            raise ReplyRejected("reply carries no MetricRecord")
+        metrics = reply_metrics(reply)
+        weight = metrics.get(self.weighted_by_key)
         if not isinstance(weight, int | float) or weight <= 0:
-            return f"metric '{self.weighted_by_key}' missing or not positive"
-        return None
+            raise ReplyRejected(f"metric '{self.weighted_by_key}' missing or not positive")
+        return metrics
 
-    def screen_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
-        """Keep usable replies (sorted by partition id); log and count the rest."""
-        valid, rejected = [], []
+    def check_reply(self, server_round: int, reply: Message) -> Any:
+        """What the strategy decoded from a training reply (``aggregate_train`` gets it back from
+        ``screen_replies``); ``ReplyRejected`` with the reason if the reply is unusable.
+
+        Default: the reply's metrics (``check_metrics``). Strategies whose replies carry tensors decode and
+        check them against what they asked of that node."""
+        return self.check_metrics(reply)
+
+    def screen_replies(self, server_round: int, replies: Iterable[Message],
+                       check: Callable[[int, Message], T] | None = None, *,
+                       rejected: list[tuple[int, str]] | None = None) -> list[Screened[T]]:
+        """The usable replies with what ``check`` decoded from each, sorted by partition id; log and record
+        the rest with their reason.
+
+        ``check``: this exchange's check (default ``check_reply``: training replies); ``rejected``: where
+        dropped replies are recorded (default: this round's ``rejected_replies``, which the runner counts as
+        failed nodes; an extra exchange keeps its own). An error reply or an unreadable one also forgets what
+        the node holds (``forget_node``)."""
+        check = self.check_reply if check is None else check
+        valid, dropped = [], []
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node, reason = reply.metadata.src_node_id, None
             if reply.has_error():
                 self.forget_node(node)
                 reason = f"error reply: {error_reason(reply)}"
             else:
                 try:
-                    reason = self.check_reply(server_round, reply)
+                    decoded = check(server_round, reply)
+                except ReplyRejected as exc:
+                    reason = str(exc)
                 except Exception as exc:  # a malformed reply must not stop the server
                     self.forget_node(node)  # whatever the node holds is unknown now: resend it in full
                     reason = f"unreadable reply: {type(exc).__name__}: {exc}"
             if reason is None:
-                valid.append(reply)
+                valid.append(Screened(reply, decoded))
             else:
-                rejected.append((node, reason))
+                dropped.append((node, reason))
                 log(WARNING, "round %d: dropped reply from node %d: %s", server_round, node, reason)
-        self.rejected.setdefault(server_round, []).extend(rejected)
-        valid.sort(key=self.partition_order)
+        (self.rejected.setdefault(server_round, []) if rejected is None else rejected).extend(dropped)
+        valid.sort(key=lambda screened: self.partition_order(screened.reply))
         return valid
 
     def partition_order(self, message: Message) -> int:
@@ -244,7 +293,7 @@ class FederatedStrategy(Strategy):
         against per-node state override it so the node gets everything again next time.
         """
 
-    def enough_replies(self, server_round: int, valid: list[Message]) -> bool:
+    def enough_replies(self, server_round: int, valid: Sized) -> bool:
         """Whether ``valid`` meets ``min_train_nodes``; logs the decision when it does not."""
         if len(valid) >= self.min_train_nodes:
             return True

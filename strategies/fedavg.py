@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from fedprune.protos.contract import ConfigKey, Record
 from fedprune.pruning.aggregation import weighted_mean
-from fedprune.strategies.base import FederatedStrategy
+from fedprune.strategies.base import FederatedStrategy, ReplyRejected
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -46,23 +46,21 @@ class DenseFedAvg(FederatedStrategy):
         content = RecordDict({self.arrays_key: arrays, self.config_key: config})
         return [Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN) for node in nodes]
 
-    def check_reply(self, server_round: int, reply: Message) -> str | None:
-        """A reply must carry every global tensor with its shape, finite, plus its example count."""
-        reason = super().check_reply(server_round, reply)
-        if reason:
-            return reason
+    def check_reply(self, server_round: int, reply: Message) -> ArrayRecord:
+        """The reply's model: every global tensor with its shape, finite, plus its example count."""
+        self.check_metrics(reply)
         record = reply.content.array_records.get(self.arrays_key)
         if record is None:
-            return f"reply has no ArrayRecord '{self.arrays_key}'"
+            raise ReplyRejected(f"reply has no ArrayRecord '{self.arrays_key}'")
         if set(record.keys()) != set(self._expected):
-            return "reply's tensors do not match the global model's"
+            raise ReplyRejected("reply's tensors do not match the global model's")
         for key, shape in self._expected.items():
             if tuple(record[key].shape) != tuple(shape):
-                return f"tensor {key} has shape {record[key].shape}, expected {shape}"
+                raise ReplyRejected(f"tensor {key} has shape {record[key].shape}, expected {shape}")
             values = record[key].numpy()
             if values.dtype.kind == "f" and not np.isfinite(values).all():
-                return f"tensor {key} holds NaN/Inf"
-        return None
+                raise ReplyRejected(f"tensor {key} holds NaN/Inf")
+        return record
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -70,9 +68,9 @@ class DenseFedAvg(FederatedStrategy):
         valid = self.screen_replies(server_round, replies)
         if not self.enough_replies(server_round, valid):
             return None, None
-        weights = [self.weight_of(m) for m in valid]
-        arrays = weighted_mean([m.content[self.arrays_key] for m in valid], weights)
-        return arrays, self.train_metrics(valid, weights)
+        weights = [self.weight_of(s.reply) for s in valid]
+        arrays = weighted_mean([s.decoded for s in valid], weights)
+        return arrays, self.train_metrics([s.reply for s in valid], weights)
 
 
 class FlowerStrategy(FederatedStrategy):

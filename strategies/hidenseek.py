@@ -52,7 +52,7 @@ from fedprune.protos.contract import (
 from fedprune.protos.flower_records import payload_of, setup_record
 from fedprune.pruning.aggregation import weighted_mean
 from fedprune.pruning.sign_aggregation import ServerStep, SignState, Upload, sign_rule
-from fedprune.strategies.base import FederatedStrategy, checked_state_arrays, reply_metrics
+from fedprune.strategies.base import FederatedStrategy, ReplyRejected, checked_state_arrays, reply_metrics
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -89,7 +89,6 @@ class HideNseek(FederatedStrategy):
         self.sent: dict[int, dict[str, np.ndarray]] = {}  # per node: the σ it last received
         self.flip_rates: dict[int, float] = {}
         self._dense: dict[str, np.ndarray] = {}
-        self._decoded: dict[int, dict[str, np.ndarray]] = {}
         self._sampled: list[int] = []
         self._order: list[str] = []
         self.payload_bytes: dict[int, dict[int, int]] = {}  # round -> node -> codec payload bytes received
@@ -156,11 +155,9 @@ class HideNseek(FederatedStrategy):
                                     message_type=MessageType.TRAIN))
         return messages
 
-    def check_reply(self, server_round: int, reply: Message) -> str | None:
-        """Decode the client's bits (or scores) against the σ this node was sent; check every tensor."""
-        reason = super().check_reply(server_round, reply)
-        if reason:
-            return reason
+    def check_reply(self, server_round: int, reply: Message) -> dict[str, np.ndarray]:
+        """The client's bits (or scores), decoded against the σ this node was sent; every tensor checked."""
+        self.check_metrics(reply)
         node = reply.metadata.src_node_id
         sent = self.sent.get(node)
         try:
@@ -169,13 +166,12 @@ class HideNseek(FederatedStrategy):
             blob = payload_of(reply)
             decoded = decode(blob, reference={SIGMA + k: v for k, v in sent.items()},
                              expect=self.expected_reply()).tensors
-            self._check_tensors(decoded, next(iter(reply.content.metric_records.values())))
+            self._check_tensors(decoded, reply_metrics(reply))
         except ValueError as exc:  # includes WireFormatError
             self.forget_node(node)  # never a silent desync: the node gets everything again next time
-            return f"payload rejected: {exc}"
-        self._decoded[node] = decoded
+            raise ReplyRejected(f"payload rejected: {exc}") from None
         self.payload_bytes.setdefault(server_round, {})[node] = len(blob)
-        return None
+        return decoded
 
     def expected_reply(self) -> Expected:
         """What a training reply must hold under this aggregation rule (names, dtypes, shapes), checked
@@ -199,12 +195,12 @@ class HideNseek(FederatedStrategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Update σ by the configured rule, average dense parameters, report the flip rate."""
-        self._decoded = {}
-        valid = self.screen_replies(server_round, replies)
+        screened = self.screen_replies(server_round, replies)
+        valid = [s.reply for s in screened]
         if not self.enough_replies(server_round, valid):
             return None, None
         weights = [self.weight_of(m) for m in valid]
-        decoded = [self._decoded.pop(m.metadata.src_node_id) for m in valid]
+        decoded = [s.decoded for s in screened]
         previous = self.sigma
         uploads = [Upload(d, w, reply_metrics(m)) for d, w, m in zip(decoded, weights, valid, strict=True)]
         state = self.rule.aggregate(SignState(self.sigma, self.tally, self.velocity, self.magnitude), uploads,

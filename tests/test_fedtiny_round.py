@@ -79,7 +79,7 @@ def test_selection_installs_the_lowest_loss_candidate_with_pooled_statistics(tin
     selection = strategy.selection
     assert selection["statistics_replies"] == selection["evaluation_replies"] == 3
     assert len(selection["losses"]) == 3 and selection["selected"] == int(np.argmin(selection["losses"]))
-    chosen = strategy.candidates[selection["selected"]]
+    chosen = strategy.bn_selection.candidates[selection["selected"]]
     assert all(np.array_equal(strategy.mask[k], chosen[k]) for k in chosen)
     theta0 = {k: v.numpy() for k, v in model.state_dict().items()}
     for name, value in theta0.items():
@@ -301,8 +301,8 @@ def test_a_budget_that_cannot_hold_the_gradient_tap_trains_without_reporting_pai
     kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
     adjusted = strategy.adjustment_plan(1)
     assert adjusted  # round 1 adjusts the output layer
-    need = strategy.cost.memory_bytes(kept)
-    tap = strategy.cost.tap_memory_bytes(list(adjusted))
+    need = strategy.submodels.cost.memory_bytes(kept)
+    tap = strategy.submodels.cost.tap_memory_bytes(list(adjusted))
     assert tap > 0
     grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())
     tight = grid.node_ids[0]
@@ -331,9 +331,9 @@ def test_auto_tap_gives_a_tight_budget_the_buffered_tap_and_its_pairs_count(tiny
     kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
     plan = strategy.adjustment_plan(1)
     capacities = {n: progressive.tap_buffer_capacity(k, strategy.mask[n].size) for n, k in plan.items()}
-    need = strategy.cost.memory_bytes(kept)
-    dense_tap = strategy.cost.tap_memory_bytes(list(plan))
-    buffered_tap = strategy.cost.tap_memory_bytes(list(plan), capacities)
+    need = strategy.submodels.cost.memory_bytes(kept)
+    dense_tap = strategy.submodels.cost.tap_memory_bytes(list(plan))
+    buffered_tap = strategy.submodels.cost.tap_memory_bytes(list(plan), capacities)
     assert 0 < buffered_tap < dense_tap
     uploads = []
 
@@ -365,7 +365,8 @@ def test_pairs_from_a_node_that_was_not_asked_are_rejected(tiny):
     strategy = build_strategy(settings)
     kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
     (name,) = strategy.adjustment_plan(1)
-    budget_mb = (strategy.cost.memory_bytes(kept) + strategy.cost.tap_memory_bytes([name]) / 2) / 1e6
+    cost = strategy.submodels.cost
+    budget_mb = (cost.memory_bytes(kept) + cost.tap_memory_bytes([name]) / 2) / 1e6
 
     def tamper(node, reply):
         if node == grid.node_ids[0] and _kind(reply) == "train":

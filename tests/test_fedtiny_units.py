@@ -30,7 +30,13 @@ from fedprune.pruning.budgets import (
     parse_budget_tiers,
     ratio_for_budget,
 )
-from fedprune.pruning.candidates import candidate_masks, perturbed_counts
+from fedprune.pruning.candidates import (
+    candidate_masks,
+    loss_margins,
+    perturbed_counts,
+    pool_statistics,
+    select_candidate,
+)
 from fedprune.pruning.progressive import (
     adjustment_rounds,
     aggregate_magnitudes,
@@ -40,7 +46,6 @@ from fedprune.pruning.progressive import (
 )
 from fedprune.pruning.schedules import data_free_mask
 from fedprune.server.run_config import ConfigError, RunSettings
-from fedprune.strategies.fedtiny import loss_margins, pool_statistics, select_candidate
 
 SHAPE = (1, 8, 8)
 

@@ -94,7 +94,7 @@ def test_one_theta0_digest_for_every_strategy_and_the_client_checks_it():
                           density=0.2, clients_per_round=2)
     fedtiny = FedTiny(theta0=theta0, candidates=[mask], cost=ModelCost.of(model, (1, 8, 8)),
                       architecture="digits-cnn-bn", model_seed=3, score="magnitude", clients_per_round=2)
-    assert hidenseek.theta0_digest == fedtiny.theta0_digest == digest
+    assert hidenseek.theta0_digest == fedtiny.bn_selection.theta0_digest == digest
     assert rebuild_theta0("digits-cnn-bn", 3, [1, 8, 8], 10, digest) is theta0  # rebuilt once per process
     with pytest.raises(ValueError, match="θ0 rebuilt from the seed differs"):
         rebuild_theta0("digits-cnn-bn", 4, (1, 8, 8), 10, digest)

@@ -1,6 +1,7 @@
 """Static-mask FedAvg over the wire codec, driven in-process: corrupt payloads, lost state, bytes, masks."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from fedprune.pruning.scores import SCORES, global_topk_mask
 from fedprune.server.checkpoint import read_checkpoint
 from fedprune.server.runner import run_federation
 from fedprune.strategies import build_strategy
+from fedprune.strategies.base import ReplyRejected
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
@@ -188,7 +190,7 @@ def test_a_reply_missing_expected_tensors_is_refused_and_the_node_gets_the_mask_
     replies = list(grid.send_and_receive(list(strategy.configure_train(1, arrays, ConfigRecord(), grid))))
     strategy.aggregate_train(1, replies)
     node = replies[0].metadata.src_node_id
-    assert strategy.delivery.holds(node, strategy.mask)
+    assert strategy.sparse.delivery.holds(node, strategy.mask)
     reply = replies[0]
     mask = decode(grid.contexts[node].state.config_records[MASK_STATE]["payload"]).tensors
     tensors = decode(payload_of(reply), reference=mask).tensors
@@ -197,6 +199,6 @@ def test_a_reply_missing_expected_tensors_is_refused_and_the_node_gets_the_mask_
     content[PAYLOAD_RECORD] = ConfigRecord(
         {PAYLOAD_KEY: encode({k: v for k, v in tensors.items() if k != dropped}, reference=mask)})
     reply.content = content
-    reason = strategy.check_reply(2, reply)
-    assert reason is not None and f"lacks expected tensors ['{dropped}']" in reason
-    assert not strategy.delivery.holds(node, strategy.mask)
+    with pytest.raises(ReplyRejected, match=re.escape(f"lacks expected tensors ['{dropped}']")):
+        strategy.check_reply(2, reply)
+    assert not strategy.sparse.delivery.holds(node, strategy.mask)

@@ -11,10 +11,12 @@ import pytest
 from fedprune.client.app import app as client_app
 from fedprune.protos.contract import STRATEGY_NAMES
 from fedprune.server.runner import run_federation
-from fedprune.strategies.base import FederatedStrategy, reply_metrics
+from fedprune.strategies.base import FederatedStrategy, ReplyRejected, Screened, reply_metrics
 from fedprune.strategies.fedavg import FlowerStrategy
+from fedprune.strategies.fedtiny import FedTiny
 from fedprune.strategies.registry import STRATEGIES, build_strategy
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from fedprune.strategies.static_mask import StaticMaskFedAvg
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -135,3 +137,77 @@ def test_flwr_fedavg_run_samples_with_the_seeded_global_rng(digits_settings):
     assert [sorted(c["node_id"] for c in r["clients"]) for r in document["rounds"]] == expected
     assert "strategy_report" not in document and all("rejected_replies" not in r for r in document["rounds"])
     assert all(r["aggregated"] and r["train_loss"] is not None for r in document["rounds"])
+
+
+def _error_reply(node: int) -> Message:
+    request = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    request.metadata.__dict__["_message_id"] = f"request-{node}"
+    reply = Message(Error(code=0, reason="boom"), reply_to=request)
+    reply.metadata.__dict__["_src_node_id"] = node
+    return reply
+
+
+class _Screening(FederatedStrategy):
+    """A strategy whose check decodes each reply's 'value' metric (to test the base's screening alone)."""
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return []
+
+    def aggregate_train(self, server_round, replies):
+        return None, None
+
+    def summary(self):
+        pass
+
+    def check_reply(self, server_round, reply):
+        value = self.check_metrics(reply).get("value")
+        if value is None:
+            raise KeyError("value")  # a reply the check cannot read
+        if value < 0:
+            raise ReplyRejected(f"value {value} is negative")
+        return value * 10
+
+    def forget_node(self, node_id):
+        self.forgotten.append(node_id)
+
+
+def test_screen_replies_returns_what_the_check_decoded_and_records_each_drop_with_its_reason():
+    strategy = _Screening(clients_per_round=5)
+    strategy.forgotten = []
+    strategy.bind_nodes({1: 3, 2: 1, 3: 0, 4: 2, 5: 4})
+    replies = [_reply(1, {"num-examples": 2, "value": 1.0}), _reply(2, {"num-examples": 0, "value": 1.0}),
+               _reply(3, {"num-examples": 1, "value": 2.0}), _reply(4, {"num-examples": 1, "value": -1.0}),
+               _reply(5, {"num-examples": 1}), _error_reply(6)]
+    valid = strategy.screen_replies(3, replies)
+    assert [(s.node, s.decoded) for s in valid] == [(3, 20.0), (1, 10.0)]  # partition order, decoded payloads
+    assert all(isinstance(s, Screened) and s.reply is replies[s.node - 1] for s in valid)
+    assert strategy.rejected[3] == [(2, "metric 'num-examples' missing or not positive"),
+                                    (4, "value -1.0 is negative"), (5, "unreadable reply: KeyError: 'value'"),
+                                    (6, "error reply: boom")]
+    assert strategy.forgotten == [5, 6]  # unreadable and error replies forget the node; refused ones do not
+    own: list = []  # an extra exchange: its own check, its drops kept apart from the round's
+    extra = strategy.screen_replies(3, replies[:4], lambda rnd, reply: strategy.check_metrics(reply)["num-examples"],
+                                    rejected=own)
+    assert [(s.node, s.decoded) for s in extra] == [(3, 1), (4, 1), (1, 2)]
+    assert own == [(2, "metric 'num-examples' missing or not positive")] and len(strategy.rejected[3]) == 4
+
+
+ROOT = RUNNER.parents[1]
+
+
+def test_strategy_and_pruning_modules_stay_small():
+    """No module of strategies/ or pruning/ is over 350 lines, and no function in them over 60."""
+    for path in sorted([*ROOT.joinpath("strategies").glob("*.py"), *ROOT.joinpath("pruning").glob("*.py")]):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 350, f"{path.name} has {len(text.splitlines())} lines"
+        long = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(ast.parse(text))
+                if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 60}
+        assert long == {}, f"{path.name}: {long}"
+
+
+def test_masked_strategies_are_composed_not_layered():
+    """StaticMaskFedAvg adds no public method beyond the hooks the base declares (none exists for one subclass),
+    and FedTiny is built from parts, not on StaticMaskFedAvg."""
+    extra = {name for name in vars(StaticMaskFedAvg) if not name.startswith("_")} - set(vars(FederatedStrategy))
+    assert extra == set()
+    assert not issubclass(FedTiny, StaticMaskFedAvg)
