@@ -43,8 +43,8 @@ from fedprune.deploy.loopback import DeploymentError, run_loopback
 from fedprune.server.results import RESULTS_NAME, human_bytes
 from fedprune.server.run_config import ConfigError
 from fedprune.simulation.flower_processes import (
-    APP_DIR,
     config_overrides,
+    flower_app_dir,
     flower_env,
     follow_run,
     run_flwr,
@@ -307,7 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args, local_out=False)  # --out is on the SuperLink host
     home, connection = _connection(args)
-    started = run_flwr(home, "run", str(APP_DIR), connection, "--run-config",
+    started = run_flwr(home, "run", str(flower_app_dir()), connection, "--run-config",
                        config_overrides(settings.to_run_config()), "--format", "json")
     run_id = submitted_run_id(started)
     print(f"submitted run {run_id}; results and checkpoints go to {settings.out} on the SuperLink host", flush=True)

@@ -42,9 +42,11 @@ from fedprune.simulation.flower_processes import (
     FlowerProcessError,
     OwnedProcess,
     config_overrides,
+    flower_app_dir,
     flower_env,
     follow_run,
     free_port,
+    is_source_tree,
     read_results,
     run_failure,
     run_flwr,
@@ -62,7 +64,8 @@ class DeploymentError(FlowerProcessError):
 def _env(home: Path) -> dict[str, str]:
     # Every process imports this checkout's packages (the FAB holds the same files).
     path = os.environ.get("PYTHONPATH", "")
-    return flower_env(home, {"PYTHONPATH": os.pathsep.join(p for p in (str(APP_DIR), path) if p)})
+    source = str(APP_DIR) if is_source_tree() else ""
+    return flower_env(home, {"PYTHONPATH": os.pathsep.join(p for p in (source, path) if p)})
 
 
 @dataclass
@@ -205,7 +208,7 @@ class LoopbackDeployment:
         """``flwr run`` the fedprune app (this checkout) with ``settings`` as run config; return the run id."""
         out = str(Path(settings.out).expanduser().resolve())
         overrides = config_overrides({**settings.to_run_config(), "out": out})
-        started = self.flwr("run", str(APP_DIR), CONNECTION, "--run-config", overrides, "--format", "json")
+        started = self.flwr("run", str(flower_app_dir()), CONNECTION, "--run-config", overrides, "--format", "json")
         return submitted_run_id(started)
 
     def follow(self, run_id: int, settings: RunSettings, progress: Callable[[str], None] = print, *,

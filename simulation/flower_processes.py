@@ -18,15 +18,43 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 from fedprune.server.results import format_progress, read_results
+from fedprune.server.run_config import RunSettings
 
-APP_DIR = Path(__file__).resolve().parent.parent
+from fedprune import __version__
+
+APP_DIR = Path(__file__).resolve().parent.parent  # the source tree's root (site-packages/fedprune when installed)
+
+
+def is_source_tree() -> bool:
+    """Whether fedprune runs from a source tree (a checkout or an app bundle) rather than an installed wheel."""
+    return (APP_DIR / "pyproject.toml").is_file() and (APP_DIR / "fedprune" / "__init__.py").is_file()
+
+
+def flower_app_dir() -> Path:
+    """The Flower app ``flwr run`` submits: the source tree when fedprune runs from one (its pyproject.toml is the
+    app's), else — an installed wheel — a generated folder with only a pyproject.toml whose components name the
+    installed package and whose run config is ``RunSettings``' defaults (written once per user and version)."""
+    if is_source_tree():
+        return APP_DIR
+    folder = Path(tempfile.gettempdir()) / f"fedprune-app-{__version__}-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    app = {"publisher": "fedprune",
+           "components": {"serverapp": "fedprune.server.app:app", "clientapp": "fedprune.client.app:app"},
+           "config": RunSettings().to_run_config()}
+    document = {"build-system": {"requires": ["setuptools>=69"], "build-backend": "setuptools.build_meta"},
+                "project": {"name": "fedprune", "version": __version__, "dependencies": []},
+                "tool": {"flwr": {"app": app}}}
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(document))
+    return folder
 
 
 class FlowerProcessError(RuntimeError):

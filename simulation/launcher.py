@@ -28,6 +28,7 @@ from fedprune.simulation.flower_processes import (
     FlowerProcessError,
     OwnedProcess,
     config_overrides,
+    flower_app_dir,
     flower_bin,
     flower_env,
     follow_run,
@@ -107,10 +108,11 @@ def _env(home: Path, ray_address: str | None) -> dict[str, str]:
 
 def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_address: str | None = None,
                    progress: Callable[[str], None] = print, poll_seconds: float = 0.5,
-                   status_poll_seconds: float = 15.0, app_dir: Path = APP_DIR) -> dict[str, Any]:
+                   status_poll_seconds: float = 15.0, app_dir: Path | None = None) -> dict[str, Any]:
     """Run ``settings`` as a Ray simulation of ``settings.num_clients`` SuperNodes; return results.json.
 
-    ``app_dir``: the Flower app to submit (this project by default; tests submit wrappers of it)."""
+    ``app_dir``: the Flower app to submit (``flower_app_dir()`` by default; tests submit wrappers of it)."""
+    app_dir = app_dir or flower_app_dir()
     out_dir = Path(settings.out).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_config = {**settings.to_run_config(), "out": str(out_dir)}

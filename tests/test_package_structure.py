@@ -121,3 +121,21 @@ def test_the_wheel_installs_fedprune_alone(tmp_path):
     for sub in SUBPACKAGES:
         assert f"fedprune/{sub}/__init__.py" in names
     assert not any(name.startswith("fedprune/tests") for name in names)
+
+
+def test_an_installed_wheel_submits_a_generated_flower_app(tmp_path, monkeypatch):
+    """Outside a source tree `flwr run` gets a folder holding only a pyproject.toml whose components name the
+    installed package and whose config is RunSettings' defaults (checked for real in a fresh venv: BENCHMARKS)."""
+    import tomllib
+
+    from fedprune.server.run_config import RunSettings
+    from fedprune.simulation import flower_processes
+
+    assert flower_processes.flower_app_dir() == ROOT  # this checkout is a source tree
+    monkeypatch.setattr(flower_processes, "APP_DIR", tmp_path / "site-packages" / "fedprune")
+    monkeypatch.setattr(flower_processes.tempfile, "gettempdir", lambda: str(tmp_path))
+    app = flower_processes.flower_app_dir()
+    assert app != ROOT and sorted(p.name for p in app.iterdir()) == ["pyproject.toml"]
+    flwr = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert flwr["components"] == {"serverapp": "fedprune.server.app:app", "clientapp": "fedprune.client.app:app"}
+    assert flwr["config"] == RunSettings().to_run_config()
