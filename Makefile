@@ -1,7 +1,8 @@
 # Two entry points for a newcomer on a fresh machine (see README.md):
 #   make demo   - set everything up, run a short Fashion-MNIST simulation (results + plot in runs/demo)
 #   make test   - set everything up, run the test suite
-#   make test-fast - the inner loop: every test except those that start SuperLinks, Ray or long processes
+#   make test-fast - the inner loop: every test except those marked slow (they start SuperLinks, Ray, Flower
+#                    binaries or the console script, or repeat a faster test at many CPU-seconds)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= runs/demo

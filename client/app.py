@@ -9,12 +9,11 @@ from fedprune.client.bn_statistics import bn_evaluation_reply, bn_statistics_rep
 from fedprune.client.device_budget import declared_budget
 from fedprune.client.edge_model import export_after_training
 from fedprune.client.hidenseek import evaluate_hidenseek, train_hidenseek
-from fedprune.client.local_data import load_local_data, partition_of
-from fedprune.client.local_loss import logit_offset
-from fedprune.client.local_training import local_seed, train_sgd
+from fedprune.client.local_data import LocalData, load_local_data, partition_of
+from fedprune.client.local_training import train_as_configured
 from fedprune.client.masked_training import train_masked
 from fedprune.client.settings import ClientSettings, client_settings
-from fedprune.data import load_dataset
+from fedprune.data import run_dataset
 from fedprune.data.sources import DatasetSplits
 from fedprune.models import build_model
 from fedprune.models.evaluation import evaluate as evaluate_model
@@ -37,6 +36,14 @@ def _setup_threads() -> None:
         torch.set_num_threads(1)
 
 
+def _node_inputs(context: Context) -> tuple[ClientSettings, LocalData, DatasetSplits]:
+    """What training and evaluation start from: the run's settings, this node's data and the dataset's splits
+    (for its input shape and class count), with one intra-op thread."""
+    _setup_threads()
+    settings = _settings(context)
+    return settings, load_local_data(context.node_config, settings), run_dataset(settings)
+
+
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (sampling is seeded by partition) and any
@@ -55,7 +62,7 @@ def train(msg: Message, context: Context) -> Message:
     reply = _train(msg, context)
     if context.node_config.get("model-dir"):
         settings = _settings(context)
-        data = load_dataset_shape(settings)
+        data = run_dataset(settings)
         try:
             export_after_training(reply, msg, context, settings, data.input_shape, data.num_classes)
         except (OSError, ValueError, KeyError) as exc:  # a full disk on the device must not cost the round
@@ -65,12 +72,8 @@ def train(msg: Message, context: Context) -> Message:
 
 def _train(msg: Message, context: Context) -> Message:
     """Load the global model, run local SGD, return the model and the example count."""
-    _setup_threads()
-    settings = _settings(context)
-    local = load_local_data(context.node_config, settings)
+    settings, local, data = _node_inputs(context)
     config = config_of(msg)
-    server_round = int(config.get(ConfigKey.SERVER_ROUND, 0))
-    data = load_dataset_shape(settings)
     model = build_model(settings.model, data.input_shape, data.num_classes)
     task = config.get(ConfigKey.TASK)
     batch_size = int(config.get(ConfigKey.BATCH_SIZE, settings.batch_size))
@@ -81,15 +84,7 @@ def _train(msg: Message, context: Context) -> Message:
     if task == Task.HIDENSEEK:
         return train_hidenseek(msg, context, settings, local, data.input_shape, data.num_classes)
     model.load_state_dict(msg.content.array_records[Record.ARRAYS].to_torch_state_dict())
-    stats = train_sgd(
-        model, local.train,
-        epochs=int(config.get(ConfigKey.LOCAL_EPOCHS, settings.local_epochs)),
-        lr=float(config.get(ConfigKey.LR, settings.lr)),
-        momentum=float(config.get(ConfigKey.MOMENTUM, settings.momentum)),
-        batch_size=batch_size,
-        seed=local_seed(settings.seed, server_round, local.partition_id),
-        logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, data.num_classes),
-    )
+    stats = train_as_configured(model, local, config, settings, data.num_classes)
     metrics = MetricRecord({MetricKey.NUM_EXAMPLES: stats.num_examples, MetricKey.TRAIN_LOSS: stats.mean_loss,
                             MetricKey.PARTITION_ID: local.partition_id})
     return Message(RecordDict({Record.ARRAYS: ArrayRecord(model.state_dict()), Record.METRICS: metrics}),
@@ -99,10 +94,7 @@ def _train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's local test split."""
-    _setup_threads()
-    settings = _settings(context)
-    local = load_local_data(context.node_config, settings)
-    data = load_dataset_shape(settings)
+    settings, local, data = _node_inputs(context)
     task = config_of(msg).get(ConfigKey.TASK)
     if task == Task.HIDENSEEK:
         return evaluate_hidenseek(msg, context, settings, local, data.input_shape, data.num_classes)
@@ -114,8 +106,3 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({MetricKey.NUM_EXAMPLES: len(local.test), MetricKey.LOSS: loss,
                             MetricKey.ACCURACY: accuracy})
     return Message(RecordDict({Record.METRICS: metrics}), reply_to=msg)
-
-
-def load_dataset_shape(settings: ClientSettings) -> DatasetSplits:
-    """The dataset's splits (cached per process) for input shape and class count."""
-    return load_dataset(settings.dataset, settings.dataset_path or None)

@@ -99,6 +99,13 @@ class ModelStore:
                 raise RuntimeError(self._error)
             return self._model
 
+    def loaded(self) -> EdgeModel | None:
+        """``current()``, or None while there is no good model (for sizing limits, where no error is due)."""
+        try:
+            return self.current()
+        except RuntimeError:
+            return None
+
     def _reload(self) -> None:
         try:
             model = load_edge_model(self.path)
@@ -136,10 +143,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
 
     def request_limit(self) -> int:
         """Bytes a PredictRequest may have: a full batch of the served model's inputs (the ceiling if none)."""
-        try:
-            model = self.store.current()
-        except RuntimeError:
-            model = None
+        model = self.store.loaded()
         if model is None:
             return self.ceiling
         return min(self.ceiling, max_message_bytes(self.max_batch, model.input_shape))
@@ -259,10 +263,7 @@ class EdgeInferenceServer:
         if not insecure and not is_loopback_host(host):
             raise ValueError(f"{host} is not a loopback address; edge inference has no TLS (pass insecure=True)")
         self.store = ModelStore(model_dir)
-        try:
-            model = self.store.current()
-        except RuntimeError:
-            model = None
+        model = self.store.loaded()
         shapes = [CEILING_INPUT_SHAPE] + ([model.input_shape] if model else [])
         limit = max_message or max(max_message_bytes(max_batch, shape) for shape in shapes)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),

@@ -13,8 +13,6 @@ Only tensors and plain values are stored, so it loads with ``torch.load(weights_
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,8 @@ from fedprune.protos.contract import MASK_SUFFIX, ConfigKey, Record, Task, join_
 from fedprune.protos.flower_records import config_of, payload_of
 from flwr.app import Context, Message
 from torch import nn
+
+from fedprune.atomic_file import write_atomically
 
 EDGE_MODEL_NAME = "edge-model.pt"
 FORMAT_VERSION = 1
@@ -84,15 +84,7 @@ def save_edge_model(model_dir: str | Path, *, state: dict[str, torch.Tensor], ma
         "num_classes": int(num_classes), "personalized": bool(personalized),
         "kept": kept, "mask": bits, "state": whole,
     }
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".edge-model-", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, directory / EDGE_MODEL_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return directory / EDGE_MODEL_NAME
+    return write_atomically(directory / EDGE_MODEL_NAME, lambda tmp: torch.save(payload, tmp))
 
 
 def load_edge_model(path: str | Path) -> EdgeModel:

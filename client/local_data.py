@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from fedprune.client.settings import ClientSettings
-from fedprune.data import LabeledArrays, load_dataset, partition_indices, split_local
+from fedprune.data import LabeledArrays, partition_indices, run_dataset, split_local
 from fedprune.protos.contract import MetricKey
 
 
@@ -44,7 +44,7 @@ def partition_of(node_config: dict, settings: ClientSettings) -> tuple[int, int]
 
 @functools.lru_cache(maxsize=4)
 def _cached(settings: ClientSettings, partition_id: int) -> LocalData:
-    splits = load_dataset(settings.dataset, settings.dataset_path or None)
+    splits = run_dataset(settings)
     parts = partition_indices(
         splits.train.y, settings.partition, settings.num_clients, alpha=settings.alpha,
         classes_per_client=settings.classes_per_client, min_partition_size=settings.min_partition_size,
@@ -56,7 +56,7 @@ def _cached(settings: ClientSettings, partition_id: int) -> LocalData:
 
 @functools.lru_cache(maxsize=4)
 def _from_file(settings: ClientSettings, partition_id: int, data_path: str, mtime: float) -> LocalData:
-    splits = load_dataset(settings.dataset, settings.dataset_path or None)
+    splits = run_dataset(settings)
     path = Path(data_path).expanduser()
     with np.load(path, allow_pickle=False) as arrays:
         if "x" not in arrays or "y" not in arrays:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from fedprune.client.local_data import LocalData
+from fedprune.client.local_loss import logit_offset
+from fedprune.client.settings import ClientSettings
 from fedprune.data import LabeledArrays
+from fedprune.protos.contract import ConfigKey
 from torch import nn
 from torch.nn import functional as F
 
@@ -31,6 +37,21 @@ def train_sgd(model: nn.Module, data: LabeledArrays, *, epochs: int, lr: float, 
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     return train_epochs(model, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
                         logit_offset=logit_offset)
+
+
+def train_as_configured(model: nn.Module, local: LocalData, config: Mapping[str, Any], settings: ClientSettings,
+                        num_classes: int) -> TrainStats:
+    """``train_sgd`` on the node's training split with the round's options from the server's ``config`` (the run
+    settings' where it names none), seeded per client and round, with the run's local loss."""
+    return train_sgd(
+        model, local.train,
+        epochs=int(config.get(ConfigKey.LOCAL_EPOCHS, settings.local_epochs)),
+        lr=float(config.get(ConfigKey.LR, settings.lr)),
+        momentum=float(config.get(ConfigKey.MOMENTUM, settings.momentum)),
+        batch_size=int(config.get(ConfigKey.BATCH_SIZE, settings.batch_size)),
+        seed=local_seed(settings.seed, int(config.get(ConfigKey.SERVER_ROUND, 0)), local.partition_id),
+        logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, num_classes),
+    )
 
 
 def train_epochs(model: nn.Module, data: LabeledArrays, optimizer: torch.optim.Optimizer, *, epochs: int,

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from fedprune.client.local_data import LocalData
-from fedprune.client.local_loss import logit_offset
-from fedprune.client.local_training import TrainStats, local_seed, train_sgd
+from fedprune.client.local_training import TrainStats, train_as_configured
 from fedprune.client.settings import ClientSettings
 from fedprune.client.topk_gradients import PrunedGradientTap, pairs_payload, requested_adjustment, requested_capacities
 from fedprune.kernels.convert import export_dense_state, sparsify
@@ -76,15 +75,7 @@ def train_masked(msg: Message, context: Context, settings: ClientSettings, local
     sparsify(model, mask, batch=batch_size, training=True)
     if tap is not None:
         tap.attach(model)
-    stats: TrainStats = train_sgd(
-        model, local.train,
-        epochs=int(config.get(ConfigKey.LOCAL_EPOCHS, settings.local_epochs)),
-        lr=float(config.get(ConfigKey.LR, settings.lr)),
-        momentum=float(config.get(ConfigKey.MOMENTUM, settings.momentum)),
-        batch_size=batch_size,
-        seed=local_seed(settings.seed, int(config.get(ConfigKey.SERVER_ROUND, 0)), local.partition_id),
-        logit_offset=logit_offset(settings.resolved_local_loss(), local.train.y, num_classes),
-    )
+    stats: TrainStats = train_as_configured(model, local, config, settings, num_classes)
     trained = {k: v.detach().numpy() for k, v in export_dense_state(model).items()}
     update = split_kept(trained, mask)
     pairs = {} if tap is None else pairs_payload(tap, mask, adjust)

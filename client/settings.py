@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,30 +19,16 @@ from fedprune.data import DATASETS, PARTITIONERS
 from fedprune.data.sources import DATASET_FACTS
 from fedprune.models import MODELS
 from fedprune.protos.contract import HIDENSEEK_STRATEGY, STRATEGY_NAMES
+from fedprune.protos.option_rules import FLOAT_RANGES, SEED_MAX, OptionError, check_choice, check_numbers, coerce_option
 from fedprune.pruning.budgets import parse_budget_tiers
 
-INT64_MAX = 2**63 - 1  # Flower's run config carries integers as sint64
-SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 0..2^32-1
+__all__ = ["FLOAT_RANGES", "ClientConfigError", "ClientSettings", "client_settings"]
 
-# Allowed range of each float option: (low, high, low included, high included); high None = unbounded.
-FLOAT_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
-    "alpha": (0.0, None, False, False),
-    "local_test_fraction": (0.0, 1.0, True, False),
-    "lr": (0.0, None, False, False),
-    "momentum": (0.0, 1.0, True, False),
-    "score_lr": (0.0, None, False, False),
-    "score_momentum": (0.0, 1.0, True, False),
-    "moved_share": (0.0, 1.0, False, True),
-}
 POSITIVE_INTS = ("num_clients", "local_epochs", "batch_size", "eval_batch_size", "classes_per_client")
 
 
-class ClientConfigError(ValueError):
+class ClientConfigError(OptionError):
     """A run-config option has a value this client cannot train with; ``option`` names it."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"--{option}: {message}")
-        self.option = option
 
 
 @dataclass(frozen=True)
@@ -83,7 +68,7 @@ class ClientSettings:
         for key, value in run_config.items():
             name = key.replace("-", "_")
             if name in fields:
-                typed[name] = _coerce(key.replace("_", "-"), fields[name], value)
+                typed[name] = coerce_option(key.replace("_", "-"), fields[name], value, ClientConfigError)
         settings = cls(**typed)
         settings.validate()
         return settings
@@ -102,8 +87,7 @@ class ClientSettings:
                                        ("partition", self.partition, PARTITIONERS),
                                        ("score-optimizer", self.score_optimizer, SCORE_OPTIMIZERS),
                                        ("local-loss", self.local_loss, ("auto", *LOCAL_LOSSES))):
-            if value not in choices:
-                raise ClientConfigError(option, f"'{value}' is not one of: {', '.join(sorted(choices))}")
+            check_choice(option, value, choices, ClientConfigError)
         self._validate_numbers()
         facts = DATASET_FACTS[self.dataset]
         if self.classes_per_client > facts.num_classes:
@@ -119,18 +103,7 @@ class ClientSettings:
     def _validate_numbers(self) -> None:
         """Floats finite and in range (NaN passes any ``x <= 0`` test, so finiteness first), integers within
         64 bits, counts positive, the seed within numpy's range."""
-        for f in dataclasses.fields(self):
-            value, option = getattr(self, f.name), f.name.replace("_", "-")
-            if f.name in FLOAT_RANGES:
-                low, high, low_in, high_in = FLOAT_RANGES[f.name]
-                above = value >= low if low_in else value > low
-                below = high is None or (value <= high if high_in else value < high)
-                if not (math.isfinite(value) and above and below):
-                    where = (f"{'>=' if low_in else '>'} {low:g}" if high is None else
-                             f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}")
-                    raise ClientConfigError(option, f"{value} must be {where}")
-            elif f.type == "int" and abs(value) > INT64_MAX:
-                raise ClientConfigError(option, f"{value} does not fit the run config's 64-bit integers")
+        check_numbers(self, ClientConfigError, name_non_finite=False)
         for name in POSITIVE_INTS:
             if getattr(self, name) < 1:
                 raise ClientConfigError(name.replace("_", "-"), f"{getattr(self, name)} must be a positive integer")
@@ -148,17 +121,3 @@ def _cached(items: tuple) -> ClientSettings:
 def client_settings(run_config: dict[str, Any]) -> ClientSettings:
     """``ClientSettings.from_run_config`` cached per process (once per run, not per message)."""
     return _cached(tuple(sorted(run_config.items())))
-
-
-def _coerce(option: str, kind: str, value: Any) -> Any:
-    """``value`` as the field's type (``int``, ``float``, ``str``); ``ClientConfigError`` if it is not one."""
-    try:
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if kind == "float":
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ClientConfigError(option, f"{value!r} is not a valid {kind}") from None

@@ -13,6 +13,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -185,3 +186,18 @@ def load_dataset(name: str, path: str | None = None) -> DatasetSplits:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; choose one of {sorted(DATASETS)}")
     return DATASETS[name](path or None)
+
+
+class DatasetChoice(Protocol):
+    """What names a run's dataset (the server's and the clients' settings both do)."""
+
+    @property
+    def dataset(self) -> str: ...
+
+    @property
+    def dataset_path(self) -> str: ...
+
+
+def run_dataset(choice: DatasetChoice) -> DatasetSplits:
+    """The dataset a run's settings name, from ``dataset_path`` or, when that is empty, its standard place."""
+    return load_dataset(choice.dataset, choice.dataset_path or None)

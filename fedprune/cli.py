@@ -12,8 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
+from fedprune.deploy.arguments import add_deploy_parsers
 from fedprune.deploy.cli import HANDLERS as DEPLOY_HANDLERS
-from fedprune.deploy.cli import add_deploy_parsers
 from fedprune.kernels.benchmark import run as run_kernel_benchmark
 from fedprune.protos.wire_benchmark import run as run_wire_benchmark
 from fedprune.run_options import add_run_options, check_partition, dataset_labels, settings_from_args

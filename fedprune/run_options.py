@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedprune.data import DatasetMissingError, load_dataset, partition_indices
+from fedprune.data import DatasetMissingError, partition_indices, run_dataset
 from fedprune.models import default_model_for
 from fedprune.server.run_config import ConfigError, RunSettings, check_model_takes_inputs
 
@@ -90,7 +90,7 @@ def check_dataset(settings: RunSettings) -> None:
 def dataset_labels(settings: RunSettings) -> np.ndarray:
     """The training labels of the run's dataset; ``ConfigError('dataset')`` saying how to get it if it is missing."""
     try:
-        return load_dataset(settings.dataset, settings.dataset_path or None).train.y
+        return run_dataset(settings).train.y
     except DatasetMissingError as exc:
         raise ConfigError("dataset", str(exc)) from None
 

@@ -82,39 +82,17 @@ def encode(tensors: Mapping[str, np.ndarray], *, reference: Mapping[str, np.ndar
     if len(tensors) + len(pairs or {}) > limits.max_tensors:
         raise WireFormatError(f"{len(tensors) + len(pairs or {})} tensors and pairs exceed the cap of "
                               f"{limits.max_tensors}")
-    decoded_bytes = 0
     payload = pb.Payload()
     m = payload.manifest
     m.architecture, m.model_seed, m.density = manifest.architecture, manifest.model_seed, manifest.density
     m.round, m.kind = manifest.round, manifest.kind
     m.reference_digest = reference_digest(reference) if reference else b""
+    decoded_bytes = 0
     for name, value in tensors.items():
-        check_name(name, limits)
-        array = np.asarray(value)
-        code = checked_dtype_code(array, name)
-        decoded_bytes += check_shape(name, array.shape, limits) * DTYPES[code].itemsize
-        ref = usable_reference(name, array, reference)
-        candidates = [e for e in ENCODINGS_FOR[code] if ref is not None or e not in NEEDS_REFERENCE]
-        if allow_fp16 and code == pb.FLOAT32:
-            candidates.append(E.DENSE_F16)
-        if force and name in force:
-            wanted = E.Value(force[name])
-            if wanted not in candidates:
-                raise ValueError(f"tensor '{name}': encoding {force[name]} does not apply")
-            candidates = [wanted]
-        best = min((encode_as(array, code, e, ref) for e in candidates), key=lambda t: t.ByteSize())
-        best.name = name
-        payload.tensors.append(best)
-    slots = {name: slot for slot, name in enumerate(sorted(reference or {}))}
-    for name, value in (pairs or {}).items():
-        array = np.asarray(value, dtype=np.float32)
-        if name not in slots or np.shape(reference[name]) != array.shape:
-            raise ValueError(f"pairs '{name}': not a tensor of the reference, or not of its shape")
-        if not np.isfinite(array).all():
-            raise WireFormatError(f"pairs '{name}': values hold NaN or Inf (the receiver refuses them)")
-        decoded_bytes += 4 * array.size
-        coded = encode_as(array, pb.FLOAT32, E.INDEX_VALUES, None)
-        payload.pairs.append(pb.ReferencePairs(slot=slots[name], indices=coded.data, values=coded.values))
+        tensor, size = _encode_tensor(name, value, reference, allow_fp16, force, limits)
+        payload.tensors.append(tensor)
+        decoded_bytes += size
+    decoded_bytes += _append_pairs(payload, pairs or {}, reference)
     if decoded_bytes > limits.max_decoded_bytes:
         raise WireFormatError(f"payload decodes to {decoded_bytes} bytes, over the cap of {limits.max_decoded_bytes}")
     body = payload.SerializeToString()
@@ -123,6 +101,44 @@ def encode(tensors: Mapping[str, np.ndarray], *, reference: Mapping[str, np.ndar
     if len(blob) > limits.max_payload_bytes:
         raise WireFormatError(f"payload of {len(blob)} bytes exceeds the cap of {limits.max_payload_bytes}")
     return blob
+
+
+def _encode_tensor(name: str, value: np.ndarray, reference: Mapping[str, np.ndarray] | None, allow_fp16: bool,
+                   force: Mapping[str, str] | None, limits: DecodeLimits) -> tuple[pb.Tensor, int]:
+    """(``value`` in the smallest encoding that applies, or the one ``force`` names; its decoded bytes)."""
+    check_name(name, limits)
+    array = np.asarray(value)
+    code = checked_dtype_code(array, name)
+    decoded_bytes = check_shape(name, array.shape, limits) * DTYPES[code].itemsize
+    ref = usable_reference(name, array, reference)
+    candidates = [e for e in ENCODINGS_FOR[code] if ref is not None or e not in NEEDS_REFERENCE]
+    if allow_fp16 and code == pb.FLOAT32:
+        candidates.append(E.DENSE_F16)
+    if force and name in force:
+        wanted = E.Value(force[name])
+        if wanted not in candidates:
+            raise ValueError(f"tensor '{name}': encoding {force[name]} does not apply")
+        candidates = [wanted]
+    best = min((encode_as(array, code, e, ref) for e in candidates), key=lambda t: t.ByteSize())
+    best.name = name
+    return best, decoded_bytes
+
+
+def _append_pairs(payload: pb.Payload, pairs: Mapping[str, np.ndarray],
+                  reference: Mapping[str, np.ndarray] | None) -> int:
+    """Add ``pairs`` to ``payload`` as (index, value) lists by reference slot; their decoded bytes."""
+    decoded_bytes = 0
+    slots = {name: slot for slot, name in enumerate(sorted(reference or {}))}
+    for name, value in pairs.items():
+        array = np.asarray(value, dtype=np.float32)
+        if name not in slots or np.shape(reference[name]) != array.shape:
+            raise ValueError(f"pairs '{name}': not a tensor of the reference, or not of its shape")
+        if not np.isfinite(array).all():
+            raise WireFormatError(f"pairs '{name}': values hold NaN or Inf (the receiver refuses them)")
+        decoded_bytes += 4 * array.size
+        coded = encode_as(array, pb.FLOAT32, E.INDEX_VALUES, None)
+        payload.pairs.append(pb.ReferencePairs(slot=slots[name], indices=coded.data, values=coded.values))
+    return decoded_bytes
 
 
 def _check_manifest(architecture: str, kind: str, density: float, server_round: int, limits: DecodeLimits) -> None:

@@ -132,6 +132,17 @@ def float_values(t: pb.Tensor, count: int) -> np.ndarray:
 
 
 def decode_tensor(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
+    """Tensor ``t`` of ``n`` elements, flat, after its header and data are checked (``ref``: the receiver's
+    sign vector of this name, for flip encodings); ``WireFormatError`` naming the tensor on anything wrong."""
+    _check_header(t, n)
+    decoder = _DECODERS.get(t.encoding)
+    if decoder is None:
+        raise tensor_error(t.name, f"unknown encoding {t.encoding}")
+    return decoder(t, n, ref)
+
+
+def _check_header(t: pb.Tensor, n: int) -> None:
+    """The dtype is known, the encoding applies to it, the count fits, and no stray values field."""
     code, enc = t.dtype, t.encoding
     if code not in DTYPES:
         raise tensor_error(t.name, f"unknown dtype {code}")
@@ -141,82 +152,99 @@ def decode_tensor(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
                             f"dtype {pb.DType.Name(code)}")
     if enc not in (E.DENSE, E.DENSE_F16) and t.count > n:
         raise tensor_error(t.name, f"count {t.count} exceeds {n} elements")
-    if enc in (E.DENSE, E.DENSE_F16, E.BITMAP, E.SIGN_FLIPS) and t.values:
+    if enc in (E.DENSE, E.DENSE_F16, E.BITMAP, E.SIGN_FLIPS, E.CODED_BITS, E.CODED_FLIPS) and t.values:
         raise tensor_error(t.name, "unexpected values field")
-    if enc == E.DENSE:
-        dtype = DTYPES[code]
-        if len(t.data) != n * dtype.itemsize:
-            raise tensor_error(t.name, f"{len(t.data)} bytes for {n} x {dtype}")
-        flat = np.frombuffer(t.data, dtype=dtype).copy()
-        if dtype.kind == "f" and not np.isfinite(flat).all():
-            raise tensor_error(t.name, "values hold NaN or Inf")
-        return flat.astype(dtype.newbyteorder("="))
-    if enc == E.DENSE_F16:
-        if len(t.data) != 2 * n:
-            raise tensor_error(t.name, f"{len(t.data)} bytes for {n} float16 values")
-        flat = np.frombuffer(t.data, dtype="<f2").astype(np.float32)
-        if not np.isfinite(flat).all():
-            raise tensor_error(t.name, "values hold NaN or Inf")
+
+
+def _counted_bitmap(t: pb.Tensor, n: int, what: str = "bitmap") -> np.ndarray:
+    """``t.data`` as ``n`` bits whose ones number what the header's count says."""
+    bits = unpack_bits(t.data, n, t.name)
+    if int(bits.sum()) != t.count:
+        raise tensor_error(t.name, f"{what} has {int(bits.sum())} ones, header says {t.count}")
+    return bits
+
+
+def _decode_dense(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
+    dtype = DTYPES[t.dtype]
+    if len(t.data) != n * dtype.itemsize:
+        raise tensor_error(t.name, f"{len(t.data)} bytes for {n} x {dtype}")
+    flat = np.frombuffer(t.data, dtype=dtype).copy()
+    if dtype.kind == "f" and not np.isfinite(flat).all():
+        raise tensor_error(t.name, "values hold NaN or Inf")
+    return flat.astype(dtype.newbyteorder("="))
+
+
+def _decode_dense_f16(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
+    if len(t.data) != 2 * n:
+        raise tensor_error(t.name, f"{len(t.data)} bytes for {n} float16 values")
+    flat = np.frombuffer(t.data, dtype="<f2").astype(np.float32)
+    if not np.isfinite(flat).all():
+        raise tensor_error(t.name, "values hold NaN or Inf")
+    return flat
+
+
+def _decode_bitmap(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
+    return from_bits(_counted_bitmap(t, n), t.dtype)
+
+
+def _decode_bitmap_values(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
+    bits = _counted_bitmap(t, n)
+    flat = np.zeros(n, dtype=np.float32)
+    flat[bits] = float_values(t, t.count)
+    if (flat[bits] == 0).any():
+        raise tensor_error(t.name, "a kept position carries the value 0")
+    return flat
+
+
+def _decode_index_values(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
+    if len(t.data) > 8 * t.count:
+        raise tensor_error(t.name, "index list longer than its count allows")
+    deltas = varint_decode(t.data, t.count, max(n, 1))
+    idx = np.cumsum(deltas + 1) - 1
+    if t.count and idx[-1] >= n:
+        raise tensor_error(t.name, f"index {int(idx[-1])} out of range for {n} elements")
+    if t.dtype == pb.BOOL:
+        if t.values:
+            raise tensor_error(t.name, "a mask carries no values")
+        flat = np.zeros(n, dtype=bool)
+        flat[idx] = True
         return flat
-    if enc == E.BITMAP:
-        bits = unpack_bits(t.data, n, t.name)
+    flat = np.zeros(n, dtype=np.float32)
+    flat[idx] = float_values(t, t.count)
+    if t.count and (flat[idx] == 0).any():
+        raise tensor_error(t.name, "a listed position carries the value 0")
+    return flat
+
+
+def _decode_coded(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
+    """An entropy-coded bit vector: a mask or signs (``CODED_BITS``), or flips of ``ref`` (``CODED_FLIPS``)."""
+    if not 1 <= t.model_q < 2**16:
+        raise tensor_error(t.name, f"model rate {t.model_q} outside [1, 65535]")
+    if t.count in (0, n):
+        if t.data:
+            raise tensor_error(t.name, "a constant bit vector carries data")
+        bits = np.full(n, t.count == n and n > 0, dtype=bool)
+    else:
+        if len(t.data) > 4 * ((n + 7) // 8) + 64:
+            raise tensor_error(t.name, "coded stream larger than any encoding of this tensor")
+        try:
+            bits = decode_bits(t.data, n, t.model_q)
+        except CodedStreamError as exc:
+            raise tensor_error(t.name, str(exc)) from None
         if int(bits.sum()) != t.count:
-            raise tensor_error(t.name, f"bitmap has {int(bits.sum())} ones, header says {t.count}")
-        return from_bits(bits, code)
-    if enc == E.BITMAP_VALUES:
-        bits = unpack_bits(t.data, n, t.name)
-        if int(bits.sum()) != t.count:
-            raise tensor_error(t.name, f"bitmap has {int(bits.sum())} ones, header says {t.count}")
-        flat = np.zeros(n, dtype=np.float32)
-        flat[bits] = float_values(t, t.count)
-        if (flat[bits] == 0).any():
-            raise tensor_error(t.name, "a kept position carries the value 0")
-        return flat
-    if enc == E.INDEX_VALUES:
-        if len(t.data) > 8 * t.count:
-            raise tensor_error(t.name, "index list longer than its count allows")
-        deltas = varint_decode(t.data, t.count, max(n, 1))
-        idx = np.cumsum(deltas + 1) - 1
-        if t.count and idx[-1] >= n:
-            raise tensor_error(t.name, f"index {int(idx[-1])} out of range for {n} elements")
-        if code == pb.BOOL:
-            if t.values:
-                raise tensor_error(t.name, "a mask carries no values")
-            flat = np.zeros(n, dtype=bool)
-            flat[idx] = True
-            return flat
-        flat = np.zeros(n, dtype=np.float32)
-        flat[idx] = float_values(t, t.count)
-        if t.count and (flat[idx] == 0).any():
-            raise tensor_error(t.name, "a listed position carries the value 0")
-        return flat
-    if t.values:
-        raise tensor_error(t.name, "unexpected values field")
-    if enc in (E.CODED_BITS, E.CODED_FLIPS):
-        if not 1 <= t.model_q < 2**16:
-            raise tensor_error(t.name, f"model rate {t.model_q} outside [1, 65535]")
-        if t.count in (0, n):
-            if t.data:
-                raise tensor_error(t.name, "a constant bit vector carries data")
-            bits = np.full(n, t.count == n and n > 0, dtype=bool)
-        else:
-            if len(t.data) > 4 * ((n + 7) // 8) + 64:
-                raise tensor_error(t.name, "coded stream larger than any encoding of this tensor")
-            try:
-                bits = decode_bits(t.data, n, t.model_q)
-            except CodedStreamError as exc:
-                raise tensor_error(t.name, str(exc)) from None
-            if int(bits.sum()) != t.count:
-                raise tensor_error(t.name, f"decoded {int(bits.sum())} ones, header says {t.count}")
-        if enc == E.CODED_BITS:
-            return from_bits(bits, code)
-        return apply_flips(bits, ref, t.name)
-    if enc == E.SIGN_FLIPS:
-        bits = unpack_bits(t.data, n, t.name)
-        if int(bits.sum()) != t.count:
-            raise tensor_error(t.name, f"flip bitmap has {int(bits.sum())} ones, header says {t.count}")
-        return apply_flips(bits, ref, t.name)
-    raise tensor_error(t.name, f"unknown encoding {enc}")
+            raise tensor_error(t.name, f"decoded {int(bits.sum())} ones, header says {t.count}")
+    if t.encoding == E.CODED_BITS:
+        return from_bits(bits, t.dtype)
+    return apply_flips(bits, ref, t.name)
+
+
+def _decode_sign_flips(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
+    return apply_flips(_counted_bitmap(t, n, "flip bitmap"), ref, t.name)
+
+
+_DECODERS = {E.DENSE: _decode_dense, E.DENSE_F16: _decode_dense_f16, E.BITMAP: _decode_bitmap,
+             E.BITMAP_VALUES: _decode_bitmap_values, E.INDEX_VALUES: _decode_index_values,
+             E.CODED_BITS: _decode_coded, E.CODED_FLIPS: _decode_coded, E.SIGN_FLIPS: _decode_sign_flips}
 
 
 def from_bits(bits: np.ndarray, code: int) -> np.ndarray:

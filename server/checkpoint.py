@@ -10,9 +10,7 @@ and finiteness. Any failure is one ``CheckpointError`` line saying what is wrong
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
+
+from fedprune.atomic_file import write_atomically
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _NUMPY_TAG = "__numpy__"  # marks a strategy-state tensor that was a numpy array
@@ -66,15 +66,7 @@ def save_checkpoint(out_dir: Path, *, server_round: int, arrays: ArrayRecord, st
         "rounds": _storable(rounds),
         "fingerprint": _storable(fingerprint),
     }
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".checkpoint-", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -10,11 +10,11 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from fedprune import __version__
+from fedprune.atomic_file import write_atomically
 
 RESULTS_NAME = "results.json"
 ROUND_KEYS = {"round": int, "accuracy": float, "loss": float, "uplink_bytes": int, "downlink_bytes": int,
@@ -62,17 +62,13 @@ def summarize(rounds: list[dict[str, Any]], param_count: int) -> dict[str, Any]:
 
 def write_results(out_dir: Path, document: dict[str, Any]) -> Path:
     """Atomically replace ``out_dir/results.json`` with ``document``."""
-    path = out_dir / RESULTS_NAME
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".results-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as handle:
             json.dump(document, handle, indent=1)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for everyone who can read the run dir
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    # 0644, not mkstemp's 0600: results are for everyone who can read the run dir
+    return write_atomically(out_dir / RESULTS_NAME, dump, mode=0o644)
 
 
 def read_results(path: Path) -> dict[str, Any] | None:

@@ -1,61 +1,37 @@
 """Run settings: every option of a run, validated once before anything starts.
 
 The same validation serves the ``fedprune`` CLI (exit code 2 on a bad value)
-and the ServerApp (which refuses to start a run with a bad value).
+and the ServerApp (which refuses to start a run with a bad value). The value rules it shares with the
+clients live in ``protos.option_rules``; what it needs to know of a model, in ``server.model_facts``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
-import torch
 from fedprune.client.local_loss import LOCAL_LOSSES
 from fedprune.client.score_optimizer import SCORE_OPTIMIZERS
 from fedprune.data import DATASETS, PARTITIONERS
 from fedprune.data.sources import DATASET_FACTS
-from fedprune.models import BATCHNORM_MODELS, MODELS, build_model, prunable_names
+from fedprune.models import BATCHNORM_MODELS, MODELS
 from fedprune.protos.contract import AGGREGATIONS, DENSE_PARAMS, MASK_TRANSFER, STRATEGY_NAMES
+from fedprune.protos.option_rules import FLOAT_RANGES, SEED_MAX, OptionError, check_choice, check_numbers, coerce_option
 from fedprune.pruning.budgets import parse_budget_tiers
 from fedprune.pruning.candidates import RANKINGS
 from fedprune.pruning.progressive import GRADIENT_TAPS, LAYER_ORDERS
 from fedprune.pruning.scores import SCORES
+from fedprune.server.model_facts import input_error, model_facts, smallest_density
 
-if TYPE_CHECKING:
-    from torch import nn
-
-INT64_MAX = 2**63 - 1  # Flower's run config carries integers as sint64
-SEED_MAX = 2**32 - 1  # numpy's legacy np.random.seed, which the ServerApp calls, takes 0..2^32-1
-
-# Allowed range of every float option: (low, high, low included, high included); high None = unbounded.
-FLOAT_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
-    "alpha": (0.0, None, False, False),
-    "local_test_fraction": (0.0, 1.0, True, False),
-    "lr": (0.0, None, False, False),
-    "momentum": (0.0, 1.0, True, False),
-    "density": (0.0, 1.0, False, True),
-    "score_lr": (0.0, None, False, False),
-    "score_momentum": (0.0, 1.0, True, False),
-    "server_lr": (0.0, None, False, False),
-    "server_momentum": (0.0, 1.0, True, False),
-    "moved_share": (0.0, 1.0, False, True),
-    "candidate_spread": (0.0, None, True, False),
-    "adjust_alpha": (0.0, 1.0, False, True),
-    "round_timeout": (0.0, None, False, False),
-}
+__all__ = ["FLOAT_RANGES", "ConfigError", "RunSettings", "check_model_takes_inputs", "check_writable_dir",
+           "model_facts", "option"]
 
 
-class ConfigError(ValueError):
+class ConfigError(OptionError):
     """An option has a value fedprune cannot run with; ``option`` names it."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"--{option}: {message}")
-        self.option = option
 
 
 def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word for it
@@ -153,7 +129,7 @@ class RunSettings:
         typed = {}
         for f in dataclasses.fields(cls):
             if f.name in known:
-                typed[f.name] = _coerce(f.name, f.type, known[f.name])
+                typed[f.name] = coerce_option(f.name.replace("_", "-"), f.type, known[f.name], ConfigError)
         settings = cls(**typed, extra=tuple(sorted(extra.items())))
         settings.validate(check_out_dir=check_out_dir)
         return settings
@@ -175,15 +151,14 @@ class RunSettings:
     def validate(self, check_out_dir: bool = True) -> None:
         """Raise ``ConfigError`` naming the first option with a bad value."""
 
-        def allowed(option: str, value: str, choices) -> None:
-            if value not in choices:
-                raise ConfigError(option, f"'{value}' is not one of: {', '.join(sorted(choices))}")
+        def allowed(option: str, value: str, choices: Any) -> None:
+            check_choice(option, value, choices, ConfigError)
 
         allowed("strategy", self.strategy, STRATEGY_NAMES)
         allowed("dataset", self.dataset, DATASETS)
         allowed("model", self.model, MODELS)
         allowed("partition", self.partition, PARTITIONERS)
-        self._validate_numbers()
+        check_numbers(self, ConfigError)
         for option, value in (("num-clients", self.num_clients), ("clients-per-round", self.clients_per_round),
                               ("rounds", self.rounds), ("local-epochs", self.local_epochs),
                               ("batch-size", self.batch_size), ("eval-batch-size", self.eval_batch_size),
@@ -225,26 +200,6 @@ class RunSettings:
         if check_out_dir:
             check_writable_dir(self.out)
 
-    def _validate_numbers(self) -> None:
-        """Every float option finite and in its range (NaN passes any ``x <= 0`` test, so finiteness first),
-        every integer option within the run config's 64 bits."""
-        for f in dataclasses.fields(self):
-            value, option = getattr(self, f.name), f.name.replace("_", "-")
-            if f.name in FLOAT_RANGES:
-                low, high, low_in, high_in = FLOAT_RANGES[f.name]
-                if high is None:
-                    where = f"{'>=' if low_in else '>'} {low:g}"
-                else:
-                    where = f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
-                if not math.isfinite(value):
-                    raise ConfigError(option, f"{value} is not a finite number; it must be {where}")
-                above = value >= low if low_in else value > low
-                below = high is None or (value <= high if high_in else value < high)
-                if not (above and below):
-                    raise ConfigError(option, f"{value} must be {where}")
-            elif f.type == "int" and abs(value) > INT64_MAX:
-                raise ConfigError(option, f"{value} does not fit the run config's 64-bit integers")
-
     def _validate_dataset(self) -> None:
         """What the dataset fixes without loading it: its class count, and whether it reads files at all."""
 
@@ -259,13 +214,16 @@ class RunSettings:
     def _validate_model(self) -> None:
         """The density must keep a weight in every prunable layer (``pruning.scores.global_topk_mask``
         otherwise keeps one per layer anyway, above the density asked for)."""
-        facts = model_facts(self.model, self.dataset)
+        try:
+            facts = model_facts(self.model, self.dataset)
+        except ValueError as exc:  # e.g. an input side the architecture cannot halve
+            raise ConfigError("model", str(exc)) from None
         kept = round(self.density * facts.prunable_weights)
         if kept < facts.prunable_layers:
             raise ConfigError("density", f"{self.density:g} keeps {kept} of {self.model}'s "
                                          f"{facts.prunable_weights:,} prunable weights, fewer than its "
                                          f"{facts.prunable_layers} prunable layers; use at least "
-                                         f"{_smallest_density(facts)} (one weight per layer)")
+                                         f"{smallest_density(facts)} (one weight per layer)")
 
     def _validate_fedtiny(self) -> None:
 
@@ -290,71 +248,14 @@ class RunSettings:
                                        f"{', '.join(sorted(BATCHNORM_MODELS))}, or --candidates 1)")
 
 
-class ModelFacts(NamedTuple):
-    """What option checks need to know of a model built for a dataset's inputs."""
-
-    prunable_layers: int
-    prunable_weights: int
-
-
-def _smallest_density(facts: ModelFacts) -> str:
-    """The least density, printed short, that keeps one weight per prunable layer (kept = round(d x weights))."""
-    exact = facts.prunable_layers / facts.prunable_weights
-    for digits in range(3, 18):
-        text = f"{exact:.{digits}g}"
-        if round(float(text) * facts.prunable_weights) >= facts.prunable_layers:
-            return text
-    return repr(exact)
-
-
-def _meta_model(model: str, dataset: str) -> nn.Module:
-    """``model`` built for ``dataset``'s inputs on torch's meta device: shapes only, no memory, milliseconds."""
-
-    facts = DATASET_FACTS[dataset]
-    with torch.device("meta"):
-        try:
-            return build_model(model, facts.input_shape, facts.num_classes)
-        except ValueError as exc:  # e.g. an input side the architecture cannot halve
-            raise ConfigError("model", " ".join(str(exc).split())) from None
-
-
-@functools.lru_cache(maxsize=32)
-def model_facts(model: str, dataset: str) -> ModelFacts:
-    """Prunable layers and weights of ``model`` for ``dataset``, counted as the strategies count them
-    (``models.prunable_names``)."""
-
-    net = _meta_model(model, dataset)
-    params = dict(net.named_parameters())
-    names = prunable_names(net)
-    return ModelFacts(len(names), sum(params[n].numel() for n in names))
-
-
-@functools.lru_cache(maxsize=32)
-def _input_error(model: str, dataset: str) -> str:
-    """Why ``model`` cannot take ``dataset``'s inputs, or '' if it can."""
-
-    try:
-        net = _meta_model(model, dataset)
-    except ConfigError as exc:
-        return str(exc)
-    try:
-        with torch.device("meta"), torch.no_grad():
-            net(torch.empty((2, *DATASET_FACTS[dataset].input_shape)))
-    except NotImplementedError:
-        return ""  # an op without a meta kernel says nothing about the shapes
-    except RuntimeError as exc:
-        return " ".join(str(exc).split())
-    return ""
-
-
 def check_model_takes_inputs(settings: RunSettings) -> None:
     """Raise ``ConfigError('model')`` unless the model's forward pass takes the dataset's inputs (otherwise the
     run fails at its first evaluation). A meta-device pass: shapes only, but its first call in a process imports
     torch's decompositions (~1 s), so the CLI runs it once rather than ``validate`` in every client process."""
 
-    if _input_error(settings.model, settings.dataset):
+    if input_error(settings.model, settings.dataset):
         shape = "x".join(map(str, DATASET_FACTS[settings.dataset].input_shape))
-        fitting = [m for m in sorted(MODELS) if not _input_error(m, settings.dataset)]
+        fitting = [m for m in sorted(MODELS) if not input_error(m, settings.dataset)]
         raise ConfigError("model", f"'{settings.model}' cannot take the {shape} inputs of {settings.dataset}; "
                                    f"use one of: {', '.join(fitting)}")
 
@@ -371,25 +272,3 @@ def check_writable_dir(path: str) -> None:
         tempfile.NamedTemporaryFile(dir=probe, prefix=".fedprune-probe-").close()  # deleted on close
     except OSError as exc:
         raise ConfigError("out", f"cannot write into {probe}: {exc.strerror}") from None
-
-
-def _coerce(name: str, annotation: Any, value: Any) -> Any:
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    try:
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1")
-            return bool(value)
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if kind == "float":
-            return float(value)
-        if kind == "str":
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(name.replace("_", "-"), f"{value!r} is not a valid {kind}") from None
-    return value

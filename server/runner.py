@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from fedprune.data import LabeledArrays, load_dataset
-from fedprune.models import build_model
+from fedprune.data import LabeledArrays, run_dataset
 from fedprune.models.evaluation import evaluate
 from fedprune.protos.contract import ConfigKey, MetricKey, Record
 from fedprune.protos.flower_records import error_reason
@@ -40,7 +39,7 @@ from fedprune.server.metered_grid import MeteredGrid, Traffic
 from fedprune.server.results import environment, format_progress, mark_failed, summarize, write_results
 from fedprune.server.run_config import RunSettings
 from fedprune.strategies.base import FederatedStrategy, NodesMissingError
-from fedprune.strategies.registry import build_strategy
+from fedprune.strategies.registry import build_strategy, seeded_model
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -180,8 +179,8 @@ def set_up(grid: Grid, settings: RunSettings, out_dir: Path) -> Federation:
     np.random.seed(settings.seed)
     torch.manual_seed(settings.seed)
 
-    splits = load_dataset(settings.dataset, settings.dataset_path or None)
-    model = build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed)
+    splits = run_dataset(settings)
+    model, _ = seeded_model(settings)
     arrays = ArrayRecord(model.state_dict())
     strategy = build_strategy(settings)
     arrays = strategy.initialize_arrays(arrays)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from fedprune.data import load_dataset
+from fedprune.data import run_dataset
 from fedprune.models import build_model
 from fedprune.pruning.budgets import BudgetError, ModelCost, parse_budget_tiers, ratio_for_budget
 from fedprune.pruning.candidates import candidate_masks
@@ -26,7 +26,7 @@ from torch import nn
 
 def seeded_model(settings: RunSettings) -> tuple[nn.Module, tuple[int, ...]]:
     """The run's initial model (θ0 from the run seed, as the server builds it) and the dataset's input shape."""
-    splits = load_dataset(settings.dataset, settings.dataset_path or None)
+    splits = run_dataset(settings)
     return build_model(settings.model, splits.input_shape, splits.num_classes, seed=settings.seed), splits.input_shape
 
 

@@ -48,6 +48,7 @@ def test_missing_dataset_names_the_install_command(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # starts the command in a new Python process
 def test_console_script_exit_code():
     result = subprocess.run([sys.executable, "-m", "fedprune.cli", "simulate", "--density", "2"],
                             capture_output=True, text=True)

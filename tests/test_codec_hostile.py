@@ -233,6 +233,7 @@ def _mutate(raw: bytearray, rng: np.random.Generator) -> bytearray:
     return raw
 
 
+@pytest.mark.slow  # ~20 s CPU; the bombs above and test_codec's 10,000-payload fuzz stay in `make test-fast`
 def test_fuzz_inflation_and_mutation_with_time_and_memory_bounds():
     """>= 20,000 hostile payloads, half inflating headers: each raises WireFormatError or decodes to what
     the receiver expects; every case stays under the time and traced-memory bounds."""

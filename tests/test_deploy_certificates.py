@@ -1,4 +1,4 @@
-"""Certificates, node keys and launch command lines (no processes kept running; fast)."""
+"""Certificates, node keys and launch command lines (the tests that run Flower binaries are marked slow)."""
 
 import os
 import stat
@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
-from fedprune.deploy.certificates import CertificateError, create_certificates, server_hosts
+from fedprune.deploy.certificates import CertificateError, Material, create_certificates, server_hosts
 from fedprune.deploy.launch import ServerTLS, cli_connection_toml, superlink_command, supernode_command
 from fedprune.simulation.flower_processes import flower_bin
 
@@ -58,21 +58,32 @@ def _flags(binary: str) -> set[str]:
     return {word.strip("[],") for word in text.split() if word.startswith(("--", "[--"))}
 
 
-def test_command_lines_are_secure_by_default_and_use_only_flags_the_installed_flower_has(tmp_path):
+def _command_lines(tmp_path) -> tuple[list[str], list[str], list[str], Material]:
+    """(secure SuperLink, insecure SuperLink, secure SuperNode command lines, the certificate material)."""
     material = create_certificates(tmp_path / "certs", nodes=1)
     secure = superlink_command(ServerTLS.from_directory(material.directory), database=tmp_path / "state.db")
+    insecure = superlink_command(None)
+    node = supernode_command("link:9092", root_cert=material.ca_cert, private_key=material.nodes[0].private_key,
+                             node_config={"partition-id": 1, "num-partitions": 3, "model-dir": "/m"})
+    return secure, insecure, node, material
+
+
+def test_command_lines_are_secure_by_default(tmp_path):
+    secure, insecure, node, material = _command_lines(tmp_path)
     for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth", "--database",
                  "--disable-runtime-dependency-installation"):
         assert flag in secure
     assert "--insecure" not in secure
-    insecure = superlink_command(None)
     assert "--insecure" in insecure and "--ssl-certfile" not in insecure and "--enable-supernode-auth" not in insecure
-    node = supernode_command("link:9092", root_cert=material.ca_cert, private_key=material.nodes[0].private_key,
-                             node_config={"partition-id": 1, "num-partitions": 3, "model-dir": "/m"})
     assert node[node.index("--node-config") + 1] == 'partition-id=1 num-partitions=3 model-dir="/m"'
     assert "--grpc-rere" in node and "--insecure" not in node
     with pytest.raises(ValueError, match="needs TLS"):
         supernode_command("link:9092", root_cert=None, private_key=material.nodes[0].private_key, node_config={})
+
+
+@pytest.mark.slow  # runs each Flower binary's --help
+def test_command_lines_use_only_flags_the_installed_flower_has(tmp_path):
+    secure, insecure, node, _ = _command_lines(tmp_path)
     for command, binary in ((secure, "flower-superlink"), (insecure, "flower-superlink"),
                             (node, "flower-supernode")):
         known = _flags(binary)
@@ -184,6 +195,7 @@ def test_connection_toml_keeps_a_hostile_address_inside_one_string(tmp_path, cap
     assert "--set: " in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts a SuperLink
 def test_cli_superlink_execs_flower_and_register_adds_nodes_over_tls(tmp_path, capsys):
     import os
     import sys

@@ -1,5 +1,7 @@
 """Every sparse backend equals the dense-masked reference (forward and gradients); dispatcher; memory."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -21,13 +23,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
-def _check_linear(cls, out_f, in_f, density, batch, seed):
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(out_f, in_f, generator=g)
-    mask = torch.rand(out_f, in_f, generator=g) < density
-    bias = torch.randn(out_f, generator=g)
-    x = torch.randn(batch, in_f, generator=g)
-    ref, layer = MaskedLinear(weight, mask, bias), cls(weight, mask, bias)
+@functools.cache
+def _fl_cnn_synflow_masks(density: float) -> dict[str, np.ndarray]:
+    return data_free_mask(build_model("fl-cnn", (1, 28, 28), seed=0), "synflow", density, 0)
+
+
+def _fl_cnn_synflow_mask(density: float) -> dict[str, np.ndarray]:
+    """SynFlow's mask of the seed-0 FL CNN (the tests' ``base``) at ``density``, a fresh copy of one computed once
+    per session: each takes seconds, and several tests check other properties of the same masks."""
+    return {name: kept.copy() for name, kept in _fl_cnn_synflow_masks(density).items()}
+
+
+def _same_output_and_input_gradient(ref: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor,
+                                    g: torch.Generator) -> None:
+    """``layer`` answers ``x`` as the reference does, and passes back the same input gradient for one random
+    output gradient drawn from ``g`` (both layers keep their parameter gradients for the caller to compare)."""
     xr, xl = x.clone().requires_grad_(), x.clone().requires_grad_()
     yr, yl = ref(xr), layer(xl)
     assert torch.allclose(yr, yl, atol=1e-4, rtol=1e-4)
@@ -35,6 +45,16 @@ def _check_linear(cls, out_f, in_f, density, batch, seed):
     yr.backward(grad)
     yl.backward(grad)
     assert torch.allclose(xr.grad, xl.grad, atol=1e-4, rtol=1e-4)
+
+
+def _check_linear(cls, out_f, in_f, density, batch, seed):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_f, in_f, generator=g)
+    mask = torch.rand(out_f, in_f, generator=g) < density
+    bias = torch.randn(out_f, generator=g)
+    x = torch.randn(batch, in_f, generator=g)
+    ref, layer = MaskedLinear(weight, mask, bias), cls(weight, mask, bias)
+    _same_output_and_input_gradient(ref, layer, x, g)
     assert torch.allclose(ref.bias.grad, layer.bias.grad, atol=1e-4, rtol=1e-4)
     ref_grad = ref.weight.grad * mask  # the reference's gradient at kept positions
     if cls is CSRLinear:
@@ -68,13 +88,7 @@ def test_conv_compact_matches_reference(cout, cin, k, density, batch, seed):
     bias = torch.randn(cout, generator=g)
     x = torch.randn(batch, cin, 7, 7, generator=g)
     ref, layer = MaskedConv2d(weight, mask, bias, padding=k // 2), CompactConv2d(weight, mask, bias, padding=k // 2)
-    xr, xl = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yr, yl = ref(xr), layer(xl)
-    assert torch.allclose(yr, yl, atol=1e-4, rtol=1e-4)
-    grad = torch.randn(yr.shape, generator=g)
-    yr.backward(grad)
-    yl.backward(grad)
-    assert torch.allclose(xr.grad, xl.grad, atol=1e-4, rtol=1e-4)
+    _same_output_and_input_gradient(ref, layer, x, g)
     assert torch.allclose(layer.dense_weight(), ref.dense_weight())
 
 
@@ -109,7 +123,7 @@ def test_unsupported_dtype_falls_back_with_one_warning(caplog):
 @pytest.mark.parametrize("density", [0.1, 0.01])
 def test_sparsified_model_equals_masked_model_and_exports_dense_state(density):
     base = build_model("fl-cnn", (1, 28, 28), seed=0)
-    mask = data_free_mask(base, "synflow", density, 0)
+    mask = _fl_cnn_synflow_mask(density)
     import copy
 
     ref, fast = copy.deepcopy(base), copy.deepcopy(base)
@@ -131,7 +145,7 @@ def test_compact_training_state_is_proportional_to_kept_weights():
     import copy
 
     for density in (0.1, 0.01):
-        mask = data_free_mask(base, "synflow", density, 0)
+        mask = _fl_cnn_synflow_mask(density)
         fast, ref = copy.deepcopy(base), copy.deepcopy(base)
         sparsify(fast, mask, batch=32, training=True)
         sparsify(ref, mask, batch=32, training=True, backends={k: Backend.MASKED for k in mask})
@@ -145,7 +159,7 @@ def test_compact_training_state_is_proportional_to_kept_weights():
 
 def test_memory_at_density_001_is_under_10_percent_of_dense_masked():
     base = build_model("fl-cnn", (1, 28, 28), seed=0)
-    mask = data_free_mask(base, "synflow", 0.01, 0)
+    mask = _fl_cnn_synflow_mask(0.01)
     import copy
 
     fast, ref = copy.deepcopy(base), copy.deepcopy(base)
@@ -164,7 +178,7 @@ def test_export_for_inference_folds_signs_into_compact_backends():
 
     base = build_model("fl-cnn", (1, 28, 28), seed=0)
     theta0 = {k: v.detach().numpy().copy() for k, v in base.state_dict().items()}
-    mask = data_free_mask(base, "synflow", 0.05, 0)
+    mask = _fl_cnn_synflow_mask(0.05)
     magnitude = {k: np.abs(theta0[k][m]) for k, m in mask.items()}
     rng = np.random.default_rng(0)
     scores = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in magnitude.items()}
