@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -59,6 +60,24 @@ WIRE_NAME = "wire.json"
 
 class DeploymentError(FlowerProcessError):
     """The loopback deployment could not start or its run did not complete; the message says where to look."""
+
+
+PORT_ATTEMPTS = 3
+
+
+def _lost_port_race(node: OwnedProcess, port: int, timeout: float = 15.0) -> bool:
+    """Whether ``node`` exited because its Runtime API ``port`` was taken meanwhile (then it is worth retrying);
+    ``False`` once the port accepts connections, or the node exits for another reason, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.process.poll() is not None:
+            return "address already in use" in node.log_path.read_text(errors="replace")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return False
+        except OSError:
+            time.sleep(0.2)
+    return False
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -166,11 +185,17 @@ class LoopbackDeployment:
         else:
             root_cert = root_cert or self.certs.ca_cert
             private_key = private_key or self.certs.nodes[index].private_key
-        command = supernode_command(superlink or self.fleet_address, root_cert=root_cert, private_key=private_key,
-                                    node_config=self.node_config_of(index), runtime_port=free_port(),
-                                    max_retries=max_retries)
-        return OwnedProcess.start(f"flower-supernode {name or index}", command, _env(node_dir / "flwr-home"),
-                                  node_dir / "supernode.log")
+        for _ in range(PORT_ATTEMPTS):  # a free port can be taken by another process before the node binds it
+            port = free_port()
+            command = supernode_command(superlink or self.fleet_address, root_cert=root_cert,
+                                        private_key=private_key, node_config=self.node_config_of(index),
+                                        runtime_port=port, max_retries=max_retries)
+            node = OwnedProcess.start(f"flower-supernode {name or index}", command, _env(node_dir / "flwr-home"),
+                                      node_dir / "supernode.log")
+            if not _lost_port_race(node, port):
+                return node
+        raise DeploymentError(f"flower-supernode {name or index} found no free Runtime API port in "
+                              f"{PORT_ATTEMPTS} attempts; see {node.log_path}")
 
     def kill_supernode(self, index: int) -> None:
         """Kill SuperNode ``index`` and its ClientApp processes at once (SIGKILL, like a device losing power)."""
