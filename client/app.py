@@ -86,7 +86,7 @@ def _train(msg: Message, context: Context) -> Message:
     model.load_state_dict(msg.content.array_records[Record.ARRAYS].to_torch_state_dict())
     stats = train_as_configured(model, local, config, settings, data.num_classes)
     metrics = MetricRecord({MetricKey.NUM_EXAMPLES: stats.num_examples, MetricKey.TRAIN_LOSS: stats.mean_loss,
-                            MetricKey.PARTITION_ID: local.partition_id})
+                            MetricKey.PARTITION_ID: local.partition_id, MetricKey.TRAIN_STATE_BYTES: stats.state_bytes})
     return Message(RecordDict({Record.ARRAYS: ArrayRecord(model.state_dict()), Record.METRICS: metrics}),
                    reply_to=msg)
 

@@ -199,6 +199,7 @@ def train_hidenseek(msg: Message, context: Context, settings: ClientSettings, lo
     local_flips = sum(int(((scores[k] >= 0) != (sigma[k] > 0)).sum()) for k in scores)
     metrics = MetricRecord({MetricKey.NUM_EXAMPLES: stats.num_examples, MetricKey.TRAIN_LOSS: stats.mean_loss,
                             MetricKey.PARTITION_ID: local.partition_id, MetricKey.TALLY_REACH: reach,
+                            MetricKey.TRAIN_STATE_BYTES: stats.state_bytes,
                             MetricKey.LOCAL_FLIP_RATE: local_flips / max(1, sum(v.size for v in scores.values()))})
     return Message(content_with_payload(blob, metrics=metrics), reply_to=msg)
 

@@ -12,6 +12,7 @@ from fedprune.client.local_data import LocalData
 from fedprune.client.local_loss import logit_offset
 from fedprune.client.settings import ClientSettings
 from fedprune.data import LabeledArrays
+from fedprune.kernels.training_cost import measured_state_bytes
 from fedprune.protos.contract import ConfigKey
 from torch import nn
 from torch.nn import functional as F
@@ -24,6 +25,7 @@ class TrainStats:
     num_examples: int
     steps: int
     mean_loss: float
+    state_bytes: int  # training state held at the end (``kernels.training_cost.measured_state_bytes``)
 
 
 def local_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -76,4 +78,5 @@ def train_epochs(model: nn.Module, data: LabeledArrays, optimizer: torch.optim.O
             optimizer.step()
             losses.append(float(loss.detach()))
             steps += 1
-    return TrainStats(len(data) * epochs, steps, float(np.mean(losses)) if losses else float("nan"))
+    return TrainStats(len(data) * epochs, steps, float(np.mean(losses)) if losses else float("nan"),
+                      measured_state_bytes(model, optimizer))

@@ -83,5 +83,5 @@ def train_masked(msg: Message, context: Context, settings: ClientSettings, local
                   manifest=Manifest(manifest.architecture, manifest.model_seed, manifest.density, manifest.round,
                                     Kind.STATIC_MASK_UPDATE))
     metrics = MetricRecord({MetricKey.NUM_EXAMPLES: stats.num_examples, MetricKey.TRAIN_LOSS: stats.mean_loss,
-                            MetricKey.PARTITION_ID: local.partition_id})
+                            MetricKey.PARTITION_ID: local.partition_id, MetricKey.TRAIN_STATE_BYTES: stats.state_bytes})
     return Message(content_with_payload(blob, metrics=metrics), reply_to=msg)

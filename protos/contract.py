@@ -90,6 +90,7 @@ class MetricKey:
     FLOPS_BUDGET = "flops-budget"
     TALLY_REACH = "tally-reach"  # HideNseek tally: how far one round can move a score
     LOCAL_FLIP_RATE = "local-flip-rate"
+    TRAIN_STATE_BYTES = "train-state-bytes"  # what local training held: parameters, gradients, optimizer state, buffers
     PERSONAL_ACCURACY = "personal-accuracy"
     GLOBAL_ACCURACY = "global-accuracy"
 

@@ -1,23 +1,19 @@
 """Client budgets → the density a client may train (FedTiny): memory in MB, compute in FLOPs per sample.
 
-Estimates for a sparse submodel whose prunable layer ℓ keeps k_ℓ weights, trained
-with SGD + momentum through compact/CSR kernels (DESIGN §4: training memory
-follows the kept weights):
+A submodel is priced on the kernels its client will run (``kernels.training_cost``): for the submask at the
+run's batch size the dispatcher's backend per layer (dense-masked, compact or CSR) and exactly the tensors that
+backend allocates — values, gradients and SGD momentum of what it trains, its mask/index buffers, the dense
+biases/BatchNorm parameters and the model's buffers — and the FLOPs per sample those kernels execute
+(6 x weights computed x output positions: the whole weight for dense-masked, the kept block for compact, the
+kept values for CSR). A client's measured training state equals the memory estimate (tests/test_training_cost.py).
 
-* parameter memory = 4 B × 3 (value, gradient, momentum) per trainable value
-  (kept weights + dense biases/BatchNorm) + 4 B of index per kept weight (int32)
-  + 4 B per buffer value (BatchNorm running statistics);
-* training FLOPs per sample = 3 × 2 × Σ k_ℓ · S_ℓ, where S_ℓ is the number of
-  output positions of layer ℓ (1 for Linear, H_out·W_out for a convolution):
-  one multiply-add per kept weight and output position forward, about twice
-  that backward.
-
-A client with budget below the global mask gets a nested submodel: every layer
-keeps the fraction r of its kept weights (at least one) with the largest global
-magnitude; r is the largest value both budgets allow. A budget that even one
-weight per layer (plus the dense parameters) exceeds cannot be met by any
-density: ``BudgetError``. A kept value is then averaged over the clients whose
-submodel holds it (``nested_mean``); one no client trained keeps its value.
+A client with budget below the global mask gets a nested submodel: every layer keeps the fraction r of its kept
+weights (at least one) with the largest global magnitude; r is found by bisection over real submasks (cost need
+not grow with r where a layer changes backend, so the result is a ratio whose submask fits, the largest where
+cost grows with r). A budget that even the smallest submodel (one weight per layer, plus the dense parameters)
+exceeds cannot be met by any density: ``BudgetError``. A kept value is then averaged over the clients whose
+submodel holds it (``nested_mean``); one no client trained keeps its value. In an adjusting round FedTiny's
+gradient tap adds its own memory and FLOPs (``ModelCost.tap_memory_bytes``, ``tap_flops_per_sample``).
 """
 
 from __future__ import annotations
@@ -27,8 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from fedprune.models import prunable_names
+from fedprune.kernels.training_cost import ModelGeometry, TrainingCost, masked_cost
 from fedprune.pruning import progressive
 from torch import nn
 
@@ -69,45 +64,28 @@ def parse_budget_tiers(text: str) -> list[Budget]:
 class ModelCost:
     """What the budget arithmetic needs to know about an architecture."""
 
-    sizes: dict[str, int]  # prunable layer -> weights
-    positions: dict[str, int]  # prunable layer -> output positions per sample
-    dense_values: int  # trainable values outside the prunable weights (biases, BatchNorm)
-    buffer_values: int  # running statistics
+    geometry: ModelGeometry  # per layer weight shape and output positions, dense parameters, buffers
     row_sizes: dict[str, int] = field(default_factory=dict)  # prunable layer -> weights per output row/channel
 
     @classmethod
     def of(cls, model: nn.Module, input_shape: tuple[int, ...]) -> ModelCost:
-        names = prunable_names(model)
-        modules = dict(model.named_modules())
-        positions: dict[str, int] = {}
-        hooks = []
-        for name in names:
-            module = modules[name.rsplit(".", 1)[0]]
+        geometry = ModelGeometry.of(model, input_shape)
+        return cls(geometry, {n: math.prod(g.shape[1:]) for n, g in geometry.layers.items()})
 
-            def record(mod, inputs, output, key=name):
-                positions[key] = int(output[0].numel() // output.shape[1]) if output.dim() > 2 else 1
-            hooks.append(module.register_forward_hook(record))
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-        params = dict(model.named_parameters())
-        dense = sum(p.numel() for n, p in params.items() if n not in names)
-        buffers = sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))
-        return cls({n: params[n].numel() for n in names}, positions, dense, buffers,
-                   {n: params[n][0].numel() for n in names})
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Prunable layer -> weights."""
+        return {n: g.size for n, g in self.geometry.layers.items()}
 
-    def memory_bytes(self, kept: dict[str, int]) -> int:
-        """Estimated parameter memory (values, gradients, momentum, indices, buffers) of a submodel."""
-        weights = sum(kept.values())
-        return 16 * weights + 12 * self.dense_values + 4 * self.buffer_values
+    @property
+    def positions(self) -> dict[str, int]:
+        """Prunable layer -> output positions per sample."""
+        return {n: g.positions for n, g in self.geometry.layers.items()}
 
-    def flops_per_sample(self, kept: dict[str, int]) -> int:
-        """Estimated training FLOPs per sample (forward + backward) of a submodel."""
-        return 6 * sum(kept[n] * self.positions[n] for n in kept)
+    def training_cost(self, mask: dict[str, np.ndarray], batch: int) -> TrainingCost:
+        """State bytes and FLOPs per sample of training ``mask`` at ``batch`` on the dispatcher's kernels (SGD
+        with momentum: an upper bound for a run without)."""
+        return masked_cost(self.geometry, mask, batch=batch, momentum=True)
 
     def tap_memory_bytes(self, layers: Sequence[str], capacities: Mapping[str, int] | None = None) -> int:
         """What FedTiny's gradient tap adds in an adjusting round (an upper bound of what it allocates).
@@ -132,12 +110,13 @@ class ModelCost:
         return 2 * sum(self.sizes[n] * self.positions[n] for n in layers)
 
 
-def fits_budget(cost: ModelCost, kept: dict[str, int], budget: Budget, tap_layers: Sequence[str] = (),
-                tap_capacities: Mapping[str, int] | None = None) -> bool:
-    """Whether a submodel (plus, in an adjusting round, the gradient tap on ``tap_layers``: dense, or
-    buffered with ``tap_capacities``) fits ``budget``."""
-    return (cost.memory_bytes(kept) + cost.tap_memory_bytes(tap_layers, tap_capacities) <= budget.memory_mb * MB
-            and cost.flops_per_sample(kept) + cost.tap_flops_per_sample(tap_layers) <= budget.flops_per_sample)
+def fits_budget(cost: ModelCost, mask: dict[str, np.ndarray], budget: Budget, *, batch: int,
+                tap_layers: Sequence[str] = (), tap_capacities: Mapping[str, int] | None = None) -> bool:
+    """Whether training ``mask`` at ``batch`` (plus, in an adjusting round, the gradient tap on ``tap_layers``:
+    dense, or buffered with ``tap_capacities``) fits ``budget``."""
+    training = cost.training_cost(mask, batch)
+    return (training.state_bytes + cost.tap_memory_bytes(tap_layers, tap_capacities) <= budget.memory_mb * MB
+            and training.flops_per_sample + cost.tap_flops_per_sample(tap_layers) <= budget.flops_per_sample)
 
 
 def scaled_counts(kept: dict[str, int], ratio: float) -> dict[str, int]:
@@ -145,37 +124,79 @@ def scaled_counts(kept: dict[str, int], ratio: float) -> dict[str, int]:
     return {n: max(1, min(k, int(math.floor(ratio * k + 1e-9)))) for n, k in kept.items()}
 
 
-def ratio_for_budget(cost: ModelCost, kept: dict[str, int], budget: Budget) -> float:
-    """Largest r in (0, 1] whose nested submodel fits ``budget``; ``BudgetError`` if none does."""
-    if fits_budget(cost, kept, budget):
-        return 1.0
-    smallest = {n: 1 for n in kept}
-    if not fits_budget(cost, smallest, budget):
-        raise BudgetError(
-            f"memory {budget.memory_mb:g} MB / compute {budget.flops_per_sample:g} FLOPs per sample cannot be met "
-            f"by any density: the smallest submodel (one weight per layer) needs "
-            f"{cost.memory_bytes(smallest) / MB:.4f} MB and {cost.flops_per_sample(smallest):,} FLOPs per sample")
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits_budget(cost, scaled_counts(kept, mid), budget) else (lo, mid)
-    return lo
+NestedOrder = dict[str, np.ndarray]  # per layer, the flat kept positions by decreasing |w| (ties by position)
+
+
+def nested_order(mask: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> NestedOrder:
+    """The order nested submodels keep weights in: per layer, the kept positions by decreasing |w|."""
+    out = {}
+    for name, layer_mask in mask.items():
+        active = np.flatnonzero(layer_mask.reshape(-1))
+        out[name] = active[np.argsort(-np.abs(weights[name].reshape(-1)[active]), kind="stable")]
+    return out
+
+
+def submask_of(mask: dict[str, np.ndarray], order: NestedOrder, ratio: float) -> dict[str, np.ndarray]:
+    """The nested submask at ``ratio``: per layer the first ``scaled_counts`` positions of ``order``."""
+    if ratio >= 1.0:
+        return mask
+    counts = scaled_counts({n: len(o) for n, o in order.items()}, ratio)
+    out = {}
+    for name, layer_mask in mask.items():
+        sub = np.zeros(layer_mask.size, dtype=bool)
+        sub[order[name][:counts[name]]] = True
+        out[name] = sub.reshape(layer_mask.shape)
+    return out
 
 
 def nested_submask(mask: dict[str, np.ndarray], weights: dict[str, np.ndarray], ratio: float) -> dict[str, np.ndarray]:
     """Per layer, the ``ratio`` share (at least one) of the kept weights with the largest |w|; ties by position."""
-    if ratio >= 1.0:
-        return mask
-    counts = scaled_counts({n: int(m.sum()) for n, m in mask.items()}, ratio)
+    return mask if ratio >= 1.0 else submask_of(mask, nested_order(mask, weights), ratio)
+
+
+def check_smallest(cost: ModelCost, smallest: dict[str, np.ndarray], budget: Budget, *, batch: int) -> None:
+    """``BudgetError`` if ``smallest`` (the one-weight-per-layer submask) does not fit ``budget``."""
+    if not fits_budget(cost, smallest, budget, batch=batch):
+        need = cost.training_cost(smallest, batch)
+        raise BudgetError(
+            f"memory {budget.memory_mb:g} MB / compute {budget.flops_per_sample:g} FLOPs per sample cannot be met "
+            f"by any density: the smallest submodel (one weight per layer) needs "
+            f"{need.state_bytes / MB:.4f} MB and {need.flops_per_sample:,} FLOPs per sample")
+
+
+def one_weight_mask(cost: ModelCost) -> dict[str, np.ndarray]:
+    """A submask keeping the first weight of every layer. What any smallest submodel costs: a single weight's
+    layer gets the same backend and tensors wherever the weight is (one row, one column, one value)."""
     out = {}
-    for name, layer_mask in mask.items():
-        flat = layer_mask.reshape(-1)
-        active = np.flatnonzero(flat)
-        keep = active[np.argsort(-np.abs(weights[name].reshape(-1)[active]), kind="stable")[:counts[name]]]
-        sub = np.zeros(flat.size, dtype=bool)
-        sub[keep] = True
-        out[name] = sub.reshape(layer_mask.shape)
+    for name, layer in cost.geometry.layers.items():
+        mask = np.zeros(layer.size, dtype=bool)
+        mask[0] = True
+        out[name] = mask.reshape(layer.shape)
     return out
+
+
+BISECTION_PROBES = 30  # ratio resolution 2**-30: below one weight of a layer with up to ~10^9 kept
+
+
+def ratio_for_budget(cost: ModelCost, mask: dict[str, np.ndarray], weights: dict[str, np.ndarray],
+                     budget: Budget, *, batch: int) -> float:
+    """A ratio in [0, 1] whose nested submask of ``mask`` (``nested_submask`` with ``weights``) fits ``budget``
+    when trained at ``batch``: 1 if the mask fits, else bisection over real submasks (each probe priced on the
+    backends the dispatcher picks for it). ``BudgetError`` if the smallest submask does not fit."""
+    if fits_budget(cost, mask, budget, batch=batch):
+        return 1.0
+    order = nested_order(mask, weights)
+    check_smallest(cost, submask_of(mask, order, 0.0), budget, batch=batch)
+    kept = {n: len(o) for n, o in order.items()}
+    lo, hi = 0.0, 1.0
+    verdicts: dict[tuple[int, ...], bool] = {}
+    for _ in range(BISECTION_PROBES):
+        mid = (lo + hi) / 2
+        counts = tuple(scaled_counts(kept, mid).values())
+        if counts not in verdicts:
+            verdicts[counts] = fits_budget(cost, submask_of(mask, order, mid), budget, batch=batch)
+        lo, hi = (mid, hi) if verdicts[counts] else (lo, mid)
+    return lo
 
 
 def nested_mean(current: np.ndarray, values: Sequence[np.ndarray], covers: Sequence[np.ndarray | None],

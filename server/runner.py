@@ -297,6 +297,8 @@ def round_entry(run: Federation, server_round: int, outcome: RoundOutcome, start
         "server_peak_rss_bytes": peak_rss_bytes(),
         "train_loss": float(train_metrics[MetricKey.TRAIN_LOSS])
         if train_metrics and MetricKey.TRAIN_LOSS in train_metrics else None,
+        "client_train_state_bytes": int(train_metrics[MetricKey.TRAIN_STATE_BYTES])
+        if train_metrics and MetricKey.TRAIN_STATE_BYTES in train_metrics else None,
         "clients": [
             {"node_id": node, "partition_id": partitions.get(node), "uplink_bytes": traffic.uplink[node],
              "downlink_bytes": traffic.downlink[node], "failed": node in traffic.failed or node in rejected}

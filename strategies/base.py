@@ -308,7 +308,11 @@ class FederatedStrategy(Strategy):
     @staticmethod
     def train_metrics(valid: Sequence[Message], weights: Sequence[float]) -> MetricRecord:
         """The round's training metrics from its valid replies: the example-weighted mean of their train loss
-        (0 where a reply reports none) and the number of examples trained on."""
+        (0 where a reply reports none), the number of examples trained on, and the most training state any of
+        them reports holding (when one does)."""
         losses = [float(reply_metrics(m).get(MetricKey.TRAIN_LOSS, 0.0)) for m in valid]
+        held = [int(reply_metrics(m)[MetricKey.TRAIN_STATE_BYTES]) for m in valid
+                if isinstance(reply_metrics(m).get(MetricKey.TRAIN_STATE_BYTES), int | float)]
         return MetricRecord({MetricKey.TRAIN_LOSS: float(np.average(losses, weights=weights)),
-                             MetricKey.NUM_EXAMPLES: int(sum(weights))})
+                             MetricKey.NUM_EXAMPLES: int(sum(weights)),
+                             **({MetricKey.TRAIN_STATE_BYTES: max(held)} if held else {})})

@@ -1,5 +1,6 @@
 """FedTiny's budgeted submodels as a part: each node's declared budget → the nested submodel it trains,
-what that is estimated to cost it, and the average when nodes trained different submodels.
+what that is estimated to cost it on the kernels the dispatcher picks for it, and the average when nodes
+trained different submodels.
 
 A node declares a memory (MB) and compute (FLOPs per sample) budget at discovery. A node whose budget is
 below the global mask trains the nested submodel it allows: every layer keeps the share r of its kept
@@ -24,23 +25,26 @@ Mask = dict[str, np.ndarray]
 class BudgetedSubmodels:
     """The nodes' budgets and, for the round under way, the mask each node trains (``begin_round``)."""
 
-    def __init__(self, cost: ModelCost) -> None:
+    def __init__(self, cost: ModelCost, batch: int) -> None:
         self.cost = cost
+        self.batch = batch  # the batch size nodes train at (the dispatcher's choice, hence the cost, depends on it)
         self.budgets: dict[int, Budget] = {}
         self._mask: Mask = {}  # this round's global mask
         self._template: dict[str, np.ndarray] = {}  # this round's global model
         self._masks: dict[int, Mask] = {}  # node -> the mask it trains this round
 
-    def bind(self, profiles: dict[int, dict[str, Any]], layer_names: Sequence[str]) -> None:
+    def bind(self, profiles: dict[int, dict[str, Any]], mask: Mask, template: dict[str, np.ndarray]) -> None:
         """Read each node's declared budgets (from its discovery reply); ``BudgetError`` naming the node and
-        its partition if even the smallest submodel (one weight per layer) exceeds it."""
+        its partition if even the smallest submodel of ``mask`` (one weight per layer, the largest |w| in
+        ``template``) exceeds it."""
         declared = {}
+        smallest = budgets.nested_submask(mask, template, 0.0)
         for node, profile in profiles.items():
             budget = Budget(float(profile.get(MetricKey.MEMORY_BUDGET_MB, float("inf"))),
                             float(profile.get(MetricKey.FLOPS_BUDGET, float("inf"))))
             if not budget.unlimited:
                 try:
-                    budgets.ratio_for_budget(self.cost, dict.fromkeys(layer_names, 1), budget)
+                    budgets.check_smallest(self.cost, smallest, budget, batch=self.batch)
                 except BudgetError as exc:
                     partition = profile.get(MetricKey.PARTITION_ID)
                     raise BudgetError(f"node {node} (partition {partition}): {exc}") from None
@@ -68,7 +72,7 @@ class BudgetedSubmodels:
         budget = self.budgets.get(node)
         if budget is None or budget.unlimited:
             return 1.0
-        return budgets.ratio_for_budget(self.cost, {n: int(m.sum()) for n, m in self._mask.items()}, budget)
+        return budgets.ratio_for_budget(self.cost, self._mask, self._template, budget, batch=self.batch)
 
     def everyone_global(self) -> bool:
         """Whether every node of this round trains the global mask (then plain sparse FedAvg averages)."""
@@ -82,18 +86,21 @@ class BudgetedSubmodels:
         """Whether the node's budget holds its submodel plus the gradient tap on ``layers`` (dense, or buffered
         with ``capacities``)."""
         budget = self.budgets.get(node, Budget())
-        return budget.unlimited or budgets.fits_budget(self.cost, self.kept_counts(node), budget, layers, capacities)
+        return budget.unlimited or budgets.fits_budget(self.cost, self.mask_for(node), budget, batch=self.batch,
+                                                       tap_layers=layers, tap_capacities=capacities)
 
     def cost_row(self, node: int, partition: int | None, tap: str | None, tap_layers: list[str],
                  capacities: dict[str, int] | None) -> dict[str, Any]:
-        """The node's ``client_costs`` entry: its density, estimated memory and FLOPs of its submodel and of its
-        gradient tap (``tap`` on ``tap_layers``), and its budget."""
+        """The node's ``client_costs`` entry: its density, the estimated training state (bytes), FLOPs and
+        backends of its submodel on the dispatcher's kernels, those of its gradient tap (``tap`` on
+        ``tap_layers``), and its budget."""
         kept = self.kept_counts(node)
         budget = self.budgets.get(node, Budget())
+        training = self.cost.training_cost(self.mask_for(node), self.batch)
         return {"node_id": node, "partition_id": partition,
                 "density": sum(kept.values()) / sum(m.size for m in self._mask.values()),
-                "est_param_memory_bytes": self.cost.memory_bytes(kept),
-                "est_flops_per_sample": self.cost.flops_per_sample(kept),
+                "est_param_memory_bytes": training.state_bytes,
+                "est_flops_per_sample": training.flops_per_sample, "backends": training.backends,
                 "reports_pairs": bool(tap_layers), "gradient_tap": tap,
                 "est_tap_memory_bytes": self.cost.tap_memory_bytes(tap_layers, capacities),
                 "est_tap_flops_per_sample": self.cost.tap_flops_per_sample(tap_layers),

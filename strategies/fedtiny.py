@@ -57,7 +57,7 @@ class FedTiny(FederatedStrategy):
                  architecture: str, model_seed: int, score: str, clients_per_round: int, min_train_nodes: int = 1,
                  seed: int = 0, adjust_every: int = 3, adjust_until: int = 24, adjust_alpha: float = 0.2,
                  adjust_layers: str = "output-first", gradient_tap: str = "auto",
-                 eval_batch_size: int = 1000) -> None:
+                 eval_batch_size: int = 1000, batch_size: int = 32) -> None:
         self.progressive = ProgressivePruning(list(candidates[0]), every=adjust_every, until=adjust_until,
                                               alpha=adjust_alpha, layer_order=adjust_layers,
                                               gradient_tap=gradient_tap)
@@ -68,7 +68,7 @@ class FedTiny(FederatedStrategy):
         self.sparse = SparseFedAvg(architecture=architecture, model_seed=model_seed, density=self.density)
         self.bn_selection = BnSelection(theta0=theta0, candidates=candidates, architecture=architecture,
                                         model_seed=model_seed, density=self.density, eval_batch_size=eval_batch_size)
-        self.submodels = BudgetedSubmodels(cost)
+        self.submodels = BudgetedSubmodels(cost, batch_size)
         self.selection: dict[str, Any] | None = None
         self._plan = RoundPlan({}, {})  # what this round asks for pairs, and of whom
         self._costs: dict[int, list[dict[str, Any]]] = {}  # round -> client_costs rows
@@ -92,7 +92,7 @@ class FedTiny(FederatedStrategy):
 
     def bind_node_profiles(self, profiles: dict[int, dict[str, Any]]) -> None:
         """Read each node's declared budgets (from its QUERY reply); refuse budgets no density satisfies."""
-        self.submodels.bind(profiles, list(self.mask))
+        self.submodels.bind(profiles, self.mask, self.bn_selection.theta0)
 
     def prepare_round(self, server_round: int, arrays: ArrayRecord, grid: Grid,
                       timeout: float | None = None) -> ArrayRecord | None:

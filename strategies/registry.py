@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 from fedprune.data import run_dataset
 from fedprune.models import build_model
-from fedprune.pruning.budgets import BudgetError, ModelCost, parse_budget_tiers, ratio_for_budget
+from fedprune.pruning.budgets import BudgetError, ModelCost, check_smallest, one_weight_mask, parse_budget_tiers
 from fedprune.pruning.candidates import candidate_masks
 from fedprune.pruning.schedules import data_free_mask
 from fedprune.server.run_config import ConfigError, RunSettings
@@ -82,7 +82,8 @@ def _fedtiny(settings: RunSettings) -> FederatedStrategy:
                    clients_per_round=settings.clients_per_round, min_train_nodes=settings.min_train_nodes,
                    seed=settings.seed, adjust_every=settings.adjust_every, adjust_until=settings.adjust_until,
                    adjust_alpha=settings.adjust_alpha, adjust_layers=settings.adjust_layers,
-                   gradient_tap=settings.gradient_tap, eval_batch_size=settings.eval_batch_size)
+                   gradient_tap=settings.gradient_tap, eval_batch_size=settings.eval_batch_size,
+                   batch_size=settings.batch_size)
 
 
 def check_budget_tiers(settings: RunSettings, model: nn.Module | None = None,
@@ -93,9 +94,10 @@ def check_budget_tiers(settings: RunSettings, model: nn.Module | None = None,
     if model is None:
         model, input_shape = seeded_model(settings)
     cost = ModelCost.of(model, input_shape)
+    smallest = one_weight_mask(cost)
     for tier in parse_budget_tiers(settings.budget_tiers):
         try:
-            ratio_for_budget(cost, dict.fromkeys(cost.sizes, 1), tier)
+            check_smallest(cost, smallest, tier, batch=settings.batch_size)
         except BudgetError as exc:
             raise ConfigError("budget-tiers", str(exc)) from None
     return cost

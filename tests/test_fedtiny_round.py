@@ -298,10 +298,9 @@ def test_a_budget_that_cannot_hold_the_gradient_tap_trains_without_reporting_pai
     settings = dataclasses.replace(tiny, rounds=1, candidates=1, clients_per_round=6, num_clients=6,
                                    gradient_tap="dense")
     strategy = build_strategy(settings)
-    kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
     adjusted = strategy.adjustment_plan(1)
     assert adjusted  # round 1 adjusts the output layer
-    need = strategy.submodels.cost.memory_bytes(kept)
+    need = strategy.submodels.cost.training_cost(strategy.mask, settings.batch_size).state_bytes
     tap = strategy.submodels.cost.tap_memory_bytes(list(adjusted))
     assert tap > 0
     grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())
@@ -328,10 +327,9 @@ def test_auto_tap_gives_a_tight_budget_the_buffered_tap_and_its_pairs_count(tiny
     settings = dataclasses.replace(tiny, rounds=1, candidates=1, clients_per_round=6, num_clients=6,
                                    adjust_layers="all", adjust_alpha=0.02)  # small K: buffers well below dense
     strategy = build_strategy(settings)
-    kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
     plan = strategy.adjustment_plan(1)
     capacities = {n: progressive.tap_buffer_capacity(k, strategy.mask[n].size) for n, k in plan.items()}
-    need = strategy.submodels.cost.memory_bytes(kept)
+    need = strategy.submodels.cost.training_cost(strategy.mask, settings.batch_size).state_bytes
     dense_tap = strategy.submodels.cost.tap_memory_bytes(list(plan))
     buffered_tap = strategy.submodels.cost.tap_memory_bytes(list(plan), capacities)
     assert 0 < buffered_tap < dense_tap
@@ -363,10 +361,10 @@ def test_pairs_from_a_node_that_was_not_asked_are_rejected(tiny):
     """A node outside the adjustment (its budget cannot hold the tap) that sends pairs anyway is dropped."""
     settings = dataclasses.replace(tiny, rounds=1, candidates=1, clients_per_round=6, num_clients=6)
     strategy = build_strategy(settings)
-    kept = {n: int(m.sum()) for n, m in strategy.mask.items()}
     (name,) = strategy.adjustment_plan(1)
     cost = strategy.submodels.cost
-    budget_mb = (cost.memory_bytes(kept) + cost.tap_memory_bytes([name]) / 2) / 1e6
+    need = cost.training_cost(strategy.mask, settings.batch_size).state_bytes
+    budget_mb = (need + cost.tap_memory_bytes([name]) / 2) / 1e6
 
     def tamper(node, reply):
         if node == grid.node_ids[0] and _kind(reply) == "train":

@@ -353,26 +353,25 @@ def test_budget_arithmetic():
                           "classifier.3.weight": 640}
     assert cost.positions == {"features.0.weight": 64, "features.3.weight": 64, "classifier.1.weight": 1,
                               "classifier.3.weight": 1}
-    assert cost.dense_values == 16 + 32 + 64 + 10 + 2 * (16 + 32) and cost.buffer_values == 2 * (16 + 32)
-    kept = {"features.0.weight": 10, "features.3.weight": 100, "classifier.1.weight": 1000,
-            "classifier.3.weight": 50}
-    assert cost.memory_bytes(kept) == 16 * 1160 + 12 * cost.dense_values + 4 * cost.buffer_values
-    assert cost.flops_per_sample(kept) == 6 * (10 * 64 + 100 * 64 + 1000 + 50)
-    assert ratio_for_budget(cost, kept, Budget()) == 1.0
-    budget = Budget(memory_mb=cost.memory_bytes(kept) / 2 / 1e6)
-    ratio = ratio_for_budget(cost, kept, budget)
-    from fedprune.pruning.budgets import scaled_counts
-
-    assert cost.memory_bytes(scaled_counts(kept, ratio)) <= budget.memory_mb * 1e6
-    assert cost.memory_bytes(scaled_counts(kept, ratio + 0.01)) > budget.memory_mb * 1e6  # the largest that fits
-    flops_budget = Budget(flops_per_sample=cost.flops_per_sample(kept) / 4)
-    ratio = ratio_for_budget(cost, kept, flops_budget)
-    assert cost.flops_per_sample(scaled_counts(kept, ratio)) <= flops_budget.flops_per_sample < \
-        cost.flops_per_sample(scaled_counts(kept, ratio + 0.01))
+    assert cost.geometry.dense_values == 16 + 32 + 64 + 10 + 2 * (16 + 32)
+    assert cost.geometry.buffer_bytes == 4 * 2 * (16 + 32) + 8 * 2  # running statistics, num_batches_tracked
+    mask = data_free_mask(model, "magnitude", 0.2, 0)
+    weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    full = cost.training_cost(mask, 32)
+    assert ratio_for_budget(cost, mask, weights, Budget(), batch=32) == 1.0
+    budget = Budget(memory_mb=full.state_bytes / 2 / 1e6)
+    ratio = ratio_for_budget(cost, mask, weights, budget, batch=32)
+    assert 0 < ratio < 1
+    assert cost.training_cost(nested_submask(mask, weights, ratio), 32).state_bytes <= budget.memory_mb * 1e6
+    assert cost.training_cost(nested_submask(mask, weights, ratio + 0.01), 32).state_bytes > budget.memory_mb * 1e6
+    flops_budget = Budget(flops_per_sample=full.flops_per_sample / 4)
+    ratio = ratio_for_budget(cost, mask, weights, flops_budget, batch=32)
+    assert cost.training_cost(nested_submask(mask, weights, ratio), 32).flops_per_sample <= \
+        flops_budget.flops_per_sample
     with pytest.raises(BudgetError, match="cannot be met by any density"):
-        ratio_for_budget(cost, kept, Budget(memory_mb=0.001))
+        ratio_for_budget(cost, mask, weights, Budget(memory_mb=0.001), batch=32)
     with pytest.raises(BudgetError):
-        ratio_for_budget(cost, kept, Budget(flops_per_sample=100))
+        ratio_for_budget(cost, mask, weights, Budget(flops_per_sample=100), batch=32)
     assert parse_budget_tiers("0.5:2e6, inf:1e7") == [Budget(0.5, 2e6), Budget(math.inf, 1e7)]
     assert parse_budget_tiers("") == []
     for bad in ("0.5", "x:1", "-1:5", "0:1"):
