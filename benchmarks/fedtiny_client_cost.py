@@ -19,9 +19,13 @@ adjustment's K_3 at α 0.05, plus the largest gradient chunk it formed), measure
 
 FLOPs per sample: torch.utils.flop_counter.FlopCounterMode over one forward+backward step, divided by the batch.
 What the counter sees: dense and compact (sliced) layers run ordinary aten convolutions/matmuls and are counted
-exactly; for CSR layers it counts the sparse ``mm`` as if it were dense and does not see the sampled weight
-gradient, so the script also prints a corrected figure that replaces what was attributed to CSR modules by
-3 × 2 × nnz × batch (forward, input gradient, kept-only weight gradient).
+exactly; for CSR layers it prices the sparse forward ``mm`` and the input gradient's transposed ``mm`` as dense
+ones and does not see the sampled weight gradient, so the script also prints a corrected figure that replaces
+those by 3 × 2 × nnz × batch (``kernels.training_cost.counted_flops_per_sample``).
+
+Estimates: ``estimated_state_bytes`` / ``estimated_flops_per_sample`` are what the budget arithmetic charges
+(``kernels.training_cost``: the dispatcher's backend per layer and the tensors it allocates), next to the
+measurement.
 """
 
 from __future__ import annotations
@@ -39,7 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedprune.client.topk_gradients import PrunedGradientTap  # noqa: E402
 from fedprune.kernels.convert import sparsify  # noqa: E402
-from fedprune.kernels.csr import CSRLinear  # noqa: E402
+from fedprune.kernels.training_cost import (  # noqa: E402
+    counted_flops_per_sample,
+    dense_training_cost,
+    masked_training_cost,
+    measured_state,
+)
 from fedprune.models import build_model  # noqa: E402
 from fedprune.pruning.progressive import cosine_k, tap_buffer_capacity  # noqa: E402
 from fedprune.pruning.schedules import data_free_mask  # noqa: E402
@@ -47,36 +56,10 @@ from fedprune.pruning.schedules import data_free_mask  # noqa: E402
 SHAPE = (1, 28, 28)
 
 
-def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Bytes of parameters, gradients, optimizer state and buffers, summed over the real tensors."""
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
-    state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-                if torch.is_tensor(v))
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers() if b is not None)
-    return {"parameters": params, "gradients": grads, "optimizer_state": state, "buffers": buffers,
-            "total": params + grads + state + buffers}
-
-
 def step(model, optimizer, x, y) -> None:
     optimizer.zero_grad(set_to_none=False)
     F.cross_entropy(model(x), y).backward()
     optimizer.step()
-
-
-def flops_per_sample(model, x, y) -> tuple[float, float]:
-    """(raw FlopCounterMode count, count with CSR modules replaced by 6·nnz·batch), per sample."""
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
-    raw = counter.get_total_flops()
-    counts = counter.get_flop_counts()
-    corrected = raw
-    for name, module in model.named_modules():
-        if isinstance(module, CSRLinear):
-            key = next((k for k in counts if k.endswith(name)), None)
-            seen = sum(counts[key].values()) if key else 0
-            corrected += -seen + 6 * module.values.numel() * x.shape[0]
-    return raw / x.shape[0], corrected / x.shape[0]
 
 
 def tap_flops_per_sample(model: torch.nn.Module, layer: str, x: torch.Tensor) -> float:
@@ -126,8 +109,8 @@ def main() -> int:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         for _ in range(2):
             step(model, optimizer, x, y)
-        raw, corrected = flops_per_sample(model, x, y)
-        rows[name] = {"state_bytes": training_state_bytes(model, optimizer),
+        raw, corrected = counted_flops_per_sample(model, x, y)
+        rows[name] = {"state_bytes": measured_state(model, optimizer),
                       "flops_per_sample_counter": raw, "flops_per_sample_corrected": corrected}
     ks = {n: max(1, cosine_k(3, 24, 0.05, int(m.sum()))) for n, m in mask.items()}
     for layer, buffered in ((n, b) for n in mask for b in (False, True)):  # adjusting rounds: + a tap on one layer
@@ -140,7 +123,7 @@ def main() -> int:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         for _ in range(2):
             step(model, optimizer, x, y)
-        state = training_state_bytes(model, optimizer)
+        state = measured_state(model, optimizer)
         held = tap.held_bytes() + tap.peak_chunk_bytes  # buffered: index + sums, and its largest gradient chunk
         state = {**state, "tap_held": held, "total": state["total"] + held}
         tap_flops = tap_flops_per_sample(base, layer, x)
@@ -148,6 +131,10 @@ def main() -> int:
             "state_bytes": state, "state_ratio": state["total"] / rows["dense"]["state_bytes"]["total"],
             "tap_flops_per_sample": tap_flops,
             "flops_per_sample_corrected": rows["sparse"]["flops_per_sample_corrected"] + tap_flops}
+    for name, estimate in (("dense", dense_training_cost(base, SHAPE)),
+                           ("sparse", masked_training_cost(base, SHAPE, mask, batch=batch))):
+        rows[name].update(estimated_state_bytes=estimate.state_bytes,
+                          estimated_flops_per_sample=estimate.flops_per_sample)
     kept = sum(int(m.sum()) for m in mask.values())
     total = sum(m.size for m in mask.values())
     result = {"density": density, "kept": kept, "prunable": total, "batch": batch,
