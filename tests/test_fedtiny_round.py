@@ -254,6 +254,7 @@ def test_budgets_give_each_client_the_density_it_can_afford(tiny):
             assert by_partition[pid]["est_flops_per_sample"] <= 3e5 < by_partition[1]["est_flops_per_sample"]
         uplink = {c["partition_id"]: c["uplink_bytes"] for c in entry["clients"]}
         assert uplink[0] < uplink[1]  # a smaller submodel really travels
+        assert entry["client_train_state_bytes"] == max(c["est_param_memory_bytes"] for c in entry["client_costs"])
         assert entry["aggregated"] and entry["clients_failed"] == 0
 
 
