@@ -11,7 +11,7 @@ from pathlib import Path as _Path
 
 __version__ = "0.1.0"
 SUBPACKAGES = ("server", "client", "strategies", "pruning", "protos", "kernels", "simulation", "models", "data",
-               "deploy")
+               "deploy", "tuning")
 
 _root = _Path(__file__).resolve().parent.parent
 if (_root / "pyproject.toml").is_file() and all((_root / name / "__init__.py").is_file() for name in SUBPACKAGES):

@@ -1,4 +1,5 @@
-"""The ``fedprune`` command: ``simulate`` on Ray, ``deploy`` for real, ``predict`` at the edge, ``report``.
+"""The ``fedprune`` command: ``simulate`` on Ray, ``tune`` budgets, ``deploy`` for real, ``predict`` at the edge,
+``report``.
 
 Every option is validated before anything starts; a bad value prints one line
 naming the option and what is allowed, and exits with code 2.
@@ -21,6 +22,8 @@ from fedprune.server.run_config import ConfigError
 from fedprune.simulation.launcher import SimulationError, run_simulation
 from fedprune.simulation.report import plot_report
 from fedprune.strategies.registry import check_budget_tiers
+from fedprune.tuning.cli import HANDLERS as TUNE_HANDLERS
+from fedprune.tuning.cli import add_tune_parsers
 
 EXIT_USAGE = 2
 
@@ -99,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="kernels: Linear layers and FL CNNs only")
     bench.add_argument("--threads", type=int, default=None, help="kernels: torch intra-op threads")
     add_deploy_parsers(sub)
+    add_tune_parsers(sub)
     return parser
 
 
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _exit_on_sigterm()
-    handlers = {"simulate": cmd_simulate, "report": cmd_report, "bench": cmd_bench, **DEPLOY_HANDLERS}
+    handlers = {"simulate": cmd_simulate, "report": cmd_report, "bench": cmd_bench, **DEPLOY_HANDLERS, **TUNE_HANDLERS}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ("server", "client", "strategies", "pruning", "protos", "kernels", "simulation", "models", "data",
-               "deploy")
+               "deploy", "tuning")
 MAX_MODULE_LINES = 350
 MAX_FUNCTION_LINES = 60
 SIZE_REASON = re.compile(r"#\s*size:\s*\S")  # `# size: <reason>` exempts the def below it, or its module
