@@ -85,7 +85,11 @@ class LocalSuperLink:
         try:
             owned.wait_listening(port, timeout)
         except FlowerProcessError as exc:
+            link.stop()
             raise SimulationError(str(exc)) from None
+        except BaseException:  # Ctrl-C / SIGTERM while it starts: never leave an orphaned SuperLink behind
+            link.stop()
+            raise
         return link
 
     def stop(self) -> None:

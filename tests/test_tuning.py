@@ -22,7 +22,7 @@ from fedprune.tuning.pareto import dominates, pareto_front
 from fedprune.tuning.search_space import SpaceError, load_space, parse_space
 from fedprune.tuning.study_report import feasible_trials, front_trials, write_report
 from fedprune.tuning.study_storage import make_storage
-from fedprune.tuning.study_worker import TunePlan, recover, run_study
+from fedprune.tuning.study_worker import TunePlan, pending_retry, recover, run_study, start_retry
 from optuna.trial import TrialState
 
 from fedprune.cli import main as cli_main
@@ -241,10 +241,10 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(tmp_path):
     recover(study, storage, quiet)
     states = {t.number: t.state for t in study.get_trials()}
     assert states[trial.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
-    waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == trial.number
-    recover(study, storage, quiet)  # a second recovery queues nothing more
-    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+    assert pending_retry(study).number == trial.number
+    retry = start_retry(study, storage, pending_retry(study))
+    assert retry.params == {"strategy": "fedavg"} and retry.suggest_categorical("strategy", ["fedavg"]) == "fedavg"
+    assert pending_retry(study) is None  # retried once; a retry is never retried
 
 
 def test_a_rerun_with_another_space_is_refused(tmp_path):

@@ -4,6 +4,7 @@ a bad space, parameter or constraint is one line and exit code 2)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from fedprune.tuning.study_report import write_report
 from fedprune.tuning.study_storage import DB_FILE, SAMPLERS, default_study_dir, load_existing, make_storage
 from fedprune.tuning.study_worker import TunePlan, run_study
 from fedprune.tuning.trial_costs import cheapest_per_strategy
+from fedprune.tuning.trial_runs import run_simulation_process
 
 _FORMAT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -33,6 +35,8 @@ def add_tune_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--sampler-seed", type=int, default=0, help="seeds the sampler")
     run.add_argument("--seeds", default="0", help="comma-separated run seeds; a trial's accuracy is their mean")
     run.add_argument("--rounds", type=int, default=None, help="rounds per run (default: the space's)")
+    run.add_argument("--ray-address", default=None,
+                     help="each trial's simulation attaches to this Ray cluster (as `fedprune simulate --ray-address`)")
     run.add_argument("--constraint", action="append", default=[], metavar="METRIC<=VALUE",
                      help="uplink_kb, downlink_kb, total_kb, memory_mb, mflops (<=), accuracy (>=); repeatable")
     report = steps.add_parser("report", formatter_class=_FORMAT, help="trials.csv, front.md and pareto.png")
@@ -101,7 +105,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"fedprune tune: study '{plan.study}' ({plan.space.source}, sampler {plan.sampler}, seeds "
               f"{','.join(map(str, plan.seeds))}) -> {plan.study_dir}", flush=True)
         try:
-            study = run_study(plan)
+            runner = functools.partial(run_simulation_process, ray_address=args.ray_address)
+            study = run_study(plan, run=runner)
         except KeyboardInterrupt:
             print("fedprune tune: interrupted; rerun the same command to continue (the running trial is retried)",
                   file=sys.stderr)

@@ -7,7 +7,9 @@ state PRUNED, with the reason) and no SuperLink starts → one ``fedprune simula
 ``tell`` with the five objectives and the constraint violations.
 
 Interrupted (Ctrl-C, SIGTERM) or dead (its process gone, or no heartbeat for ``STALE_SECONDS``): the trial is
-marked failed and queued again once; a failure of the run itself is recorded with its reason, not retried.
+marked failed and run again once, before any new trial; a failure of the run itself is recorded with its reason,
+not retried. Two workers that start at the same moment may both retry one interrupted trial (the storage has no
+lock for that); every other trial runs once.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from fedprune.tuning.study_storage import (
 from fedprune.tuning.trial_costs import pre_run_costs
 from fedprune.tuning.trial_runs import TrialRunError, mean_figures, run_figures, run_simulation_process
 from fedprune.tuning.trial_summary import trial_line
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 HEARTBEAT_SECONDS = 30.0
@@ -91,10 +93,13 @@ def run_study(plan: TunePlan, run: RunFn = run_simulation_process, echo: Callabl
             bar.refresh()
             if finished + running >= plan.trials:
                 break
-            if plan.sampler == "grid" and not waiting:
+            if plan.sampler == "grid" and not waiting and pending_retry(study) is None:
                 echo(f"the grid is done: {finished} trials finished")
                 break
-            trial = study.ask()
+            retry = pending_retry(study)
+            trial = start_retry(study, storage, retry) if retry is not None else study.ask()
+            if retry is not None:
+                echo(f"trial {retry.number} was interrupted; retrying it as trial {trial.number}")
             state, values = _run_trial(plan, study, trial, run)
             study.tell(trial, values, state=state)
             echo(trial_line(study.trials[trial.number]))
@@ -177,8 +182,8 @@ def _count(study: optuna.Study, state: TrialState) -> int:
 
 
 def recover(study: optuna.Study, storage: optuna.storages.BaseStorage, echo: Callable[[str], None]) -> None:
-    """Fail trials whose worker is gone (its process on this host, or no heartbeat for ``STALE_SECONDS``),
-    then queue each interrupted trial again, once (a retry is not retried)."""
+    """Fail trials whose worker is gone (its process on this host, or no heartbeat for ``STALE_SECONDS``), so
+    that the loop retries them."""
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get("worker", ":"))
@@ -190,15 +195,27 @@ def recover(study: optuna.Study, storage: optuna.storages.BaseStorage, echo: Cal
             storage.set_trial_user_attr(trial._trial_id, "retryable", True)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             echo(f"trial {trial.number}: its worker {worker} stopped; marked failed")
+
+
+def pending_retry(study: optuna.Study) -> FrozenTrial | None:
+    """The first interrupted trial not retried yet (a retry itself is never retried)."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
-    for trial in trials:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("retryable") and trial.number not in retried \
-                and "retry_of" not in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
-                                                           **({"anchor": True} if trial.user_attrs.get("anchor")
-                                                              else {})})
-            echo(f"trial {trial.number} was interrupted; queued again")
+    return next((t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("retryable")
+                 and "retry_of" not in t.user_attrs and t.number not in retried), None)
+
+
+def start_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, original: FrozenTrial) -> optuna.Trial:
+    """A new running trial with ``original``'s parameters, started now rather than queued behind the waiting
+    ones (a grid study would otherwise end before reaching it)."""
+    trial_id = storage.create_new_trial(storage.get_study_id_from_name(study.study_name))
+    for name, value in original.params.items():
+        distribution = original.distributions[name]
+        storage.set_trial_param(trial_id, name, distribution.to_internal_repr(value), distribution)
+    storage.set_trial_user_attr(trial_id, "retry_of", original.number)
+    if original.user_attrs.get("anchor"):
+        storage.set_trial_user_attr(trial_id, "anchor", True)
+    return optuna.Trial(study, trial_id)
 
 
 def _alive(pid: int) -> bool:

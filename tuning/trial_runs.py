@@ -45,18 +45,28 @@ def run_simulation_process(options: Mapping[str, Any], seed: int, out: Path, *, 
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             code = process.wait()
-        except BaseException as exc:  # Ctrl-C reaches the child too (same process group); SIGTERM does not
-            if not isinstance(exc, KeyboardInterrupt):
-                process.terminate()  # the child stops its SuperLink and Ray on SIGTERM (``fedprune.cli``)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        except BaseException as exc:
+            _stop(process, already_signalled=isinstance(exc, KeyboardInterrupt))
             raise
     document = read_results(out / "results.json")
     if code != 0 or document is None or document.get("status") != "completed":
         raise TrialRunError(_last_error_line(out / "run.log") or f"simulate exited with code {code}")
     return document
+
+
+def _stop(process: subprocess.Popen, already_signalled: bool) -> None:
+    """Stop a run the tuner is leaving: Ctrl-C in a terminal reaches the child too (same process group), so
+    give it a moment to stop on its own; otherwise (SIGTERM, or a signal sent to the tuner alone) terminate it —
+    ``fedprune simulate`` stops its SuperLink and Ray on SIGTERM. Killed only if it hangs for a minute."""
+    try:
+        process.wait(timeout=5 if already_signalled else 0.01)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _last_error_line(log: Path) -> str:
