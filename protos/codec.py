@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 from fedprune.protos import fedprune_wire_pb2 as pb
 from fedprune.protos.tensor_codings import (
+    NotApplicable,
     decode_tensor,
     encode_as,
     usable_reference,
@@ -119,9 +120,22 @@ def _encode_tensor(name: str, value: np.ndarray, reference: Mapping[str, np.ndar
         if wanted not in candidates:
             raise ValueError(f"tensor '{name}': encoding {force[name]} does not apply")
         candidates = [wanted]
-    best = min((encode_as(array, code, e, ref) for e in candidates), key=lambda t: t.ByteSize())
+    best = min(_applicable(array, code, candidates, ref), key=lambda t: t.ByteSize())
     best.name = name
     return best, decoded_bytes
+
+
+def _applicable(array: np.ndarray, code: int, candidates: list[int], ref: np.ndarray | None) -> list[pb.Tensor]:
+    """``array`` in each candidate encoding that can represent it (DENSE always can)."""
+    encoded = []
+    for encoding in candidates:
+        try:
+            encoded.append(encode_as(array, code, encoding, ref))
+        except NotApplicable:
+            continue
+    if not encoded:
+        raise WireFormatError(f"no encoding in {[E.Name(e) for e in candidates]} can represent this tensor")
+    return encoded
 
 
 def _append_pairs(payload: pb.Payload, pairs: Mapping[str, np.ndarray],
@@ -199,8 +213,8 @@ def _decode(blob: bytes, reference: Mapping[str, np.ndarray] | None, expect: Exp
     # Phase 2: the streams, each bounded by a header that passed.
     tensors, encodings = {}, {}
     for t in payload.tensors:
-        ref = usable_reference(t.name, np.empty(tuple(t.shape), dtype=np.int8), reference) \
-            if t.encoding in NEEDS_REFERENCE else None
+        like = np.broadcast_to(np.zeros((), np.int32 if t.dtype == pb.INT32 else np.int8), tuple(t.shape))
+        ref = usable_reference(t.name, like, reference) if t.encoding in NEEDS_REFERENCE else None
         tensors[t.name] = decode_tensor(t, sizes[t.name], ref).reshape(tuple(int(d) for d in t.shape))
         encodings[t.name] = E.Name(t.encoding)
     pairs = _decode_pairs(payload, reference if m.reference_digest else None)

@@ -61,3 +61,39 @@ def decode_bits(data: bytes, length: int, model_q: int) -> np.ndarray:
     if bits[length:].any():
         raise CodedStreamError("coded stream has nonzero padding bits")
     return bits[:length].astype(bool)
+
+
+# -- small-alphabet integer symbols (quantized scores and their changes) ---------------------------------------
+
+MAX_ALPHABET = 4096  # distinct symbols a coded integer tensor may have (the histogram travels with it)
+
+
+def _categorical(counts: np.ndarray) -> constriction.stream.model.Categorical:
+    """The model both sides build from the same histogram (float64 arithmetic, same order: same model)."""
+    probabilities = counts.astype(np.float64) / float(counts.sum())
+    return constriction.stream.model.Categorical(probabilities, perfect=False)
+
+
+def encode_symbols(indices: np.ndarray, counts: np.ndarray) -> bytes:
+    """ANS-code symbol indices in [0, len(counts)) with the categorical model of their histogram ``counts``."""
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(indices.astype(np.int32, copy=False), _categorical(counts))
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def decode_symbols(data: bytes, length: int, counts: np.ndarray) -> np.ndarray:
+    """Inverse of ``encode_symbols``; ``CodedStreamError`` unless the stream decodes to exactly ``length``
+    symbols whose histogram is ``counts``."""
+    if len(data) % 4:
+        raise CodedStreamError("coded stream length is not a multiple of 4 bytes")
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        symbols = coder.decode(_categorical(counts), length)
+    except Exception as exc:  # constriction raises on streams it cannot decode
+        raise CodedStreamError(f"coded stream is corrupt: {exc}") from None
+    if not coder.is_empty():
+        raise CodedStreamError("coded stream has trailing data")
+    if not np.array_equal(np.bincount(symbols, minlength=len(counts)), counts):
+        raise CodedStreamError("decoded symbols do not match the histogram the header declares")
+    return symbols

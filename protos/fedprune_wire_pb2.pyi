@@ -29,6 +29,8 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SIGN_FLIPS: _ClassVar[Encoding]
     CODED_BITS: _ClassVar[Encoding]
     CODED_FLIPS: _ClassVar[Encoding]
+    CODED_INTS: _ClassVar[Encoding]
+    CODED_INT_DELTA: _ClassVar[Encoding]
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 FLOAT16: DType
@@ -46,6 +48,8 @@ INDEX_VALUES: Encoding
 SIGN_FLIPS: Encoding
 CODED_BITS: Encoding
 CODED_FLIPS: Encoding
+CODED_INTS: Encoding
+CODED_INT_DELTA: Encoding
 
 class Manifest(_message.Message):
     __slots__ = ("architecture", "model_seed", "density", "round", "reference_digest", "kind")

@@ -22,11 +22,12 @@ DTYPES = {
 }
 ENCODINGS_FOR = {
     pb.FLOAT32: (E.DENSE, E.BITMAP_VALUES, E.INDEX_VALUES),
-    pb.FLOAT16: (E.DENSE,), pb.INT64: (E.DENSE,), pb.INT32: (E.DENSE,), pb.UINT8: (E.DENSE,),
+    pb.FLOAT16: (E.DENSE,), pb.INT64: (E.DENSE,), pb.INT32: (E.DENSE, E.CODED_INTS, E.CODED_INT_DELTA),
+    pb.UINT8: (E.DENSE,),
     pb.BOOL: (E.BITMAP, E.INDEX_VALUES, E.CODED_BITS),
     pb.SIGN: (E.BITMAP, E.CODED_BITS, E.SIGN_FLIPS, E.CODED_FLIPS),
 }
-NEEDS_REFERENCE = {E.SIGN_FLIPS, E.CODED_FLIPS}
+NEEDS_REFERENCE = {E.SIGN_FLIPS, E.CODED_FLIPS, E.CODED_INT_DELTA}
 # Wire dtype names as receivers state them in a ``TensorSpec`` ("sign" is int8 in {-1, +1}).
 DTYPE_NAMES = {pb.FLOAT32: "float32", pb.FLOAT16: "float16", pb.INT64: "int64", pb.INT32: "int32",
                pb.UINT8: "uint8", pb.BOOL: "bool", pb.SIGN: "sign"}

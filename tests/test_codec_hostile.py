@@ -22,6 +22,7 @@ from fedprune.protos.codec import (
     WireFormatError,
     decode,
     encode,
+    varint_encode,
 )
 
 from tests.hostile_payloads import body_of, reseal
@@ -182,11 +183,15 @@ def _fuzz_corpus():
     signs[:80] *= -1
     w = rng.standard_normal((30, 20)).astype(np.float32)
     w[rng.random(w.shape) < 0.9] = 0
+    levels_ref = np.floor(rng.normal(0, 3, 3000)).astype(np.int32)
+    levels = levels_ref + (rng.random(3000) < 0.1).astype(np.int32) * rng.choice([-1, 1], 3000).astype(np.int32)
     tensors = {"w": w, "mask": rng.random(5000) < 0.05, "signs": signs,
-               "b": rng.standard_normal(20).astype(np.float32), "steps": np.array([3], np.int64)}
-    reference = {"signs": ref}
+               "b": rng.standard_normal(20).astype(np.float32), "steps": np.array([3], np.int64),
+               "levels": levels, "fresh-levels": np.floor(rng.normal(0, 2, 2000)).astype(np.int32)}
+    reference = {"signs": ref, "levels": levels_ref}
     forced = [None, {"w": "BITMAP_VALUES", "mask": "BITMAP", "signs": "SIGN_FLIPS"},
-              {"w": "DENSE", "mask": "INDEX_VALUES", "signs": "BITMAP"}, {"mask": "CODED_BITS", "signs": "CODED_BITS"}]
+              {"w": "DENSE", "mask": "INDEX_VALUES", "signs": "BITMAP", "levels": "CODED_INTS"},
+              {"mask": "CODED_BITS", "signs": "CODED_BITS", "levels": "DENSE", "fresh-levels": "DENSE"}]
     blobs = [encode(tensors, reference=reference, force=f) for f in forced]
     blobs.append(encode(tensors, reference=reference,
                         pairs={"signs": np.where(rng.random(4000) < 0.02, 1.5, 0.0).astype(np.float32)}))
@@ -195,7 +200,7 @@ def _fuzz_corpus():
 
 def _inflate(body: pb.Payload, rng: np.random.Generator) -> None:
     """Rewrite one header so it declares far more than the stream holds (or than anyone asked for)."""
-    kind = int(rng.integers(0, 6))
+    kind = int(rng.integers(0, 7))
     t = body.tensors[int(rng.integers(0, len(body.tensors)))]
     huge = 2 ** int(rng.integers(20, 64))
     if kind == 0:                                     # declared size only
@@ -214,8 +219,13 @@ def _inflate(body: pb.Payload, rng: np.random.Generator) -> None:
     elif kind == 4:                                   # pairs with a count far beyond their bytes
         body.pairs.append(pb.ReferencePairs(slot=0, indices=b"\x00" * int(rng.integers(1, 64)),
                                             values=b"\x00\x00\x80\x3f" * int(rng.integers(1, 64))))
-    else:                                             # deep or wide shapes
+    elif kind == 5:                                   # deep or wide shapes
         t.shape[:] = [int(rng.integers(1, 2**16)) for _ in range(int(rng.integers(2, 12)))]
+    else:                                             # coded integers: a constant of a huge size, a histogram
+        size = min(huge, 2**40)                       # that lies about its counts, or a delta without reference
+        t.dtype, t.encoding, t.shape[:] = pb.INT32, (E.CODED_INTS, E.CODED_INT_DELTA)[int(rng.integers(0, 2))], [size]
+        t.count, t.data = int(rng.integers(1, 3)), b"" if rng.random() < 0.5 else bytes(16)
+        t.values = varint_encode(np.array([0] * t.count + [size // t.count] * t.count, dtype=np.uint64))
 
 
 def _mutate(raw: bytearray, rng: np.random.Generator) -> bytearray:
@@ -284,5 +294,7 @@ def test_fuzz_inflation_and_mutation_with_time_and_memory_bounds():
     total = time.perf_counter() - started
     print(outcomes, f"slowest {slowest * 1000:.1f} ms, largest {largest / MIB:.2f} MiB, total {total:.1f} s")
     assert sum(outcomes.values()) == _FUZZ_CASES
+    used = {e for b in blobs for e in decode(b, reference=reference).encodings.values()}
+    assert {"CODED_INTS", "CODED_INT_DELTA"} <= used
     assert outcomes["rejected"] > _FUZZ_CASES // 2  # every inflating header at least
     assert total < 120, total
