@@ -25,8 +25,8 @@ from collections.abc import Mapping
 
 import numpy as np
 from fedprune.protos import fedprune_wire_pb2 as pb
+from fedprune.protos.integer_codings import NotApplicable
 from fedprune.protos.tensor_codings import (
-    NotApplicable,
     decode_tensor,
     encode_as,
     usable_reference,

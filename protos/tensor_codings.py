@@ -11,58 +11,12 @@ from collections.abc import Mapping
 
 import numpy as np
 from fedprune.protos import fedprune_wire_pb2 as pb
-from fedprune.protos.entropy import (
-    MAX_ALPHABET,
-    CodedStreamError,
-    decode_bits,
-    decode_symbols,
-    encode_bits,
-    encode_symbols,
-    quantize_rate,
-)
-from fedprune.protos.wire_types import DTYPES, ENCODINGS_FOR, WireFormatError, tensor_error
+from fedprune.protos.entropy import CodedStreamError, decode_bits, encode_bits, quantize_rate
+from fedprune.protos.integer_codings import decode_ints, encode_ints
+from fedprune.protos.varints import varint_decode, varint_encode
+from fedprune.protos.wire_types import DTYPES, ENCODINGS_FOR, tensor_error
 
 E = pb.Encoding
-
-
-# -- varints ------------------------------------------------------------------
-
-def varint_encode(values: np.ndarray) -> bytes:
-    """LEB128 of unsigned integers, vectorized."""
-    v = np.asarray(values, dtype=np.uint64)
-    if v.size == 0:
-        return b""
-    nbytes = np.ones(v.shape, dtype=np.int64)
-    for k in range(1, 10):
-        nbytes += v >= np.uint64(1) << np.uint64(7 * k)
-    offsets = np.cumsum(nbytes) - nbytes
-    out = np.empty(int(nbytes.sum()), dtype=np.uint8)
-    for k in range(int(nbytes.max())):
-        sel = nbytes > k
-        chunk = ((v[sel] >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
-        out[offsets[sel] + k] = chunk | ((nbytes[sel] > k + 1).astype(np.uint8) << 7)
-    return out.tobytes()
-
-
-def varint_decode(data: bytes, count: int, max_value: int) -> np.ndarray:
-    """Decode exactly ``count`` varints, each < ``max_value`` (< 2^56); raises on anything else."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(raw < 0x80)
-    if len(ends) != count or (count and ends[-1] != len(raw) - 1) or (not count and len(raw)):
-        raise WireFormatError(f"index list holds {len(ends)} complete varints, expected {count}")
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > 8:
-        raise WireFormatError("index varint longer than 8 bytes")
-    out = np.zeros(count, dtype=np.uint64)
-    for k in range(int(lengths.max())):
-        sel = lengths > k
-        out[sel] |= (raw[starts[sel] + k] & 0x7F).astype(np.uint64) << np.uint64(7 * k)
-    if out.max() >= max_value:
-        raise WireFormatError(f"index delta {int(out.max())} out of range (< {max_value})")
-    return out.astype(np.int64)
 
 
 # -- per-encoding encoders -----------------------------------------------------
@@ -107,37 +61,10 @@ def encode_as(array: np.ndarray, dtype_code: int, encoding: int, ref: np.ndarray
             t.data = b"" if t.count in (0, flips.size) else encode_bits(flips, t.model_q)
     elif encoding in (E.CODED_INTS, E.CODED_INT_DELTA):
         values = flat.astype(np.int64) - (ref.reshape(-1).astype(np.int64) if encoding == E.CODED_INT_DELTA else 0)
-        _encode_ints(t, values)
+        encode_ints(t, values)
     else:
         raise ValueError(f"unknown encoding {encoding}")
     return t
-
-
-def _zigzag(values: np.ndarray) -> np.ndarray:
-    return np.where(values >= 0, 2 * values, -2 * values - 1).astype(np.uint64)
-
-
-def _unzigzag(values: np.ndarray) -> np.ndarray:
-    signed = values.astype(np.int64)
-    return np.where(signed % 2 == 0, signed // 2, -(signed + 1) // 2)
-
-
-class NotApplicable(ValueError):
-    """This encoding cannot represent this tensor (the encoder tries the others)."""
-
-
-def _encode_ints(t: pb.Tensor, values: np.ndarray) -> None:
-    """Histogram in ``values`` (the first distinct symbol zigzagged, the gaps to the next ones, then each one's
-    count, all varints), the symbols ANS-coded in ``data`` (none for a constant tensor)."""
-    symbols, indices, counts = np.unique(values, return_inverse=True, return_counts=True)
-    if len(symbols) > MAX_ALPHABET or (values.size and (symbols[0] < -(2**31) or symbols[-1] >= 2**31)):
-        raise NotApplicable(f"{len(symbols)} distinct values (or values outside int32) cannot be coded")
-    t.count = len(symbols)
-    if not len(symbols):
-        return
-    gaps = np.diff(symbols) - 1
-    t.values = varint_encode(np.r_[_zigzag(symbols[:1]), gaps.astype(np.uint64)]) + varint_encode(counts)
-    t.data = b"" if len(symbols) == 1 else encode_symbols(indices.reshape(-1), counts)
 
 
 def usable_reference(name: str, array: np.ndarray, reference: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
@@ -282,67 +209,10 @@ def _decode_sign_flips(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarr
     return apply_flips(_counted_bitmap(t, n, "flip bitmap"), ref, t.name)
 
 
-def _decode_ints(t: pb.Tensor, n: int, ref: np.ndarray | None) -> np.ndarray:
-    """Integer symbols with their histogram (``CODED_INTS``), or changes to ``ref`` (``CODED_INT_DELTA``).
-    Ranges are checked on the histogram, so the result is built in int32 (4 B per element, no int64 copy)."""
-    distinct = t.count
-    if not 1 <= distinct <= min(n, MAX_ALPHABET) and not (n == 0 and distinct == 0):
-        raise tensor_error(t.name, f"{distinct} distinct symbols for {n} elements (at most {MAX_ALPHABET})")
-    if len(t.values) > 20 * distinct:
-        raise tensor_error(t.name, "histogram longer than its symbol count allows")
-    symbols, counts = _histogram(t, distinct)
-    if int(counts.sum()) != n:
-        raise tensor_error(t.name, f"histogram counts {int(counts.sum())} symbols for {n} elements")
-    low, high = (int(symbols[0]), int(symbols[-1])) if distinct else (0, 0)
-    if t.encoding == E.CODED_INT_DELTA:
-        if ref is None or ref.size != n or ref.dtype != np.int32:
-            raise tensor_error(t.name, "change encoding without an int32 reference of this shape")
-        if n:
-            low, high = low + int(ref.min()), high + int(ref.max())
-    if low < -(2**31) or high >= 2**31:
-        raise tensor_error(t.name, "values outside int32")
-    if distinct <= 1:
-        if t.data:
-            raise tensor_error(t.name, "a constant tensor carries data")
-        values = np.full(n, symbols[0] if distinct else 0, dtype=np.int64 if t.encoding == E.CODED_INT_DELTA
-                         else np.int32)
-    else:
-        if len(t.data) > 4 * n + 64:
-            raise tensor_error(t.name, "coded stream larger than any encoding of this tensor")
-        try:
-            values = symbols.astype(np.int64 if t.encoding == E.CODED_INT_DELTA else np.int32)[
-                decode_symbols(t.data, n, counts)]
-        except CodedStreamError as exc:
-            raise tensor_error(t.name, str(exc)) from None
-    if t.encoding == E.CODED_INT_DELTA:
-        values = (values + ref.reshape(-1)).astype(np.int32)
-    return values
-
-
-def _histogram(t: pb.Tensor, distinct: int) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct symbols, increasing; their counts, each >= 1) from the ``values`` field."""
-    if distinct == 0:
-        if t.values:
-            raise tensor_error(t.name, "an empty tensor carries a histogram")
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    try:
-        raw = varint_decode(t.values, 2 * distinct, 2**34)
-    except WireFormatError as exc:
-        raise tensor_error(t.name, f"histogram: {exc}") from None
-    first = _unzigzag(raw[:1])
-    symbols = first[0] + np.cumsum(np.r_[0, raw[1:distinct].astype(np.int64) + 1])
-    counts = raw[distinct:].astype(np.int64)
-    if (counts < 1).any():
-        raise tensor_error(t.name, "histogram has a symbol with count 0")
-    if symbols[0] < -(2**32) or symbols[-1] >= 2**32:
-        raise tensor_error(t.name, "histogram symbols out of range")
-    return symbols, counts
-
-
 _DECODERS = {E.DENSE: _decode_dense, E.DENSE_F16: _decode_dense_f16, E.BITMAP: _decode_bitmap,
              E.BITMAP_VALUES: _decode_bitmap_values, E.INDEX_VALUES: _decode_index_values,
              E.CODED_BITS: _decode_coded, E.CODED_FLIPS: _decode_coded, E.SIGN_FLIPS: _decode_sign_flips,
-             E.CODED_INTS: _decode_ints, E.CODED_INT_DELTA: _decode_ints}
+             E.CODED_INTS: decode_ints, E.CODED_INT_DELTA: decode_ints}
 
 
 def from_bits(bits: np.ndarray, code: int) -> np.ndarray:
