@@ -23,6 +23,9 @@ from fedprune.models.evaluation import evaluate
 from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
 from fedprune.protos.contract import (
     DENSE_PARAMS,
+    LEVEL_STEP,
+    LEVELS,
+    LEVELS_DIGEST,
     MASK,
     MASK_DIGEST,
     SCORES,
@@ -38,10 +41,12 @@ from fedprune.protos.contract import (
 )
 from fedprune.protos.flower_records import config_of, content_with_payload, payload_of, setup_of
 from fedprune.pruning.schedules import data_free_mask
+from fedprune.pruning.score_levels import check_steps, from_levels, signs_of_levels
 from fedprune.pruning.sign_aggregation import ClientRound, SignRule, sign_rule
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 STATE_SETUP, STATE_SIGMA, STATE_SCORES, STATE_DENSE = "hns-setup", "hns-sigma", "hns-scores", "hns-dense"
+STATE_LEVELS = "hns-levels"  # the grid levels of the global scores this node last received
 STATE_PRIOR = "hns-label-prior"  # log label frequencies a logit-adjusted node trained with (its personal bias)
 
 
@@ -95,17 +100,26 @@ def _setup(msg: Message, context: Context, input_shape: tuple, num_classes: int)
     return setup, first_contact
 
 
-def expected_round_payload(setup: Setup) -> Expected:
+def expected_round_payload(setup: Setup, levels: bool = False) -> Expected:
     """A round payload for this node's model: σ over every layer's kept weights, optionally the global
-    scores (``SCORE_DOWNLINK`` rules) and the dense parameters (``dense-params averaged``)."""
-    specs = {SIGMA + k: TensorSpec("sign", v.shape) for k, v in setup.magnitude.items()}
+    scores (``SCORE_DOWNLINK`` rules) and the dense parameters (``dense-params averaged``); with ``levels``,
+    the global scores as grid levels, their steps and digest instead of σ (``pruning.score_levels``)."""
+    signs = {SIGMA + k: TensorSpec("sign", v.shape) for k, v in setup.magnitude.items()}
     scores = {SCORES + k: TensorSpec("float32", v.shape) for k, v in setup.magnitude.items()}
     dense = {k: TensorSpec.of(v) for k, v in setup.theta0.items() if k not in setup.mask}
-    return Expected({**specs, **scores, **dense}, optional={*scores, *dense})
+    if levels:
+        grid = {LEVELS + k: TensorSpec("int32", v.shape) for k, v in setup.magnitude.items()}
+        grid |= {LEVEL_STEP + k: TensorSpec("float32", (1,)) for k in setup.magnitude}
+        grid[LEVELS_DIGEST] = TensorSpec("uint8", (16,))
+        return Expected({**grid, **dense}, optional=set(dense))
+    return Expected({**signs, **scores, **dense}, optional={*scores, *dense})
 
 
 def _receive(msg: Message, context: Context, setup: Setup, first_contact: bool) -> dict[str, np.ndarray]:
-    """Decode the round payload against the σ this node holds; remember the new σ."""
+    """Decode the round payload against the σ this node holds (or, for grid levels, the levels it holds);
+    remember the new σ (and levels)."""
+    if config_of(msg).get(ConfigKey.SCORE_LEVELS):
+        return _receive_levels(msg, context, setup)
     if first_contact:
         reference = setup.initial_signs
     else:
@@ -118,6 +132,26 @@ def _receive(msg: Message, context: Context, setup: Setup, first_contact: bool) 
     sigma = {k: tensors[SIGMA + k] for k in setup.mask}
     _store(context, STATE_SIGMA, encode({SIGMA + k: v for k, v in sigma.items()}))
     return tensors
+
+
+def _receive_levels(msg: Message, context: Context, setup: Setup) -> dict[str, np.ndarray]:
+    """The global scores as grid levels, coded whole or as changes to the levels this node holds; the
+    rebuilt levels must match the server's digest (else this round fails and the server sends them whole).
+    Returns the payload with σ and the scores it implies, as a σ payload would hold them."""
+    stored = _stored(context, STATE_LEVELS)
+    held = decode(stored).tensors if stored is not None else None
+    tensors = decode(payload_of(msg), reference=held, expect=expected_round_payload(setup, levels=True)).tensors
+    levels = {k: tensors[LEVELS + k] for k in setup.mask}
+    steps = {k: tensors[LEVEL_STEP + k] for k in setup.mask}
+    check_steps(steps, setup.mask)
+    received = {LEVELS + k: v for k, v in levels.items()}
+    if reference_digest(received) != tensors[LEVELS_DIGEST].tobytes():
+        raise ValueError("the levels rebuilt here differ from the server's (digest mismatch)")
+    sigma = signs_of_levels(levels)
+    _store(context, STATE_LEVELS, encode(received))
+    _store(context, STATE_SIGMA, encode({SIGMA + k: v for k, v in sigma.items()}))
+    scores = from_levels(levels, steps)
+    return {**tensors, **{SIGMA + k: v for k, v in sigma.items()}, **{SCORES + k: v for k, v in scores.items()}}
 
 
 def _dense_params(tensors: dict[str, np.ndarray], context: Context, setup: Setup, mode: str) -> dict[str, np.ndarray]:

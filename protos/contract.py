@@ -69,6 +69,7 @@ class ConfigKey:
     DENSE_PARAMS = "dense-params"  # a ``DenseParams`` value
     SCORE_LR = "score-lr"
     MOVED_SHARE = "moved-share"
+    SCORE_LEVELS = "score-levels"  # HideNseek: the global scores travel as grid levels (``pruning.score_levels``)
     TALLY_SLOT = "tally-slot"  # this client's offset in the round's shared rounding draw
     TALLY_SLOTS = "tally-slots"
     # FedTiny progressive pruning: layers whose pruned-position gradients to report, their K, buffer sizes
@@ -135,6 +136,8 @@ MASK_TRANSFER = ("send", "recompute")
 
 SIGMA = "sigma/"  # + layer: σ, the global signs over kept weights
 SCORES = "scores/"  # + layer: float32 scores (global ones downlink, a client's own uplink)
+LEVELS, LEVEL_STEP = "levels/", "level-step/"  # + layer: global scores as int32 grid levels, and the grid step
+LEVELS_DIGEST = "levels-digest"  # uint8[16]: digest of the levels a node must rebuild (``reference_digest``)
 MASK = "mask/"  # + layer: a HideNseek setup's mask
 MOVED, STEP_SIGNS, STEP_SCALE = "moved/", "step-signs/", "step-scale/"  # + layer: a ternary score change
 KEPT_SUFFIX = "/kept"  # layer +: kept values of a masked tensor, in flat index order

@@ -18,7 +18,7 @@ from fedprune.client.score_optimizer import SCORE_OPTIMIZERS
 from fedprune.data import DATASETS, PARTITIONERS
 from fedprune.data.sources import DATASET_FACTS
 from fedprune.models import BATCHNORM_MODELS, MODELS
-from fedprune.protos.contract import AGGREGATIONS, DENSE_PARAMS, MASK_TRANSFER, STRATEGY_NAMES
+from fedprune.protos.contract import AGGREGATIONS, DENSE_PARAMS, MASK_TRANSFER, SCORE_DOWNLINK, STRATEGY_NAMES
 from fedprune.protos.option_rules import FLOAT_RANGES, SEED_MAX, OptionError, check_choice, check_numbers, coerce_option
 from fedprune.pruning.budgets import parse_budget_tiers
 from fedprune.pruning.candidates import RANKINGS
@@ -88,6 +88,9 @@ class RunSettings:
     moved_share: float = option(0.15,
                                 "hidenseek ternary-delta: at most this share of scores moves per client-round (fewer "
                                 "bits, more variance)")
+    score_step: float = option(0.0,
+                               "hidenseek ternary-delta/score-average: global scores travel down as integer levels "
+                               "on a grid of this many RMS|θ0| per layer, entropy-coded (0 = float32 scores)")
     personal_eval_every: int = option(5, "hidenseek: rounds between personalized evaluations (0 = never)")
     candidates: int = option(5, "fedtiny: candidate masks for adaptive BN selection (1 = no BN selection)")
     candidate_spread: float = option(0.5,
@@ -183,6 +186,9 @@ class RunSettings:
 
         allowed("score-optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
         allowed("local-loss", self.local_loss, ("auto", *LOCAL_LOSSES))
+        if self.score_step and self.aggregation not in SCORE_DOWNLINK:
+            raise ConfigError("score-step", f"applies to aggregations that send the global scores down "
+                                            f"({', '.join(SCORE_DOWNLINK)}), not '{self.aggregation}'")
         if self.aggregation == "tally" and self.score_optimizer != "adam":
             raise ConfigError("score-optimizer", "aggregation 'tally' bounds a round's score movement by Adam's "
                                                  "(~lr per step); use --score-optimizer adam with it")

@@ -36,6 +36,9 @@ from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode
 from fedprune.protos.contract import (
     AGGREGATIONS,
     DENSE_PARAMS,
+    LEVEL_STEP,
+    LEVELS,
+    LEVELS_DIGEST,
     MASK,
     MASK_DIGEST,
     MASK_TRANSFER,
@@ -51,6 +54,7 @@ from fedprune.protos.contract import (
 )
 from fedprune.protos.flower_records import payload_of, setup_record
 from fedprune.pruning.aggregation import weighted_mean
+from fedprune.pruning.score_levels import level_steps, signs_of_levels, to_levels
 from fedprune.pruning.sign_aggregation import ServerStep, SignState, Upload, sign_rule
 from fedprune.strategies.base import FederatedStrategy, ReplyRejected, checked_state_arrays, reply_metrics
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -65,7 +69,7 @@ class HideNseek(FederatedStrategy):
                  model_seed: int, score: str, density: float, clients_per_round: int, min_train_nodes: int = 1,
                  seed: int = 0, aggregation: str = "ternary-delta", dense_params: str = "averaged",
                  mask_transfer: str = "send", personal_eval_every: int = 5, server_lr: float = 1.0,
-                 server_momentum: float = 0.0) -> None:
+                 server_momentum: float = 0.0, score_step: float = 0.0) -> None:
         super().__init__(clients_per_round=clients_per_round, min_train_nodes=min_train_nodes, seed=seed)
         for option, value, allowed in (("aggregation", aggregation, AGGREGATIONS),
                                        ("dense-params", dense_params, DENSE_PARAMS),
@@ -83,6 +87,11 @@ class HideNseek(FederatedStrategy):
         self.architecture, self.model_seed, self.score, self.density = architecture, model_seed, score, density
         self.aggregation, self.dense_params, self.mask_transfer = aggregation, dense_params, mask_transfer
         self.rule = sign_rule(aggregation)  # the upload's shape, its check and the aggregation
+        if not (np.isfinite(score_step) and score_step >= 0) or (score_step and not self.rule.score_downlink):
+            raise ValueError(f"hidenseek score-step {score_step} must be >= 0, and 0 unless the aggregation sends "
+                             "the global scores down (score-average, ternary-delta)")
+        self.steps = level_steps(self.magnitude, score_step) if score_step else None  # None: float32 scores
+        self.sent_levels: dict[int, dict[str, np.ndarray]] = {}  # per node: the levels it last received
         self.personal_eval_every, self.server_lr = personal_eval_every, server_lr
         self.server_momentum = server_momentum
         self.velocity = {k: np.zeros(v.shape, dtype=np.float32) for k, v in self.magnitude.items()}
@@ -113,12 +122,41 @@ class HideNseek(FederatedStrategy):
 
     # -- train -------------------------------------------------------------------
 
-    def _round_tensors(self) -> dict[str, np.ndarray]:
+    def _round_tensors(self, with_scores: bool = True) -> dict[str, np.ndarray]:
+        """σ, the rule's downlink (global scores for score rules, unless ``with_scores`` is False: evaluation
+        needs σ only) and the averaged dense parameters."""
         tensors = {SIGMA + k: v for k, v in self.sigma.items()}
-        tensors.update(self.rule.downlink(self.tally))
+        if with_scores:
+            tensors.update(self.rule.downlink(self.tally))
         if self.dense_params == DenseParams.AVERAGED:
             tensors.update(self._dense)
         return tensors
+
+    def _level_tensors(self, levels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The coded-downlink round payload: levels, their grid steps and digest (σ follows from the levels),
+        and the averaged dense parameters."""
+        tensors: dict[str, np.ndarray] = {LEVELS + k: v for k, v in levels.items()}
+        tensors.update({LEVEL_STEP + k: v for k, v in self.steps.items()})
+        tensors[LEVELS_DIGEST] = np.frombuffer(reference_digest({LEVELS + k: v for k, v in levels.items()}),
+                                               dtype=np.uint8)
+        if self.dense_params == DenseParams.AVERAGED:
+            tensors.update(self._dense)
+        return tensors
+
+    def _train_payload(self, node: int, tensors: dict[str, np.ndarray], levels: dict[str, np.ndarray] | None,
+                       manifest: Manifest) -> bytes:
+        """One node's round payload, coded against what it holds (its σ, or its levels in level mode), and
+        the record of what it now holds."""
+        if levels is None:
+            reference = self.sent.get(node, self.initial_signs)
+            blob = encode(tensors, reference={SIGMA + k: v for k, v in reference.items()}, manifest=manifest)
+            self.sent[node] = dict(self.sigma)
+            return blob
+        held = self.sent_levels.get(node)
+        blob = encode(tensors, reference={LEVELS + k: v for k, v in held.items()} if held else None,
+                      manifest=manifest)
+        self.sent_levels[node], self.sent[node] = levels, signs_of_levels(levels)
+        return blob
 
     def _setup_blob(self) -> bytes:
         tensors: dict[str, np.ndarray] = {THETA0_DIGEST: np.frombuffer(self.theta0_digest, dtype=np.uint8)}
@@ -134,19 +172,17 @@ class HideNseek(FederatedStrategy):
         """Send σ (coded against each node's last copy) and, to new nodes, the setup."""
         self._dense = {k: arrays[k].numpy() for k in arrays.keys() if k not in self.mask}
         config = ConfigRecord({**dict(config), ConfigKey.SERVER_ROUND: server_round, ConfigKey.TASK: Task.HIDENSEEK,
-                               ConfigKey.AGGREGATION: self.aggregation, ConfigKey.DENSE_PARAMS: self.dense_params})
-        tensors = self._round_tensors()
+                               ConfigKey.AGGREGATION: self.aggregation, ConfigKey.DENSE_PARAMS: self.dense_params,
+                               ConfigKey.SCORE_LEVELS: self.steps is not None})
+        levels = to_levels(self.tally, self.steps) if self.steps is not None else None
+        tensors = self._round_tensors() if levels is None else self._level_tensors(levels)
         manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, Kind.HIDENSEEK_ROUND)
         messages = []
         self._sampled = self.sample_nodes(server_round, grid)
         for slot, node in enumerate(self._sampled):
-            setup = None
-            if node in self.sent:
-                reference = self.sent[node]
-            else:  # first contact: setup + σ coded against sign(θ0), which the client rebuilds itself
-                reference, setup = self.initial_signs, self._setup_blob()
-            blob = encode(tensors, reference={SIGMA + k: v for k, v in reference.items()}, manifest=manifest)
-            self.sent[node] = dict(self.sigma)
+            # first contact: the setup too; σ is coded against sign(θ0), which the client rebuilds itself
+            setup = None if node in self.sent else self._setup_blob()
+            blob = self._train_payload(node, tensors, levels, manifest)
             # Tally bits are rounded with one shared random draw offset by each client's slot
             # (stratified): still unbiased per client; the round's mean is less noisy where clients agree.
             node_config = ConfigRecord({**dict(config), ConfigKey.TALLY_SLOT: slot,
@@ -191,6 +227,7 @@ class HideNseek(FederatedStrategy):
     def forget_node(self, node_id: int) -> None:
         """A node that failed may have lost its σ: it gets the full vector (and setup) next time."""
         self.sent.pop(node_id, None)
+        self.sent_levels.pop(node_id, None)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -222,7 +259,7 @@ class HideNseek(FederatedStrategy):
             return []
         config = ConfigRecord({**dict(config), ConfigKey.SERVER_ROUND: server_round, ConfigKey.TASK: Task.HIDENSEEK})
         messages = []
-        tensors = self._round_tensors()
+        tensors = self._round_tensors(with_scores=False)  # the global model is σ ⊙ |θ0|: no scores needed
         manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, Kind.HIDENSEEK_EVAL)
         for node in self._sampled:
             if node not in self.sent:
@@ -267,7 +304,7 @@ class HideNseek(FederatedStrategy):
         self.velocity = checked_state_arrays("velocity", state.get("velocity", self.velocity), self.magnitude,
                                              np.float32)
         self.flip_rates = {int(k): float(v) for k, v in state.get("flip_rates", {}).items()}
-        self.sent = {}
+        self.sent, self.sent_levels = {}, {}
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         """Adds density, score, aggregation rule and the measured flip rate of σ this round."""

@@ -1,0 +1,53 @@
+"""HideNseek's coded downlink: global scores on a per-layer grid, sent as integer levels.
+
+The grid step of a layer is ``step × RMS(|θ0|)`` over its kept weights (the scale its scores live on: they
+start at ±|θ0|). A score z travels as its level q = floor(z / Δ) and is rebuilt as (q + ½)Δ — within Δ/2 of z,
+and with z's sign (q >= 0 exactly when z >= 0), so σ = sign(z) need not travel beside it. The levels are
+entropy-coded (``CODED_INTS``), or as changes to the levels the node holds from its last round
+(``CODED_INT_DELTA``), whichever is smaller (``protos.codec``). Both sides compute the same digest of the
+levels, so a node never trains on anything but what the server sent.
+
+Only where clients start: the server keeps its exact scores (the tally), and clients send changes relative
+to the start they were given, so rounding never accumulates on the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+Arrays = Mapping[str, np.ndarray]
+
+
+def level_steps(magnitude: Arrays, step: float) -> dict[str, np.ndarray]:
+    """Per layer, the grid step Δ = ``step`` × RMS of |θ0| over its kept weights (float32, shape (1,))."""
+    out = {}
+    for name, m in magnitude.items():
+        rms = float(np.sqrt(np.mean(np.square(m, dtype=np.float64)))) if m.size else 1.0
+        out[name] = np.array([step * (rms if rms > 0 else 1.0)], dtype=np.float32)
+    return out
+
+
+def to_levels(scores: Arrays, steps: Arrays) -> dict[str, np.ndarray]:
+    """q = floor(z / Δ) per layer, int32 (clipped to int32's range; scores never get near it)."""
+    return {k: np.clip(np.floor(z.astype(np.float64) / float(steps[k][0])), -(2**31), 2**31 - 1).astype(np.int32)
+            for k, z in scores.items()}
+
+
+def from_levels(levels: Arrays, steps: Arrays) -> dict[str, np.ndarray]:
+    """The scores a client starts from: (q + ½)Δ, float32."""
+    return {k: ((q.astype(np.float64) + 0.5) * float(steps[k][0])).astype(np.float32) for k, q in levels.items()}
+
+
+def signs_of_levels(levels: Arrays) -> dict[str, np.ndarray]:
+    """σ = sign of the rebuilt scores: +1 where q >= 0, else -1 (int8)."""
+    return {k: np.where(q >= 0, 1, -1).astype(np.int8) for k, q in levels.items()}
+
+
+def check_steps(steps: Arrays, names: Arrays) -> None:
+    """``ValueError`` unless every layer of ``names`` has one finite, positive step."""
+    for name in names:
+        step = steps.get(name)
+        if step is None or step.shape != (1,) or not (np.isfinite(step).all() and step[0] > 0):
+            raise ValueError(f"score step of '{name}' missing or not a finite positive number")

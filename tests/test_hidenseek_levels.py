@@ -1,0 +1,89 @@
+"""HideNseek's coded downlink (``--score-step``): global scores as grid levels, coded whole or as changes to the
+node's copy, digest-checked; a node whose copy differs is refused and gets them whole next time."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from fedprune.client.app import app as client_app
+from fedprune.client.hidenseek import STATE_LEVELS
+from fedprune.protos.codec import decode, encode
+from fedprune.pruning.score_levels import from_levels, level_steps, signs_of_levels, to_levels
+from fedprune.server.run_config import ConfigError
+from fedprune.server.runner import run_federation
+from flwr.app import ConfigRecord
+
+from tests.inprocess_grid import InProcessGrid
+
+
+@pytest.fixture
+def hns(digits_settings):
+    return dataclasses.replace(digits_settings, strategy="hidenseek", density=0.3, score="magnitude", rounds=3,
+                               num_clients=3, clients_per_round=3, personal_eval_every=2, score_lr=0.01,
+                               aggregation="ternary-delta")
+
+
+def _run(settings, **kwargs):
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(), **kwargs)
+    return run_federation(grid, settings, progress=lambda line: None), grid
+
+
+def test_levels_rebuild_within_half_a_step_with_the_sign():
+    rng = np.random.default_rng(0)
+    magnitude = {"a": np.abs(rng.normal(size=500)).astype(np.float32), "b": np.zeros(0, np.float32)}
+    scores = {"a": rng.normal(size=500).astype(np.float32) * 3, "b": np.zeros(0, np.float32)}
+    scores["a"][:5] = 0.0
+    steps = level_steps(magnitude, 0.25)
+    levels = to_levels(scores, steps)
+    rebuilt = from_levels(levels, steps)
+    assert levels["a"].dtype == np.int32
+    assert np.all(np.abs(rebuilt["a"] - scores["a"]) <= steps["a"][0] / 2 * (1 + 1e-6))
+    assert np.array_equal(signs_of_levels(levels)["a"], np.where(scores["a"] >= 0, 1, -1))
+    assert np.array_equal(np.sign(rebuilt["a"]), signs_of_levels(levels)["a"])  # never 0
+
+
+def test_level_downlink_is_coded_smaller_and_every_round_trains(hns):
+    full, _ = _run(dataclasses.replace(hns, score_step=0.0))
+    coded, grid = _run(dataclasses.replace(hns, score_step=0.25))
+    assert coded["status"] == full["status"] == "completed"
+    assert all(e["clients_failed"] == 0 and e["aggregated"] for e in coded["rounds"])
+
+    def down(doc, r):
+        return sum(c["downlink_bytes"] for c in doc["rounds"][r]["clients"])
+
+    assert all(down(coded, r) < 0.35 * down(full, r) for r in range(3))
+    assert down(coded, 2) < down(coded, 0)  # later rounds: changes to each node's copy, no setup
+    assert {STATE_LEVELS} <= set(next(iter(grid.contexts.values())).state.config_records)
+
+
+def test_a_node_whose_levels_differ_is_refused_then_sent_them_whole(hns):
+    victim = []
+
+    def corrupt_after_round_one(node, reply):
+        if not victim and reply.metadata.message_type == "train":
+            victim.append(node)
+            context = grid_box[0].contexts[node]
+            levels = decode(context.state.config_records[STATE_LEVELS]["payload"]).tensors
+            name = sorted(levels)[0]
+            levels[name] = levels[name].copy()
+            levels[name][0] += 1
+            context.state[STATE_LEVELS] = ConfigRecord({"payload": encode(levels)})
+        return reply
+
+    grid_box = []
+    settings = dataclasses.replace(hns, score_step=0.25, rounds=3, personal_eval_every=0)
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(), tamper=corrupt_after_round_one)
+    grid_box.append(grid)
+    doc = run_federation(grid, settings, progress=lambda line: None)
+    first, second, third = doc["rounds"]
+    assert first["clients_failed"] == 0 and third["clients_failed"] == 0
+    failed = [c for c in second["clients"] if c["failed"]]
+    assert [c["node_id"] for c in failed] == victim
+    assert "reference" in str(second).lower() or "digest" in str(second).lower()
+
+
+def test_score_step_applies_only_to_score_downlink_rules(hns):
+    with pytest.raises(ConfigError, match="score-step"):
+        dataclasses.replace(hns, aggregation="vote", score_step=0.25).validate()
+    with pytest.raises(ConfigError, match="score-step"):
+        dataclasses.replace(hns, score_step=-1.0).validate()
