@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# HideNseek's coded downlink (issue 20), one change at a time against today's default, in process (no Ray;
+# bytes measured on Flower's serialized messages as in a simulation). FMNIST, FL CNN, Dirichlet 0.5, 100 clients,
+# 10 per round, 30 rounds, 1 local epoch, density ${DENSITY:-0.1}, seed ${SEED:-0}, personal evaluation every
+# 5 rounds (its messages counted). Each line: last-5 accuracy, uplink and downlink bytes per client-round.
+# Usage: benchmarks/hidenseek_downlink.sh [LABEL ...]   (default: all rows below)
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+D=${DENSITY:-0.1}
+S=${SEED:-0}
+declare -A ROWS=(
+  [default]=""
+  [recompute]="mask_transfer=recompute"
+  [step0.5]="mask_transfer=recompute score_step=0.5"
+  [step1]="mask_transfer=recompute score_step=1.0"
+  [step2]="mask_transfer=recompute score_step=2.0"
+)
+for label in "${@:-default recompute step0.5 step1 step2}"; do
+  for row in $label; do
+    echo "== $row (density $D, seed $S)"
+    # shellcheck disable=SC2086
+    $PY benchmarks/hidenseek_inprocess.py ternary-delta 30 0.03 density=$D seed=$S personal_eval_every=5 \
+      ${ROWS[$row]} out=runs/hns-downlink/$row-$D-$S | tail -1
+  done
+done
