@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch
 from fedprune.data.sources import DATASET_FACTS
 from fedprune.models import build_model, prunable_names
+from flwr.app import ArrayRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
 from torch import nn
 
 
@@ -69,3 +71,9 @@ def input_error(model: str, dataset: str) -> str:
     except RuntimeError as exc:
         return " ".join(str(exc).split())
     return ""
+
+
+def dense_model_bytes(model: nn.Module) -> int:
+    """What dense FedAvg moves each way per client-round, to compare against: the model's state as one
+    serialized ArrayRecord (Flower's own encoding of the float32 arrays)."""
+    return recorddict_to_proto(RecordDict({"arrays": ArrayRecord(model.state_dict())})).ByteSize()

@@ -45,11 +45,14 @@ def _dist_version(name: str) -> str:
     return version(name)
 
 
-def summarize(rounds: list[dict[str, Any]], param_count: int) -> dict[str, Any]:
-    """The summary block: final/last-5/best accuracy, total bytes, median round time."""
+def summarize(rounds: list[dict[str, Any]], param_count: int, setup: dict[str, Any] | None = None,
+              dense_model_bytes: int | None = None) -> dict[str, Any]:
+    """The summary block: final/last-5/best accuracy, total bytes, median round time, and bytes per
+    client-round each way (discovery included) with their share of what dense FedAvg moves
+    (``dense_model_bytes`` each way: the serialized float32 model)."""
     accuracies = [r["accuracy"] for r in rounds]
     last5 = accuracies[-5:]
-    return {
+    summary = {
         "final_accuracy": accuracies[-1] if accuracies else float("nan"),
         "final_accuracy_last5": sum(last5) / len(last5) if last5 else float("nan"),
         "best_accuracy": max(accuracies) if accuracies else float("nan"),
@@ -58,6 +61,26 @@ def summarize(rounds: list[dict[str, Any]], param_count: int) -> dict[str, Any]:
         "median_round_seconds": statistics.median(r["seconds"] for r in rounds) if rounds else float("nan"),
         "param_count": param_count,
     }
+    client_rounds = sum(r["clients_sampled"] for r in rounds)
+    if client_rounds:
+        setup = setup or {}
+        up = (setup.get("uplink_bytes", 0) + summary["total_uplink_bytes"]) / client_rounds
+        down = (setup.get("downlink_bytes", 0) + summary["total_downlink_bytes"]) / client_rounds
+        summary |= {"uplink_bytes_per_client_round": up, "downlink_bytes_per_client_round": down}
+        if dense_model_bytes:
+            summary |= {"dense_model_bytes": dense_model_bytes,
+                        "dense_fraction": (up + down) / (2 * dense_model_bytes)}
+    return summary
+
+
+def per_client(entry: dict[str, Any], dense_model_bytes: int | None) -> dict[str, Any]:
+    """A round's bytes per sampled client each way, and their share of dense FedAvg's (both ways)."""
+    clients = max(1, entry["clients_sampled"])
+    up, down = entry["uplink_bytes"] / clients, entry["downlink_bytes"] / clients
+    out = {"uplink_bytes_per_client": up, "downlink_bytes_per_client": down}
+    if dense_model_bytes:
+        out["dense_fraction"] = (up + down) / (2 * dense_model_bytes)
+    return out
 
 
 def write_results(out_dir: Path, document: dict[str, Any]) -> Path:
@@ -115,12 +138,20 @@ def human_bytes(count: float) -> str:
 
 
 def format_progress(entry: dict[str, Any], total_rounds: int) -> str:
-    """One progress line per round: accuracy, loss, measured bytes each way, seconds."""
+    """One progress line per round: accuracy, loss, measured bytes each way (and per client, with the share of
+    dense FedAvg's bytes where known), seconds."""
     failed = f" | failed {entry['clients_failed']}" if entry.get("clients_failed") else ""
     if entry.get("failed"):
         reasons = entry.get("failure_reasons") or []
         failed += f" | ROUND FAILED: no update ({reasons[0]['reason'][:160] if reasons else 'no reply'}"
         failed += f"; {len(reasons)} nodes)" if len(reasons) > 1 else ")"
+    client = ""
+    if "uplink_bytes_per_client" in entry:
+        client = (f" | per client up {human_bytes(entry['uplink_bytes_per_client'])} down "
+                  f"{human_bytes(entry['downlink_bytes_per_client'])}")
+        if entry.get("dense_fraction"):
+            client += f" (1/{1 / entry['dense_fraction']:,.0f} of dense)" if entry["dense_fraction"] < 1 else \
+                f" ({entry['dense_fraction']:.2f}x dense)"
     return (f"round {entry['round']:>3}/{total_rounds} | acc {entry['accuracy']:.4f} | loss {entry['loss']:.4f}"
-            f" | up {human_bytes(entry['uplink_bytes'])} | down {human_bytes(entry['downlink_bytes'])}"
+            f" | up {human_bytes(entry['uplink_bytes'])} | down {human_bytes(entry['downlink_bytes'])}{client}"
             f" | {entry['seconds']:.1f}s{failed}")

@@ -36,7 +36,16 @@ from fedprune.protos.contract import ConfigKey, MetricKey, Record
 from fedprune.protos.flower_records import error_reason
 from fedprune.server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fedprune.server.metered_grid import MeteredGrid, Traffic
-from fedprune.server.results import environment, format_progress, mark_failed, summarize, write_results
+from fedprune.server.model_facts import dense_model_bytes
+from fedprune.server.results import (
+    environment,
+    format_progress,
+    mark_failed,
+    per_client,
+    summarize,
+    write_results,
+)
+from fedprune.server.round_failures import failure_reasons, summarize_reasons
 from fedprune.server.run_config import RunSettings
 from fedprune.strategies.base import FederatedStrategy, NodesMissingError
 from fedprune.strategies.registry import build_strategy, seeded_model
@@ -56,27 +65,6 @@ class RunFailedError(RuntimeError):
 def peak_rss_bytes() -> int:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def failure_reasons(traffic: Traffic, rejected: list[dict[str, Any]], sampled: set[int]) -> list[dict[str, Any]]:
-    """Why each sampled node gave no usable reply this round: the strategy's screening reason, else the
-    transport's (error reply, no reply), one entry per node in node order."""
-    reasons = {item["node_id"]: item["reason"] for item in rejected if item["node_id"] in sampled}
-    for node, reason in traffic.errors.items():
-        if node in sampled:
-            reasons.setdefault(node, reason)
-    return [{"node_id": node, "reason": reason} for node, reason in sorted(reasons.items())]
-
-
-def summarize_reasons(reasons: list[dict[str, Any]], limit: int = 3) -> str:
-    """The most common reasons with their counts, for one console/error line."""
-    counts: dict[str, int] = {}
-    for item in reasons:
-        counts[item["reason"]] = counts.get(item["reason"], 0) + 1
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    text = "; ".join(f"{n}x {reason[:300]}" for reason, n in ranked[:limit])
-    return text + (f"; and {len(ranked) - limit} other reasons" if len(ranked) > limit else "") if ranked \
-        else "no reply was sent or received"
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -170,6 +158,7 @@ class Federation:
     start: int = 1  # the first round to play (after a resume: the one after the checkpoint's)
     document: dict[str, Any] = field(default_factory=dict)  # results.json
     failed_streak: int = 0  # rounds in a row without an update
+    dense_model_bytes: int = 0  # the float32 model serialized as dense FedAvg sends it (one ArrayRecord)
 
 
 def set_up(grid: Grid, settings: RunSettings, out_dir: Path) -> Federation:
@@ -188,11 +177,13 @@ def set_up(grid: Grid, settings: RunSettings, out_dir: Path) -> Federation:
     partitions, setup = meet_nodes(metered, strategy, settings)
     run = Federation(settings=settings, out_dir=out_dir, test=splits.test, model=model,
                      param_count=sum(p.numel() for p in model.parameters()), strategy=strategy, grid=metered,
-                     partitions=partitions, setup=setup, arrays=arrays, fingerprint=fingerprint(settings))
+                     partitions=partitions, setup=setup, arrays=arrays, fingerprint=fingerprint(settings),
+                     dense_model_bytes=dense_model_bytes(model))
     if settings.resume:
         resume(run)
+    summary = summarize(run.rounds, run.param_count, run.setup, run.dense_model_bytes)
     run.document = {"config": settings.to_run_config(), "environment": environment(), "setup": run.setup,
-                    "status": "running", "rounds": run.rounds, "summary": summarize(run.rounds, run.param_count)}
+                    "status": "running", "rounds": run.rounds, "summary": summary}
     write_results(out_dir, run.document)
     return run
 
@@ -306,6 +297,7 @@ def round_entry(run: Federation, server_round: int, outcome: RoundOutcome, start
         ],
         **report,
     }
+    entry |= per_client(entry, run.dense_model_bytes)
     if outcome.federated is not None:
         entry["federated_evaluation"] = dict(outcome.federated)
     if not outcome.aggregated:  # no update: say why, node by node
@@ -317,7 +309,8 @@ def record_round(run: Federation, server_round: int, entry: dict[str, Any]) -> N
     """Add ``entry`` to results.json (with the summary and the strategy's run report), then checkpoint the
     global arrays, the strategy's state and every round so far."""
     run.rounds.append(entry)
-    run.document["rounds"], run.document["summary"] = run.rounds, summarize(run.rounds, run.param_count)
+    run.document["rounds"], run.document["summary"] = run.rounds, summarize(run.rounds, run.param_count, run.setup,
+                                                                                 run.dense_model_bytes)
     report = run.strategy.run_report()
     if report is not None:  # run-level figures of the strategy (FedTiny: selection, adjustments)
         run.document["strategy_report"] = report

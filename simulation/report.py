@@ -1,4 +1,5 @@
-"""report.png: test accuracy against round and against cumulative uplink bytes."""
+"""report.png: test accuracy against round, and against the cumulative bytes moved each way (measured), each
+run's legend saying its bytes per client-round and their share of dense FedAvg's."""
 
 from __future__ import annotations
 
@@ -12,28 +13,48 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def run_label(label: str, document: dict[str, Any]) -> str:
+    """``label``, plus bytes per client-round each way and the share of dense FedAvg's where recorded."""
+    summary = document.get("summary", {})
+    if "uplink_bytes_per_client_round" not in summary:
+        return label
+    text = (f"{label}: up {summary['uplink_bytes_per_client_round'] / 1e3:,.1f} kB, down "
+            f"{summary['downlink_bytes_per_client_round'] / 1e3:,.1f} kB per client-round")
+    fraction = summary.get("dense_fraction")
+    if fraction:
+        text += f" (1/{1 / fraction:,.0f} of dense)" if fraction < 1 else f" ({fraction:.2f}x dense)"
+    return text
+
+
+def _cumulative(rounds: list[dict[str, Any]], key: str) -> list[float]:
+    out, total = [], 0
+    for r in rounds:
+        total += r[key]
+        out.append(total / 2**20)
+    return out
+
+
 def plot_report(documents: dict[str, dict[str, Any]], path: Path) -> Path:
     """Plot one curve per labelled results document into ``path`` (PNG)."""
-    fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (by_round, by_up, by_down) = plt.subplots(1, 3, figsize=(16, 4.6))
     for label, document in documents.items():
         rounds = document["rounds"]
-        xs = [r["round"] for r in rounds]
         acc = [r["accuracy"] for r in rounds]
-        uplink, total = [], 0
-        for r in rounds:
-            total += r["uplink_bytes"]
-            uplink.append(total / 2**20)
-        by_round.plot(xs, acc, marker=".", label=label)
-        by_bytes.plot(uplink, acc, marker=".", label=label)
+        name = run_label(label, document)
+        by_round.plot([r["round"] for r in rounds], acc, marker=".", label=name)
+        by_up.plot(_cumulative(rounds, "uplink_bytes"), acc, marker=".", label=name)
+        by_down.plot(_cumulative(rounds, "downlink_bytes"), acc, marker=".", label=name)
     by_round.set(xlabel="round", ylabel="test accuracy", title="Accuracy per round")
     by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
-    by_bytes.set(xlabel="cumulative uplink (MiB, measured)", ylabel="test accuracy",
-                 title="Accuracy per uplink byte")
-    if any(len(d["rounds"]) and max(r["uplink_bytes"] for r in d["rounds"]) > 0 for d in documents.values()):
-        by_bytes.set_xscale("log")
-    for axis in (by_round, by_bytes):
+    by_up.set(xlabel="cumulative uplink (MiB, measured)", ylabel="test accuracy", title="Accuracy per uplink byte")
+    by_down.set(xlabel="cumulative downlink (MiB, measured)", ylabel="test accuracy",
+                title="Accuracy per downlink byte")
+    for axis, key in ((by_up, "uplink_bytes"), (by_down, "downlink_bytes")):
+        if any(len(d["rounds"]) and max(r[key] for r in d["rounds"]) > 0 for d in documents.values()):
+            axis.set_xscale("log")
+    by_round.legend(fontsize=7, loc="lower right")
+    for axis in (by_round, by_up, by_down):
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
