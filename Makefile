@@ -1,5 +1,6 @@
 # Two entry points for a newcomer on a fresh machine (see README.md):
-#   make demo   - set everything up, run a short Fashion-MNIST simulation (results + plot in runs/demo)
+#   make demo   - set everything up, run dense FedAvg and HideNseek (density 0.1) for 5 Fashion-MNIST rounds each,
+#                 plot accuracy against bytes moved each way (runs/demo/report.png) and compare them in one line
 #   make test   - set everything up, run the test suite
 #   make test-fast - the inner loop: every test except those marked slow (they start SuperLinks, Ray, Flower
 #                    binaries or the console script, or repeat a faster test at many CPU-seconds)
@@ -22,7 +23,9 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/fedprune simulate --rounds 5 --out $(DEMO_OUT)
+	$(VENV)/bin/fedprune simulate --rounds 5 --out $(DEMO_OUT)/fedavg
+	$(VENV)/bin/fedprune simulate --strategy hidenseek --density 0.1 --rounds 5 --out $(DEMO_OUT)/hidenseek
+	$(VENV)/bin/fedprune report $(DEMO_OUT)/fedavg $(DEMO_OUT)/hidenseek --out $(DEMO_OUT)/report.png
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

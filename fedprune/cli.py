@@ -18,9 +18,10 @@ from fedprune.deploy.cli import HANDLERS as DEPLOY_HANDLERS
 from fedprune.kernels.benchmark import run as run_kernel_benchmark
 from fedprune.protos.wire_benchmark import run as run_wire_benchmark
 from fedprune.run_options import add_run_options, check_partition, dataset_labels, settings_from_args
+from fedprune.server.results import client_round_bytes
 from fedprune.server.run_config import ConfigError
 from fedprune.simulation.launcher import SimulationError, run_simulation
-from fedprune.simulation.report import plot_report
+from fedprune.simulation.report import plot_report, run_label
 from fedprune.strategies.registry import check_budget_tiers
 from fedprune.tuning.cli import HANDLERS as TUNE_HANDLERS
 from fedprune.tuning.cli import add_tune_parsers
@@ -66,7 +67,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Plot one or more results.json files into one PNG."""
+    """Plot one or more results.json files into one PNG; print each run's accuracy and bytes per client-round,
+    and for two runs how many times fewer bytes the second moved."""
     documents = {}
     for item in args.results:
         path = Path(item)
@@ -76,7 +78,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         document = json.loads(path.read_text())
         documents[f"{document['config'].get('strategy')} ({path.parent.name})"] = document
     print(f"wrote {plot_report(documents, Path(args.out))}")
+    for label, document in documents.items():
+        print(f"{label}: final accuracy {document['summary']['final_accuracy']:.4f}; {run_label('', document)[2:]}")
+    if len(documents) == 2:
+        print(compare_line(*documents.items()))
     return 0
+
+
+def compare_line(first: tuple[str, dict], second: tuple[str, dict]) -> str:
+    """One line: both runs' final accuracy, and how many times fewer bytes (both ways) the second moved."""
+    (a, da), (b, db) = first, second
+
+    def moved(d: dict) -> float:
+        return sum(client_round_bytes(d))
+
+    ratio = moved(da) / moved(db) if moved(db) else float("nan")
+    return (f"{b}: accuracy {db['summary']['final_accuracy']:.4f} against {a}'s "
+            f"{da['summary']['final_accuracy']:.4f}, moving {ratio:,.0f}x fewer bytes per client-round (both ways)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -73,6 +73,15 @@ def summarize(rounds: list[dict[str, Any]], param_count: int, setup: dict[str, A
     return summary
 
 
+def client_round_bytes(document: dict[str, Any]) -> tuple[float, float]:
+    """(uplink, downlink) bytes per client-round of a results document, discovery included (from its rounds,
+    so documents written before the summary recorded them work too)."""
+    rounds, setup = document.get("rounds", []), document.get("setup") or {}
+    client_rounds = sum(r["clients_sampled"] for r in rounds) or 1
+    return ((setup.get("uplink_bytes", 0) + sum(r["uplink_bytes"] for r in rounds)) / client_rounds,
+            (setup.get("downlink_bytes", 0) + sum(r["downlink_bytes"] for r in rounds)) / client_rounds)
+
+
 def per_client(entry: dict[str, Any], dense_model_bytes: int | None) -> dict[str, Any]:
     """A round's bytes per sampled client each way, and their share of dense FedAvg's (both ways)."""
     clients = max(1, entry["clients_sampled"])

@@ -10,17 +10,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from fedprune.server.results import client_round_bytes  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def run_label(label: str, document: dict[str, Any]) -> str:
     """``label``, plus bytes per client-round each way and the share of dense FedAvg's where recorded."""
-    summary = document.get("summary", {})
-    if "uplink_bytes_per_client_round" not in summary:
+    if not document.get("rounds"):
         return label
-    text = (f"{label}: up {summary['uplink_bytes_per_client_round'] / 1e3:,.1f} kB, down "
-            f"{summary['downlink_bytes_per_client_round'] / 1e3:,.1f} kB per client-round")
-    fraction = summary.get("dense_fraction")
+    up, down = client_round_bytes(document)
+    text = f"{label}: up {up / 1e3:,.1f} kB, down {down / 1e3:,.1f} kB per client-round"
+    fraction = document.get("summary", {}).get("dense_fraction")
     if fraction:
         text += f" (1/{1 / fraction:,.0f} of dense)" if fraction < 1 else f" ({fraction:.2f}x dense)"
     return text
