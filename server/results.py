@@ -61,11 +61,8 @@ def summarize(rounds: list[dict[str, Any]], param_count: int, setup: dict[str, A
         "median_round_seconds": statistics.median(r["seconds"] for r in rounds) if rounds else float("nan"),
         "param_count": param_count,
     }
-    client_rounds = sum(r["clients_sampled"] for r in rounds)
-    if client_rounds:
-        setup = setup or {}
-        up = (setup.get("uplink_bytes", 0) + summary["total_uplink_bytes"]) / client_rounds
-        down = (setup.get("downlink_bytes", 0) + summary["total_downlink_bytes"]) / client_rounds
+    if sum(r["clients_sampled"] for r in rounds):
+        up, down = client_round_bytes({"rounds": rounds, "setup": setup})
         summary |= {"uplink_bytes_per_client_round": up, "downlink_bytes_per_client_round": down}
         if dense_model_bytes:
             summary |= {"dense_model_bytes": dense_model_bytes,

@@ -56,7 +56,8 @@ def pre_run_costs(settings: RunSettings) -> PreRunCosts:
     shape = tuple(facts.input_shape)
     model = build_model(settings.model, shape, facts.num_classes, seed=settings.seed)
     momentum = settings.momentum > 0
-    dense_values = ModelCost.of(model, shape).geometry.dense_values
+    profile = ModelCost.of(model, shape)
+    dense_values = profile.geometry.dense_values
     if settings.strategy in ("fedavg", "flwr-fedavg"):
         cost = dense_training_cost(model, shape, momentum=momentum)
         return _costs(cost, 4 * sum(p.numel() for p in model.parameters()))
@@ -69,18 +70,17 @@ def pre_run_costs(settings: RunSettings) -> PreRunCosts:
         return _costs(sign_training_cost(model, shape, mask, batch=settings.batch_size,
                                          optimizer=settings.score_optimizer), 0)
     if settings.strategy == "fedtiny":
-        return _fedtiny_costs(settings, model, shape, momentum, dense_values)
+        return _fedtiny_costs(settings, model, shape, momentum, profile)
     raise ValueError(f"no cost model for strategy '{settings.strategy}'")
 
 
-def _fedtiny_costs(settings: RunSettings, model, shape, momentum: bool, dense_values: int) -> PreRunCosts:
+def _fedtiny_costs(settings: RunSettings, model, shape, momentum: bool, profile: ModelCost) -> PreRunCosts:
     masks = candidate_masks(model, settings.score, settings.density, settings.candidates, settings.seed,
                             settings.candidate_spread, settings.candidate_ranking)
     costs = [masked_training_cost(model, shape, m, batch=settings.batch_size, momentum=momentum) for m in masks]
     worst = max(costs, key=lambda c: (c.state_bytes, c.flops_per_sample))
     tap_memory = tap_flops = 0
     if settings.adjust_every > 0 and settings.adjust_until > 0:
-        profile = ModelCost.of(model, shape)
         for layer, size in profile.sizes.items():
             capacities = None
             if settings.gradient_tap == "buffered":
@@ -90,7 +90,7 @@ def _fedtiny_costs(settings: RunSettings, model, shape, momentum: bool, dense_va
             tap_memory = max(tap_memory, profile.tap_memory_bytes([layer], capacities))
             tap_flops = max(tap_flops, profile.tap_flops_per_sample([layer]))
     cost = TrainingCost(worst.state_bytes + tap_memory, worst.flops_per_sample + tap_flops, worst.backends)
-    return _costs(cost, 4 * (_kept(masks[0]) + dense_values))
+    return _costs(cost, 4 * (_kept(masks[0]) + profile.geometry.dense_values))
 
 
 def _kept(mask: dict) -> int:

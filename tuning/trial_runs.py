@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedprune.server.results import read_results
+from fedprune.server.results import client_round_bytes, read_results
 from fedprune.tuning.search_space import OPTION_FIELDS
 
 
@@ -79,13 +79,12 @@ def run_figures(document: Mapping[str, Any]) -> dict[str, float]:
     """Per-run figures: last-5 accuracy, bytes per client-round each way (setup included), the largest
     training state a client reported (``client_train_state_bytes``; absent in older results), seconds."""
     rounds = document["rounds"]
-    client_rounds = sum(r["clients_sampled"] for r in rounds) or 1
-    setup = document.get("setup", {})
+    up, down = client_round_bytes(document)
     figures = {
         "accuracy": float(document["summary"]["final_accuracy_last5"]),
-        "uplink_bytes": (setup.get("uplink_bytes", 0) + sum(r["uplink_bytes"] for r in rounds)) / client_rounds,
-        "downlink_bytes": (setup.get("downlink_bytes", 0) + sum(r["downlink_bytes"] for r in rounds)) / client_rounds,
-        "seconds": float(setup.get("seconds", 0.0)) + sum(r["seconds"] for r in rounds),
+        "uplink_bytes": up,
+        "downlink_bytes": down,
+        "seconds": float(document.get("setup", {}).get("seconds", 0.0)) + sum(r["seconds"] for r in rounds),
     }
     reported = [r["client_train_state_bytes"] for r in rounds if r.get("client_train_state_bytes")]
     if reported:
