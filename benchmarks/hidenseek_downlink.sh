@@ -14,6 +14,12 @@ declare -A ROWS=(
   [step0.5]="mask_transfer=recompute score_step=0.5"
   [step1]="mask_transfer=recompute score_step=1.0"
   [step2]="mask_transfer=recompute score_step=2.0"
+  [step1.5]="mask_transfer=recompute score_step=1.5"
+  [step1-b16]="mask_transfer=recompute score_step=1.0 batch_size=16"
+  [step1-b8]="mask_transfer=recompute score_step=1.0 batch_size=8"
+  [fedavg-la]="strategy=fedavg local_loss=logit-adjusted"
+  [fedavg-la-b16]="strategy=fedavg local_loss=logit-adjusted batch_size=16"
+  [fedavg-la-b8]="strategy=fedavg local_loss=logit-adjusted batch_size=8"
 )
 for label in "${@:-default recompute step0.5 step1 step2}"; do
   for row in $label; do
