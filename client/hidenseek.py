@@ -2,8 +2,9 @@
 
 What a node keeps in ``Context.state`` across rounds: the setup payload (mask
 or its digest, θ0 digest), the last σ it received (the reference the next σ is
-coded against), its own latent scores z (its personalized model) and, with
-``dense-params = personal``, its own biases/BatchNorm parameters.
+coded against) and the dense parameters sent with it (that round's global model, which
+evaluation messages name by digest only), its own latent scores z and biases/BatchNorm
+parameters (its personalized model).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fedprune.protos.contract import (
     LEVELS_DIGEST,
     MASK,
     MASK_DIGEST,
+    ROUND_MODEL_DIGEST,
     SCORES,
     SIGMA,
     THETA0_DIGEST,
@@ -37,16 +39,18 @@ from fedprune.protos.contract import (
     MetricKey,
     Record,
     rebuild_theta0,
+    round_model_digest,
     score_of_setup_kind,
 )
 from fedprune.protos.flower_records import config_of, content_with_payload, payload_of, setup_of
 from fedprune.pruning.schedules import data_free_mask
-from fedprune.pruning.score_levels import check_steps, from_levels, signs_of_levels
+from fedprune.pruning.score_levels import check_steps, from_levels, initial_levels, level_steps, signs_of_levels
 from fedprune.pruning.sign_aggregation import ClientRound, SignRule, sign_rule
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 STATE_SETUP, STATE_SIGMA, STATE_SCORES, STATE_DENSE = "hns-setup", "hns-sigma", "hns-scores", "hns-dense"
 STATE_LEVELS = "hns-levels"  # the grid levels of the global scores this node last received
+STATE_ROUND_DENSE = "hns-round-dense"  # the averaged dense parameters this node last received (beside its σ)
 STATE_PRIOR = "hns-label-prior"  # log label frequencies a logit-adjusted node trained with (its personal bias)
 
 
@@ -118,8 +122,9 @@ def expected_round_payload(setup: Setup, levels: bool = False) -> Expected:
 def _receive(msg: Message, context: Context, setup: Setup, first_contact: bool) -> dict[str, np.ndarray]:
     """Decode the round payload against the σ this node holds (or, for grid levels, the levels it holds);
     remember the new σ (and levels)."""
-    if config_of(msg).get(ConfigKey.SCORE_LEVELS):
-        return _receive_levels(msg, context, setup)
+    step = float(config_of(msg).get(ConfigKey.SCORE_LEVELS, 0.0))
+    if step:
+        return _receive_levels(msg, context, setup, step, first_contact)
     if first_contact:
         reference = setup.initial_signs
     else:
@@ -134,12 +139,21 @@ def _receive(msg: Message, context: Context, setup: Setup, first_contact: bool) 
     return tensors
 
 
-def _receive_levels(msg: Message, context: Context, setup: Setup) -> dict[str, np.ndarray]:
-    """The global scores as grid levels, coded whole or as changes to the levels this node holds; the
-    rebuilt levels must match the server's digest (else this round fails and the server sends them whole).
-    Returns the payload with σ and the scores it implies, as a σ payload would hold them."""
-    stored = _stored(context, STATE_LEVELS)
-    held = decode(stored).tensors if stored is not None else None
+def _receive_levels(msg: Message, context: Context, setup: Setup, step: float,
+                    first_contact: bool) -> dict[str, np.ndarray]:
+    """The global scores as grid levels (grid step ``step`` × RMS|θ0|), coded whole or as changes to the levels
+    this node holds — or, when the message brings the setup (first contact, or the server forgot this node's
+    copy), to the levels of its initial scores (``initial_levels``). The rebuilt levels must match the server's
+    digest (else this round fails and the server starts over with this node next time). Returns the payload
+    with σ and the scores it implies, as a σ payload would hold them."""
+    if not (np.isfinite(step) and step > 0):
+        raise ValueError(f"score step {step} is not a finite positive number")
+    stored = None if first_contact else _stored(context, STATE_LEVELS)
+    if stored is not None:
+        held = decode(stored).tensors
+    else:
+        start = initial_levels(setup.magnitude, setup.initial_signs, level_steps(setup.magnitude, step))
+        held = {LEVELS + k: v for k, v in start.items()}
     tensors = decode(payload_of(msg), reference=held, expect=expected_round_payload(setup, levels=True)).tensors
     levels = {k: tensors[LEVELS + k] for k in setup.mask}
     steps = {k: tensors[LEVEL_STEP + k] for k in setup.mask}
@@ -209,6 +223,8 @@ def train_hidenseek(msg: Message, context: Context, settings: ClientSettings, lo
                          slots=max(1, int(config.get(ConfigKey.TALLY_SLOTS, 1))))
     start = rule.start(round_)
     dense = _dense_params(tensors, context, setup, dense_mode)
+    received_dense = {k: tensors[k] for k in setup.theta0 if k not in setup.mask and k in tensors}
+    _store(context, STATE_ROUND_DENSE, encode(received_dense if dense_mode == DenseParams.AVERAGED else {}))
     model, latent = _model(settings, input_shape, num_classes, setup, dense, start, train_batch=batch_size)
     optimizer = score_optimizer(settings.score_optimizer, model, latent, setup.magnitude, setup.theta0, lr,
                                 settings.score_momentum)
@@ -255,14 +271,19 @@ def personal_model(context: Context, settings: ClientSettings, setup: Setup, den
 
 def evaluate_hidenseek(msg: Message, context: Context, settings: ClientSettings, local: LocalData,
                        input_shape: tuple, num_classes: int) -> Message:
-    """Accuracy on the local test split of the personal model (own z, own dense, own label prior) and of
-    the global one."""
-    config = config_of(msg)
-    setup, first_contact = _setup(msg, context, input_shape, num_classes)
-    tensors = _receive(msg, context, setup, first_contact)
-    sigma = {k: tensors[SIGMA + k] for k in setup.mask}
-    global_dense = _dense_params(tensors, context, setup,
-                                 str(config.get(ConfigKey.DENSE_PARAMS, DenseParams.AVERAGED)))
+    """Accuracy on the local test split of the personal model (own z, own dense, own label prior) and of the
+    global model this round started from (the σ and dense parameters this node was sent; the message holds
+    their digest, and a node that holds another model refuses rather than report on it)."""
+    setup, _ = _setup(msg, context, input_shape, num_classes)
+    digest = decode(payload_of(msg), expect=Expected({ROUND_MODEL_DIGEST: TensorSpec("uint8", (16,))}))
+    sigma_blob, dense_blob = _stored(context, STATE_SIGMA), _stored(context, STATE_ROUND_DENSE)
+    if sigma_blob is None or dense_blob is None:
+        raise ValueError("evaluation of a round model this node was never sent")
+    sigma = {k[len(SIGMA):]: v for k, v in decode(sigma_blob).tensors.items()}
+    round_dense = decode(dense_blob).tensors
+    if round_model_digest(sigma, round_dense) != digest.tensors[ROUND_MODEL_DIGEST].tobytes():
+        raise ValueError("the round model held here differs from the server's (round model digest mismatch)")
+    global_dense = {**{k: v for k, v in setup.theta0.items() if k not in setup.mask}, **round_dense}
     global_model, _ = _model(settings, input_shape, num_classes, setup, global_dense,
                              {k: sigma[k] * setup.magnitude[k] for k in setup.mask})
     _, global_acc = evaluate(fold(global_model), local.test.x, local.test.y, settings.eval_batch_size)

@@ -69,7 +69,8 @@ class ConfigKey:
     DENSE_PARAMS = "dense-params"  # a ``DenseParams`` value
     SCORE_LR = "score-lr"
     MOVED_SHARE = "moved-share"
-    SCORE_LEVELS = "score-levels"  # HideNseek: the global scores travel as grid levels (``pruning.score_levels``)
+    SCORE_LEVELS = "score-levels"  # HideNseek: the grid step (× RMS|θ0|) of the levels the global scores travel
+    # as (``pruning.score_levels``); 0 or absent: float32 scores
     TALLY_SLOT = "tally-slot"  # this client's offset in the round's shared rounding draw
     TALLY_SLOTS = "tally-slots"
     # FedTiny progressive pruning: layers whose pruned-position gradients to report, their K, buffer sizes
@@ -138,6 +139,7 @@ SIGMA = "sigma/"  # + layer: σ, the global signs over kept weights
 SCORES = "scores/"  # + layer: float32 scores (global ones downlink, a client's own uplink)
 LEVELS, LEVEL_STEP = "levels/", "level-step/"  # + layer: global scores as int32 grid levels, and the grid step
 LEVELS_DIGEST = "levels-digest"  # uint8[16]: digest of the levels a node must rebuild (``reference_digest``)
+ROUND_MODEL_DIGEST = "round-model-digest"  # uint8[16]: digest of σ and dense parameters a node got this round
 MASK = "mask/"  # + layer: a HideNseek setup's mask
 MOVED, STEP_SIGNS, STEP_SCALE = "moved/", "step-signs/", "step-scale/"  # + layer: a ternary score change
 KEPT_SUFFIX = "/kept"  # layer +: kept values of a masked tensor, in flat index order
@@ -236,3 +238,10 @@ def rebuild_theta0(architecture: str, seed: int, input_shape: tuple[int, ...], n
     if theta0_digest(theta0) != bytes(digest):
         raise ValueError("θ0 rebuilt from the seed differs from the server's (torch version or model drift)")
     return theta0
+
+
+def round_model_digest(sigma: Mapping[str, np.ndarray], dense: Mapping[str, np.ndarray]) -> bytes:
+    """The digest of a round's global model as a node received it (σ by layer, and the averaged dense parameters,
+    empty with ``dense-params personal``): a HideNseek evaluation message sends it instead of the model, and the
+    node proves it evaluates exactly that model."""
+    return reference_digest({**{SIGMA + k: v for k, v in sigma.items()}, **dense})

@@ -42,6 +42,7 @@ from fedprune.protos.contract import (
     MASK,
     MASK_DIGEST,
     MASK_TRANSFER,
+    ROUND_MODEL_DIGEST,
     SIGMA,
     THETA0_DIGEST,
     ConfigKey,
@@ -50,11 +51,12 @@ from fedprune.protos.contract import (
     MetricKey,
     Task,
     hidenseek_setup_kind,
+    round_model_digest,
     theta0_digest,
 )
 from fedprune.protos.flower_records import payload_of, setup_record
 from fedprune.pruning.aggregation import weighted_mean
-from fedprune.pruning.score_levels import level_steps, signs_of_levels, to_levels
+from fedprune.pruning.score_levels import initial_levels, level_steps, signs_of_levels, to_levels
 from fedprune.pruning.sign_aggregation import ServerStep, SignState, Upload, sign_rule
 from fedprune.strategies.base import FederatedStrategy, ReplyRejected, checked_state_arrays, reply_metrics
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -90,7 +92,10 @@ class HideNseek(FederatedStrategy):
         if not (np.isfinite(score_step) and score_step >= 0) or (score_step and not self.rule.score_downlink):
             raise ValueError(f"hidenseek score-step {score_step} must be >= 0, and 0 unless the aggregation sends "
                              "the global scores down (score-average, ternary-delta)")
+        self.score_step = score_step
         self.steps = level_steps(self.magnitude, score_step) if score_step else None  # None: float32 scores
+        # what a node holds before its first levels (it computes them from θ0): first payloads are coded against it
+        self.initial_levels = initial_levels(self.magnitude, initial_signs, self.steps) if self.steps else None
         self.sent_levels: dict[int, dict[str, np.ndarray]] = {}  # per node: the levels it last received
         self.personal_eval_every, self.server_lr = personal_eval_every, server_lr
         self.server_momentum = server_momentum
@@ -98,6 +103,7 @@ class HideNseek(FederatedStrategy):
         self.sent: dict[int, dict[str, np.ndarray]] = {}  # per node: the σ it last received
         self.flip_rates: dict[int, float] = {}
         self._dense: dict[str, np.ndarray] = {}
+        self._round_dense: dict[str, np.ndarray] = {}  # the dense parameters sent with this round's σ
         self._sampled: list[int] = []
         self._order: list[str] = []
         self.payload_bytes: dict[int, dict[int, int]] = {}  # round -> node -> codec payload bytes received
@@ -122,12 +128,10 @@ class HideNseek(FederatedStrategy):
 
     # -- train -------------------------------------------------------------------
 
-    def _round_tensors(self, with_scores: bool = True) -> dict[str, np.ndarray]:
-        """σ, the rule's downlink (global scores for score rules, unless ``with_scores`` is False: evaluation
-        needs σ only) and the averaged dense parameters."""
+    def _round_tensors(self) -> dict[str, np.ndarray]:
+        """σ, the rule's downlink (the global scores for score rules) and the averaged dense parameters."""
         tensors = {SIGMA + k: v for k, v in self.sigma.items()}
-        if with_scores:
-            tensors.update(self.rule.downlink(self.tally))
+        tensors.update(self.rule.downlink(self.tally))
         if self.dense_params == DenseParams.AVERAGED:
             tensors.update(self._dense)
         return tensors
@@ -152,9 +156,8 @@ class HideNseek(FederatedStrategy):
             blob = encode(tensors, reference={SIGMA + k: v for k, v in reference.items()}, manifest=manifest)
             self.sent[node] = dict(self.sigma)
             return blob
-        held = self.sent_levels.get(node)
-        blob = encode(tensors, reference={LEVELS + k: v for k, v in held.items()} if held else None,
-                      manifest=manifest)
+        held = self.sent_levels.get(node, self.initial_levels)
+        blob = encode(tensors, reference={LEVELS + k: v for k, v in held.items()}, manifest=manifest)
         self.sent_levels[node], self.sent[node] = levels, signs_of_levels(levels)
         return blob
 
@@ -173,9 +176,10 @@ class HideNseek(FederatedStrategy):
         self._dense = {k: arrays[k].numpy() for k in arrays.keys() if k not in self.mask}
         config = ConfigRecord({**dict(config), ConfigKey.SERVER_ROUND: server_round, ConfigKey.TASK: Task.HIDENSEEK,
                                ConfigKey.AGGREGATION: self.aggregation, ConfigKey.DENSE_PARAMS: self.dense_params,
-                               ConfigKey.SCORE_LEVELS: self.steps is not None})
+                               ConfigKey.SCORE_LEVELS: float(self.score_step)})
         levels = to_levels(self.tally, self.steps) if self.steps is not None else None
         tensors = self._round_tensors() if levels is None else self._level_tensors(levels)
+        self._round_dense = dict(self._dense) if self.dense_params == DenseParams.AVERAGED else {}
         manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, Kind.HIDENSEEK_ROUND)
         messages = []
         self._sampled = self.sample_nodes(server_round, grid)
@@ -254,18 +258,20 @@ class HideNseek(FederatedStrategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Every few rounds, this round's clients evaluate their personal model and the global one locally."""
+        """Every few rounds, this round's clients evaluate their personal model and the global model this round
+        started from, on their local test splits. Both are already on the node (its trained scores, and the σ and
+        dense parameters it was sent this round), so the message carries only the digest of the latter: the
+        node checks it holds exactly that model, and no model bytes travel for evaluation."""
         if not self.personal_eval_every or server_round % self.personal_eval_every:
             return []
         config = ConfigRecord({**dict(config), ConfigKey.SERVER_ROUND: server_round, ConfigKey.TASK: Task.HIDENSEEK})
         messages = []
-        tensors = self._round_tensors(with_scores=False)  # the global model is σ ⊙ |θ0|: no scores needed
         manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, Kind.HIDENSEEK_EVAL)
         for node in self._sampled:
             if node not in self.sent:
                 continue
-            blob = encode(tensors, reference={SIGMA + k: v for k, v in self.sent[node].items()}, manifest=manifest)
-            self.sent[node] = dict(self.sigma)
+            digest = round_model_digest(self.sent[node], self._round_dense)
+            blob = encode({ROUND_MODEL_DIGEST: np.frombuffer(digest, dtype=np.uint8)}, manifest=manifest)
             messages.append(Message(content=setup_record(blob, None, config=config), dst_node_id=node,
                                     message_type=MessageType.EVALUATE))
         return messages

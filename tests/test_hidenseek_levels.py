@@ -6,9 +6,12 @@ import dataclasses
 import numpy as np
 import pytest
 from fedprune.client.app import app as client_app
-from fedprune.client.hidenseek import STATE_LEVELS
+from fedprune.client.hidenseek import STATE_LEVELS, STATE_SETUP, STATE_SIGMA, Setup
 from fedprune.protos.codec import decode, encode
-from fedprune.pruning.score_levels import from_levels, level_steps, signs_of_levels, to_levels
+from fedprune.protos.contract import LEVELS
+from fedprune.protos.flower_records import payload_of
+from fedprune.protos.wire_size import content_bytes
+from fedprune.pruning.score_levels import from_levels, initial_levels, level_steps, signs_of_levels, to_levels
 from fedprune.server.run_config import ConfigError
 from fedprune.server.runner import run_federation
 from flwr.app import ConfigRecord
@@ -87,3 +90,54 @@ def test_score_step_applies_only_to_score_downlink_rules(hns):
         dataclasses.replace(hns, aggregation="vote", score_step=0.25).validate()
     with pytest.raises(ConfigError, match="score-step"):
         dataclasses.replace(hns, score_step=-1.0).validate()
+
+
+def test_first_levels_are_coded_against_the_initial_scores_grid(hns):
+    """A node's first payload is relative to the levels of sign(θ0)|θ0|, which it computes itself."""
+    sent = []
+    settings = dataclasses.replace(hns, score_step=0.25, rounds=1, personal_eval_every=0)
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(),
+                         fail_nodes=lambda node, message: sent.append(message) and False)
+    doc = run_federation(grid, settings, progress=lambda line: None)
+    assert doc["status"] == "completed" and doc["rounds"][0]["clients_failed"] == 0
+    train = [m for m in sent if m.metadata.message_type == "train"]
+    setup = Setup(grid.contexts[grid.node_ids[0]].state.config_records[STATE_SETUP]["payload"], (1, 8, 8), 10)
+    start = initial_levels(setup.magnitude, setup.initial_signs, level_steps(setup.magnitude, 0.25))
+    start = {LEVELS + k: v for k, v in start.items()}
+    assert len(train) == settings.clients_per_round
+    for message in train:
+        blob = payload_of(message)
+        with pytest.raises(ValueError, match="reference"):
+            decode(blob)  # relative to a reference: not decodable without it
+        tensors = decode(blob, reference=start).tensors  # against exactly that one (its digest is checked)
+        assert len(blob) < len(encode(tensors))  # smaller than the same tensors sent whole
+
+
+def test_evaluation_messages_carry_a_digest_not_the_model(hns):
+    sent = []
+    settings = dataclasses.replace(hns, score_step=0.25, rounds=2, personal_eval_every=2)
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(),
+                         fail_nodes=lambda node, message: sent.append(message) and False)
+    doc = run_federation(grid, settings, progress=lambda line: None)
+    evaluation = [m for m in sent if m.metadata.message_type == "evaluate"]
+    assert len(evaluation) == settings.clients_per_round
+    assert all(content_bytes(m) < 400 for m in evaluation)
+    fed = doc["rounds"][1]["federated_evaluation"]
+    assert fed["clients"] == settings.clients_per_round and 0 < fed["global-accuracy"] <= 1
+
+
+def test_a_node_holding_another_round_model_refuses_to_evaluate_it(hns):
+    def corrupt_sigma(node, reply):
+        if reply.metadata.message_type == "train" and node == grid.node_ids[0]:
+            context = grid.contexts[node]
+            sigma = decode(context.state.config_records[STATE_SIGMA]["payload"]).tensors
+            name = sorted(sigma)[0]
+            sigma[name] = -sigma[name]
+            context.state[STATE_SIGMA] = ConfigRecord({"payload": encode(sigma)})
+        return reply
+
+    settings = dataclasses.replace(hns, score_step=0.25, rounds=2, personal_eval_every=2)
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(), tamper=corrupt_sigma)
+    doc = run_federation(grid, settings, progress=lambda line: None)
+    assert doc["status"] == "completed"
+    assert doc["rounds"][1]["federated_evaluation"]["clients"] == settings.clients_per_round - 1
