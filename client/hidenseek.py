@@ -244,7 +244,9 @@ def train_hidenseek(msg: Message, context: Context, settings: ClientSettings, lo
     if dense_mode == DenseParams.AVERAGED:
         upload.update(trained_dense)
     m = setup.manifest
-    blob = encode(upload, reference={SIGMA + k: v for k, v in sigma.items()},
+    # in the coded exchange (score levels) the dense parameters travel as float16 both ways
+    f16 = {k: "DENSE_F16" for k in trained_dense if k in upload} if config.get(ConfigKey.SCORE_LEVELS) else None
+    blob = encode(upload, reference={SIGMA + k: v for k, v in sigma.items()}, force=f16,
                   manifest=Manifest(m.architecture, m.model_seed, m.density, server_round, Kind.HIDENSEEK_UPDATE))
     local_flips = sum(int(((scores[k] >= 0) != (sigma[k] > 0)).sum()) for k in scores)
     metrics = MetricRecord({MetricKey.NUM_EXAMPLES: stats.num_examples, MetricKey.TRAIN_LOSS: stats.mean_loss,

@@ -57,6 +57,7 @@ from fedprune.protos.wire_types import (
 from google.protobuf.message import DecodeError
 
 __all__ = ["DIGEST_BYTES", "DTYPE_NAMES", "FORMAT_VERSION", "DecodeLimits", "Decoded", "Expected", "Manifest",
+           "on_float16_grid",
            "TensorSpec", "WireFormatError", "decode", "encode", "pairs_cost", "reference_digest", "varint_decode",
            "varint_encode"]
 E = pb.Encoding
@@ -70,8 +71,9 @@ def encode(tensors: Mapping[str, np.ndarray], *, reference: Mapping[str, np.ndar
 
     ``reference`` holds what the receiver already has (same names; sign vectors
     there enable flip encodings). ``allow_fp16`` lets float32 travel as float16
-    when smaller (lossy). ``force`` pins a tensor's encoding by name (for
-    benchmarks); otherwise the smallest is chosen. ``pairs`` maps reference names
+    when smaller (lossy). ``force`` pins a tensor's encoding by name (benchmarks;
+    ``DENSE_F16`` for values a sender keeps on the float16 grid, ``on_float16_grid``);
+    otherwise the smallest is chosen. ``pairs`` maps reference names
     to float32 arrays of the reference tensor's shape whose nonzero entries travel
     as (index, value) pairs without a tensor header (``ReferencePairs``).
 
@@ -104,6 +106,19 @@ def encode(tensors: Mapping[str, np.ndarray], *, reference: Mapping[str, np.ndar
     return blob
 
 
+def on_float16_grid(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """float32 copies of ``arrays`` rounded to the nearest float16 value, so they travel as ``DENSE_F16``
+    without loss (a sender that keeps these values holds exactly what the receiver decodes); ``ValueError``
+    for a value beyond float16's range."""
+    out = {}
+    for name, value in arrays.items():
+        rounded = np.asarray(value, dtype=np.float32).astype(np.float16)
+        if not np.isfinite(rounded).all():
+            raise ValueError(f"tensor '{name}' holds values beyond float16's range")
+        out[name] = rounded.astype(np.float32)
+    return out
+
+
 def _encode_tensor(name: str, value: np.ndarray, reference: Mapping[str, np.ndarray] | None, allow_fp16: bool,
                    force: Mapping[str, str] | None, limits: DecodeLimits) -> tuple[pb.Tensor, int]:
     """(``value`` in the smallest encoding that applies, or the one ``force`` names; its decoded bytes)."""
@@ -113,7 +128,7 @@ def _encode_tensor(name: str, value: np.ndarray, reference: Mapping[str, np.ndar
     decoded_bytes = check_shape(name, array.shape, limits) * DTYPES[code].itemsize
     ref = usable_reference(name, array, reference)
     candidates = [e for e in ENCODINGS_FOR[code] if ref is not None or e not in NEEDS_REFERENCE]
-    if allow_fp16 and code == pb.FLOAT32:
+    if (allow_fp16 or (force or {}).get(name) == "DENSE_F16") and code == pb.FLOAT32:  # forcing it is consent
         candidates.append(E.DENSE_F16)
     if force and name in force:
         wanted = E.Value(force[name])

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from fedprune.kernels.sign_supermask import folded_weights
-from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
+from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode, on_float16_grid, reference_digest
 from fedprune.protos.contract import (
     AGGREGATIONS,
     DENSE_PARAMS,
@@ -149,15 +149,17 @@ class HideNseek(FederatedStrategy):
 
     def _train_payload(self, node: int, tensors: dict[str, np.ndarray], levels: dict[str, np.ndarray] | None,
                        manifest: Manifest) -> bytes:
-        """One node's round payload, coded against what it holds (its σ, or its levels in level mode), and
-        the record of what it now holds."""
+        """One node's round payload, coded against what it holds (its σ, or its levels in level mode, where the
+        dense parameters travel as float16: they are kept on that grid here), and the record of what it now
+        holds."""
         if levels is None:
             reference = self.sent.get(node, self.initial_signs)
             blob = encode(tensors, reference={SIGMA + k: v for k, v in reference.items()}, manifest=manifest)
             self.sent[node] = dict(self.sigma)
             return blob
         held = self.sent_levels.get(node, self.initial_levels)
-        blob = encode(tensors, reference={LEVELS + k: v for k, v in held.items()}, manifest=manifest)
+        blob = encode(tensors, reference={LEVELS + k: v for k, v in held.items()}, manifest=manifest,
+                      force={k: "DENSE_F16" for k in self._dense if k in tensors})
         self.sent_levels[node], self.sent[node] = levels, signs_of_levels(levels)
         return blob
 
@@ -178,6 +180,8 @@ class HideNseek(FederatedStrategy):
                                ConfigKey.AGGREGATION: self.aggregation, ConfigKey.DENSE_PARAMS: self.dense_params,
                                ConfigKey.SCORE_LEVELS: float(self.score_step)})
         levels = to_levels(self.tally, self.steps) if self.steps is not None else None
+        if levels is not None:  # the coded exchange: dense parameters on the float16 grid both ways
+            self._dense = on_float16_grid(self._dense)
         tensors = self._round_tensors() if levels is None else self._level_tensors(levels)
         self._round_dense = dict(self._dense) if self.dense_params == DenseParams.AVERAGED else {}
         manifest = Manifest(self.architecture, self.model_seed, self.density, server_round, Kind.HIDENSEEK_ROUND)
@@ -250,6 +254,8 @@ class HideNseek(FederatedStrategy):
         if self.dense_params == DenseParams.AVERAGED:
             mean = weighted_mean([ArrayRecord({k: Array(d[k]) for k in self._dense}) for d in decoded], weights)
             self._dense = {k: mean[k].numpy() for k in self._dense}
+            if self.steps is not None:  # the global model is what the next round sends
+                self._dense = on_float16_grid(self._dense)
         flipped = sum(int((self.sigma[k] != previous[k]).sum()) for k in self.mask)
         self.flip_rates[server_round] = flipped / sum(v.size for v in self.sigma.values())
         return self.folded_arrays(self._dense), self.train_metrics(valid, weights)

@@ -6,7 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 from fedprune.client.app import app as client_app
-from fedprune.client.hidenseek import STATE_LEVELS, STATE_SETUP, STATE_SIGMA, Setup
+from fedprune.client.hidenseek import STATE_LEVELS, STATE_ROUND_DENSE, STATE_SETUP, STATE_SIGMA, Setup
+from fedprune.protos import fedprune_wire_pb2 as pb
 from fedprune.protos.codec import decode, encode
 from fedprune.protos.contract import LEVELS
 from fedprune.protos.flower_records import payload_of
@@ -141,3 +142,28 @@ def test_a_node_holding_another_round_model_refuses_to_evaluate_it(hns):
     doc = run_federation(grid, settings, progress=lambda line: None)
     assert doc["status"] == "completed"
     assert doc["rounds"][1]["federated_evaluation"]["clients"] == settings.clients_per_round - 1
+
+
+def test_dense_parameters_travel_as_float16_both_ways_in_the_coded_exchange(hns):
+    sent, replies = [], []
+    settings = dataclasses.replace(hns, score_step=0.25, rounds=2, personal_eval_every=0)
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(),
+                         fail_nodes=lambda node, message: sent.append(message) and False,
+                         tamper=lambda node, reply: replies.append(reply) or reply)
+    doc = run_federation(grid, settings, progress=lambda line: None)
+    assert doc["status"] == "completed" and all(e["clients_failed"] == 0 for e in doc["rounds"])
+    setup = Setup(grid.contexts[grid.node_ids[0]].state.config_records[STATE_SETUP]["payload"], (1, 8, 8), 10)
+    dense_names = [k for k in setup.theta0 if k not in setup.mask]
+    for message in [m for m in sent + replies if m.metadata.message_type == "train"]:
+        blob = payload_of(message)
+        tensors = {t.name: t for t in _payload_tensors(blob)}
+        assert all(tensors[k].encoding == pb.DENSE_F16 for k in dense_names)
+    later = [m for m in sent if m.metadata.message_type == "train"][-1]
+    held = decode(grid.contexts[later.metadata.dst_node_id].state.config_records[STATE_ROUND_DENSE]["payload"])
+    assert all(np.array_equal(v, v.astype(np.float16).astype(np.float32)) for v in held.tensors.values())
+    assert set(held.tensors) == set(dense_names)
+
+
+def _payload_tensors(blob):
+    envelope = pb.Envelope.FromString(blob)
+    return pb.Payload.FromString(envelope.body).tensors
