@@ -29,6 +29,7 @@ from fedprune.protos.contract import (
     LEVELS_DIGEST,
     MASK,
     MASK_DIGEST,
+    MASK_MISMATCH,
     ROUND_MODEL_DIGEST,
     SCORES,
     SIGMA,
@@ -85,7 +86,7 @@ class Setup:
             masks = _recomputed_mask(m.architecture, m.model_seed, input_shape, num_classes, score, m.density)
             expected = decoded.tensors[MASK_DIGEST].tobytes()
             if reference_digest(masks) != expected:
-                raise ValueError("the mask recomputed here differs from the server's (digest mismatch)")
+                raise ValueError(MASK_MISMATCH)
         self.mask = masks
         self.magnitude = {k: np.abs(self.theta0[k][v]).astype(np.float32) for k, v in masks.items()}
         self.initial_signs = {k: np.where(self.theta0[k][v] >= 0, 1, -1).astype(np.int8) for k, v in masks.items()}

@@ -129,8 +129,10 @@ class DenseParams:
 
 
 DENSE_PARAMS = (DenseParams.AVERAGED, DenseParams.PERSONAL)
-# HideNseek setup: the coded mask travels ("send"), or only its digest and clients rebuild it ("recompute").
+# HideNseek setup: the coded mask travels ("send"), or only its digest and clients rebuild it ("recompute"; a node
+# whose rebuilt mask differs answers with an error holding MASK_MISMATCH and is sent the coded mask from then on).
 MASK_TRANSFER = ("send", "recompute")
+MASK_MISMATCH = "the mask recomputed here differs from the server's (mask digest mismatch)"
 
 
 # -- tensor names inside payloads --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ averaged``) or stay on the client (``personal``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from fedprune.protos.contract import (
     LEVELS_DIGEST,
     MASK,
     MASK_DIGEST,
+    MASK_MISMATCH,
     MASK_TRANSFER,
     ROUND_MODEL_DIGEST,
     SIGMA,
@@ -54,7 +55,7 @@ from fedprune.protos.contract import (
     round_model_digest,
     theta0_digest,
 )
-from fedprune.protos.flower_records import payload_of, setup_record
+from fedprune.protos.flower_records import error_reason, payload_of, setup_record
 from fedprune.pruning.aggregation import weighted_mean
 from fedprune.pruning.score_levels import initial_levels, level_steps, signs_of_levels, to_levels
 from fedprune.pruning.sign_aggregation import ServerStep, SignState, Upload, sign_rule
@@ -101,6 +102,7 @@ class HideNseek(FederatedStrategy):
         self.server_momentum = server_momentum
         self.velocity = {k: np.zeros(v.shape, dtype=np.float32) for k, v in self.magnitude.items()}
         self.sent: dict[int, dict[str, np.ndarray]] = {}  # per node: the σ it last received
+        self.mask_sent_to: set[int] = set()  # recompute mode: nodes whose rebuilt mask differed get the coded mask
         self.flip_rates: dict[int, float] = {}
         self._dense: dict[str, np.ndarray] = {}
         self._round_dense: dict[str, np.ndarray] = {}  # the dense parameters sent with this round's σ
@@ -163,9 +165,9 @@ class HideNseek(FederatedStrategy):
         self.sent_levels[node], self.sent[node] = levels, signs_of_levels(levels)
         return blob
 
-    def _setup_blob(self) -> bytes:
+    def _setup_blob(self, node: int) -> bytes:
         tensors: dict[str, np.ndarray] = {THETA0_DIGEST: np.frombuffer(self.theta0_digest, dtype=np.uint8)}
-        if self.mask_transfer == "send":
+        if self.mask_transfer == "send" or node in self.mask_sent_to:
             tensors.update({MASK + k: v for k, v in self.mask.items()})
         else:
             tensors[MASK_DIGEST] = np.frombuffer(self.mask_digest, dtype=np.uint8)
@@ -189,7 +191,7 @@ class HideNseek(FederatedStrategy):
         self._sampled = self.sample_nodes(server_round, grid)
         for slot, node in enumerate(self._sampled):
             # first contact: the setup too; σ is coded against sign(θ0), which the client rebuilds itself
-            setup = None if node in self.sent else self._setup_blob()
+            setup = None if node in self.sent else self._setup_blob(node)
             blob = self._train_payload(node, tensors, levels, manifest)
             # Tally bits are rounded with one shared random draw offset by each client's slot
             # (stratified): still unbiased per client; the round's mean is less noisy where clients agree.
@@ -240,6 +242,14 @@ class HideNseek(FederatedStrategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Update σ by the configured rule, average dense parameters, report the flip rate."""
+        replies = list(replies)
+        for reply in replies:  # recompute mode: a node that rebuilt another mask is sent the coded mask
+            if reply.has_error() and MASK_MISMATCH in error_reason(reply, limit=1000):
+                node = reply.metadata.src_node_id
+                if node not in self.mask_sent_to:
+                    log(WARNING, "round %d: node %d rebuilt a different mask; it is sent the coded mask from now "
+                        "on", server_round, node)
+                self.mask_sent_to.add(node)
         screened = self.screen_replies(server_round, replies)
         valid = [s.reply for s in screened]
         if not self.enough_replies(server_round, valid):

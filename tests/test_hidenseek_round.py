@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from fedprune.client import hidenseek as hidenseek_client
 from fedprune.client.app import app as client_app
 from fedprune.client.hidenseek import STATE_SCORES, STATE_SETUP, STATE_SIGMA
 from fedprune.protos.flower_records import payload_of
@@ -64,6 +65,28 @@ def test_mask_recompute_mode_checks_the_digest(hns):
     assert doc["status"] == "completed" and all(e["clients_failed"] == 0 for e in doc["rounds"])
     sent = _run(dataclasses.replace(hns, score="synflow", out=hns.out + "-send"))[0]
     assert doc["rounds"][0]["downlink_bytes"] < sent["rounds"][0]["downlink_bytes"]
+
+
+def test_a_node_that_rebuilds_another_mask_is_sent_the_coded_mask(hns, monkeypatch):
+    """Recompute mode across machines whose SynFlow differs: the node refuses once, then gets the mask."""
+    rebuilt = hidenseek_client._recomputed_mask
+
+    def drifted(*args):
+        masks = {k: v.copy() for k, v in rebuilt(*args).items()}
+        first = sorted(masks)[0]
+        masks[first].flat[0] = not masks[first].flat[0]
+        return masks
+
+    monkeypatch.setattr(hidenseek_client, "_recomputed_mask", drifted)
+    settings = dataclasses.replace(hns, mask_transfer="recompute", num_clients=3, clients_per_round=3,
+                                   personal_eval_every=0)
+    doc, _ = _run(settings)
+    first, second, third = doc["rounds"]
+    assert first["clients_failed"] == 3 and "mask digest mismatch" in str(first)
+    assert second["clients_failed"] == 0 and third["clients_failed"] == 0 and doc["status"] == "completed"
+    sent = _run(dataclasses.replace(settings, mask_transfer="send", out=hns.out + "-send"))[0]
+    # the node now trains on the server's mask, sent as in send mode
+    assert second["downlink_bytes"] == pytest.approx(sent["rounds"][0]["downlink_bytes"], rel=0.05)
 
 
 def test_lost_state_is_detected_and_repaired(hns):
