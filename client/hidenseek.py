@@ -45,7 +45,7 @@ from fedprune.protos.contract import (
 )
 from fedprune.protos.flower_records import config_of, content_with_payload, payload_of, setup_of
 from fedprune.pruning.schedules import data_free_mask
-from fedprune.pruning.score_levels import check_steps, from_levels, initial_levels, level_steps, signs_of_levels
+from fedprune.pruning.score_levels import GRIDS, check_steps, from_levels, initial_levels, level_steps, signs_of_levels
 from fedprune.pruning.sign_aggregation import ClientRound, SignRule, sign_rule
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
@@ -149,11 +149,14 @@ def _receive_levels(msg: Message, context: Context, setup: Setup, step: float,
     with σ and the scores it implies, as a σ payload would hold them."""
     if not (np.isfinite(step) and step > 0):
         raise ValueError(f"score step {step} is not a finite positive number")
+    grid = str(config_of(msg).get(ConfigKey.SCORE_GRID, "uniform"))
+    if grid not in GRIDS:
+        raise ValueError(f"score grid '{grid}' is not one of {GRIDS}")
     stored = None if first_contact else _stored(context, STATE_LEVELS)
     if stored is not None:
         held = decode(stored).tensors
     else:
-        start = initial_levels(setup.magnitude, setup.initial_signs, level_steps(setup.magnitude, step))
+        start = initial_levels(setup.magnitude, setup.initial_signs, level_steps(setup.magnitude, step), grid)
         held = {LEVELS + k: v for k, v in start.items()}
     tensors = decode(payload_of(msg), reference=held, expect=expected_round_payload(setup, levels=True)).tensors
     levels = {k: tensors[LEVELS + k] for k in setup.mask}
@@ -165,7 +168,7 @@ def _receive_levels(msg: Message, context: Context, setup: Setup, step: float,
     sigma = signs_of_levels(levels)
     _store(context, STATE_LEVELS, encode(received))
     _store(context, STATE_SIGMA, encode({SIGMA + k: v for k, v in sigma.items()}))
-    scores = from_levels(levels, steps)
+    scores = from_levels(levels, steps, grid)
     return {**tensors, **{SIGMA + k: v for k, v in sigma.items()}, **{SCORES + k: v for k, v in scores.items()}}
 
 

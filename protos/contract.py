@@ -71,6 +71,7 @@ class ConfigKey:
     MOVED_SHARE = "moved-share"
     SCORE_LEVELS = "score-levels"  # HideNseek: the grid step (× RMS|θ0|) of the levels the global scores travel
     # as (``pruning.score_levels``); 0 or absent: float32 scores
+    SCORE_GRID = "score-grid"  # HideNseek: the grid of those levels (``pruning.score_levels.GRIDS``)
     TALLY_SLOT = "tally-slot"  # this client's offset in the round's shared rounding draw
     TALLY_SLOTS = "tally-slots"
     # FedTiny progressive pruning: layers whose pruned-position gradients to report, their K, buffer sizes

@@ -11,6 +11,12 @@ levels, so a node never trains on anything but what the server sent.
 
 Only where clients start: the server keeps its exact scores (the tally), and clients send changes relative
 to the start they were given, so rounding never accumulates on the server.
+
+Two grids (``GRIDS``). ``uniform``: bins [qΔ, (q+1)Δ). ``sqrt``: bins uniform in sign(z)·sqrt(|z|/Δ), i.e.
+[k², (k+1)²)·Δ on each side of zero (k >= 0; q = k for z >= 0, q = −k−1 below zero), rebuilt at the middle of
+the bin in that square-root scale, (k+½)²Δ. Only a score near zero can change sign in one round of local
+training, so precision matters there: the square-root grid is as fine as a uniform one of step Δ at zero and
+coarser far from it, where a score's exact size no longer decides anything (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 
 Arrays = Mapping[str, np.ndarray]
+GRIDS = ("uniform", "sqrt")
 
 
 def level_steps(magnitude: Arrays, step: float) -> dict[str, np.ndarray]:
@@ -31,21 +38,40 @@ def level_steps(magnitude: Arrays, step: float) -> dict[str, np.ndarray]:
     return out
 
 
-def to_levels(scores: Arrays, steps: Arrays) -> dict[str, np.ndarray]:
-    """q = floor(z / Δ) per layer, int32 (clipped to int32's range; scores never get near it)."""
-    return {k: np.clip(np.floor(z.astype(np.float64) / float(steps[k][0])), -(2**31), 2**31 - 1).astype(np.int32)
-            for k, z in scores.items()}
+def to_levels(scores: Arrays, steps: Arrays, grid: str = "uniform") -> dict[str, np.ndarray]:
+    """The level of each score per layer, int32 (q >= 0 exactly when z >= 0; clipped to int32's range, which
+    scores never get near): floor(z / Δ) on the ``uniform`` grid; on the ``sqrt`` grid k = floor(sqrt(|z| / Δ)),
+    q = k for z >= 0 and −k−1 below zero."""
+    out = {}
+    for k, z in scores.items():
+        x = z.astype(np.float64) / float(steps[k][0])
+        if grid == "sqrt":
+            root = np.floor(np.sqrt(np.abs(x)))
+            q = np.where(x >= 0, root, -root - 1)
+        else:
+            q = np.floor(x)
+        out[k] = np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
+    return out
 
 
-def initial_levels(magnitude: Arrays, initial_signs: Arrays, steps: Arrays) -> dict[str, np.ndarray]:
+def initial_levels(magnitude: Arrays, initial_signs: Arrays, steps: Arrays,
+                   grid: str = "uniform") -> dict[str, np.ndarray]:
     """The levels of the initial scores z0 = sign(θ0)|θ0|: what a first payload is coded against (both sides
     derive them from θ0, so they never travel)."""
-    return to_levels({k: (initial_signs[k] * m).astype(np.float32) for k, m in magnitude.items()}, steps)
+    return to_levels({k: (initial_signs[k] * m).astype(np.float32) for k, m in magnitude.items()}, steps, grid)
 
 
-def from_levels(levels: Arrays, steps: Arrays) -> dict[str, np.ndarray]:
-    """The scores a client starts from: (q + ½)Δ, float32."""
-    return {k: ((q.astype(np.float64) + 0.5) * float(steps[k][0])).astype(np.float32) for k, q in levels.items()}
+def from_levels(levels: Arrays, steps: Arrays, grid: str = "uniform") -> dict[str, np.ndarray]:
+    """The scores a client starts from, float32: (q + ½)Δ on the ``uniform`` grid, ±(k + ½)²Δ on ``sqrt``."""
+    out = {}
+    for k, q in levels.items():
+        q64, step = q.astype(np.float64), float(steps[k][0])
+        if grid == "sqrt":
+            root = np.where(q64 >= 0, q64, -q64 - 1) + 0.5
+            out[k] = (np.where(q64 >= 0, 1.0, -1.0) * root * root * step).astype(np.float32)
+        else:
+            out[k] = ((q64 + 0.5) * step).astype(np.float32)
+    return out
 
 
 def signs_of_levels(levels: Arrays) -> dict[str, np.ndarray]:

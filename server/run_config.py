@@ -23,6 +23,7 @@ from fedprune.protos.option_rules import FLOAT_RANGES, SEED_MAX, OptionError, ch
 from fedprune.pruning.budgets import parse_budget_tiers
 from fedprune.pruning.candidates import RANKINGS
 from fedprune.pruning.progressive import GRADIENT_TAPS, LAYER_ORDERS
+from fedprune.pruning.score_levels import GRIDS
 from fedprune.pruning.scores import SCORES
 from fedprune.server.model_facts import input_error, model_facts, smallest_density
 
@@ -91,6 +92,9 @@ class RunSettings:
     score_step: float = option(0.0,
                                "hidenseek ternary-delta/score-average: global scores travel down as integer levels "
                                "on a grid of this many RMS|θ0| per layer, entropy-coded (0 = float32 scores)")
+    score_grid: str = option("uniform",
+                             "hidenseek --score-step: uniform (bins of the step) | sqrt (bins [k², (k+1)²) × step: "
+                             "as fine at zero, coarser far from it)")
     personal_eval_every: int = option(5, "hidenseek: rounds between personalized evaluations (0 = never)")
     candidates: int = option(5, "fedtiny: candidate masks for adaptive BN selection (1 = no BN selection)")
     candidate_spread: float = option(0.5,
@@ -186,6 +190,7 @@ class RunSettings:
 
         allowed("score-optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
         allowed("local-loss", self.local_loss, ("auto", *LOCAL_LOSSES))
+        allowed("score-grid", self.score_grid, GRIDS)
         if self.score_step and self.aggregation not in SCORE_DOWNLINK:
             raise ConfigError("score-step", f"applies to aggregations that send the global scores down "
                                             f"({', '.join(SCORE_DOWNLINK)}), not '{self.aggregation}'")

@@ -57,7 +57,7 @@ from fedprune.protos.contract import (
 )
 from fedprune.protos.flower_records import error_reason, payload_of, setup_record
 from fedprune.pruning.aggregation import weighted_mean
-from fedprune.pruning.score_levels import initial_levels, level_steps, signs_of_levels, to_levels
+from fedprune.pruning.score_levels import GRIDS, initial_levels, level_steps, signs_of_levels, to_levels
 from fedprune.pruning.sign_aggregation import ServerStep, SignState, Upload, sign_rule
 from fedprune.strategies.base import FederatedStrategy, ReplyRejected, checked_state_arrays, reply_metrics
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -72,11 +72,12 @@ class HideNseek(FederatedStrategy):
                  model_seed: int, score: str, density: float, clients_per_round: int, min_train_nodes: int = 1,
                  seed: int = 0, aggregation: str = "ternary-delta", dense_params: str = "averaged",
                  mask_transfer: str = "send", personal_eval_every: int = 5, server_lr: float = 1.0,
-                 server_momentum: float = 0.0, score_step: float = 0.0) -> None:
+                 server_momentum: float = 0.0, score_step: float = 0.0, score_grid: str = "uniform") -> None:
         super().__init__(clients_per_round=clients_per_round, min_train_nodes=min_train_nodes, seed=seed)
         for option, value, allowed in (("aggregation", aggregation, AGGREGATIONS),
                                        ("dense-params", dense_params, DENSE_PARAMS),
-                                       ("mask-transfer", mask_transfer, MASK_TRANSFER)):
+                                       ("mask-transfer", mask_transfer, MASK_TRANSFER),
+                                       ("score-grid", score_grid, GRIDS)):
             if value not in allowed:
                 raise ValueError(f"hidenseek {option} '{value}' is not one of {allowed}")
         self.mask = {k: np.asarray(v, dtype=bool) for k, v in mask.items()}
@@ -93,10 +94,11 @@ class HideNseek(FederatedStrategy):
         if not (np.isfinite(score_step) and score_step >= 0) or (score_step and not self.rule.score_downlink):
             raise ValueError(f"hidenseek score-step {score_step} must be >= 0, and 0 unless the aggregation sends "
                              "the global scores down (score-average, ternary-delta)")
-        self.score_step = score_step
+        self.score_step, self.score_grid = score_step, score_grid
         self.steps = level_steps(self.magnitude, score_step) if score_step else None  # None: float32 scores
         # what a node holds before its first levels (it computes them from θ0): first payloads are coded against it
-        self.initial_levels = initial_levels(self.magnitude, initial_signs, self.steps) if self.steps else None
+        self.initial_levels = (initial_levels(self.magnitude, initial_signs, self.steps, score_grid) if self.steps
+                               else None)
         self.sent_levels: dict[int, dict[str, np.ndarray]] = {}  # per node: the levels it last received
         self.personal_eval_every, self.server_lr = personal_eval_every, server_lr
         self.server_momentum = server_momentum
@@ -180,8 +182,8 @@ class HideNseek(FederatedStrategy):
         self._dense = {k: arrays[k].numpy() for k in arrays.keys() if k not in self.mask}
         config = ConfigRecord({**dict(config), ConfigKey.SERVER_ROUND: server_round, ConfigKey.TASK: Task.HIDENSEEK,
                                ConfigKey.AGGREGATION: self.aggregation, ConfigKey.DENSE_PARAMS: self.dense_params,
-                               ConfigKey.SCORE_LEVELS: float(self.score_step)})
-        levels = to_levels(self.tally, self.steps) if self.steps is not None else None
+                               ConfigKey.SCORE_LEVELS: float(self.score_step), ConfigKey.SCORE_GRID: self.score_grid})
+        levels = to_levels(self.tally, self.steps, self.score_grid) if self.steps is not None else None
         if levels is not None:  # the coded exchange: dense parameters on the float16 grid both ways
             self._dense = on_float16_grid(self._dense)
         tensors = self._round_tensors() if levels is None else self._level_tensors(levels)

@@ -167,3 +167,30 @@ def test_dense_parameters_travel_as_float16_both_ways_in_the_coded_exchange(hns)
 def _payload_tensors(blob):
     envelope = pb.Envelope.FromString(blob)
     return pb.Payload.FromString(envelope.body).tensors
+
+
+def test_sqrt_grid_levels_keep_the_sign_and_bin_and_are_finer_at_zero():
+    rng = np.random.default_rng(1)
+    magnitude = {"a": np.abs(rng.normal(size=2000)).astype(np.float32)}
+    scores = {"a": (rng.normal(size=2000) * 3).astype(np.float32)}
+    scores["a"][:4] = [0.0, -0.0, 1e-9, -1e-9]
+    steps = level_steps(magnitude, 0.25)
+    step = float(steps["a"][0])
+    q = to_levels(scores, steps, "sqrt")["a"]
+    rebuilt = from_levels({"a": q}, steps, "sqrt")["a"]
+    z = scores["a"].astype(np.float64)
+    assert np.array_equal(q >= 0, z >= 0) and np.array_equal(rebuilt >= 0, z >= 0)
+    k = np.where(q >= 0, q, -q - 1).astype(np.float64)
+    assert np.all((k**2 * step <= np.abs(z) * (1 + 1e-6)) & (np.abs(z) < (k + 1) ** 2 * step * (1 + 1e-6)))
+    assert np.all((k**2 * step <= np.abs(rebuilt) + 1e-9) & (np.abs(rebuilt) < (k + 1) ** 2 * step))
+    near = np.abs(z) < step  # the innermost bin is as fine as the uniform grid's
+    assert np.all(np.abs(rebuilt[near] - z[near]) <= step * (1 + 1e-6))
+    uniform = to_levels(scores, steps)["a"]
+    assert len(np.unique(q)) < len(np.unique(uniform))  # far from zero it is coarser: fewer levels in use
+
+
+def test_sqrt_grid_trains_and_the_client_rebuilds_the_servers_levels(hns):
+    doc, _ = _run(dataclasses.replace(hns, score_step=0.25, score_grid="sqrt"))
+    assert doc["status"] == "completed" and all(e["clients_failed"] == 0 and e["aggregated"] for e in doc["rounds"])
+    with pytest.raises(ConfigError, match="score-grid"):
+        dataclasses.replace(hns, score_grid="cubic").validate()
