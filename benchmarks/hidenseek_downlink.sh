@@ -21,6 +21,7 @@ declare -A ROWS=(
   [step1-slr2]="mask_transfer=recompute score_step=1.0 server_lr=2.0"
   [sqrt0.25]="mask_transfer=recompute score_step=0.25 score_grid=sqrt"
   [sqrt0.5]="mask_transfer=recompute score_step=0.5 score_grid=sqrt"
+  [float32]="score_step=0 mask_transfer=send"
   [fedavg-la]="strategy=fedavg local_loss=logit-adjusted"
   [fedavg-la-b16]="strategy=fedavg local_loss=logit-adjusted batch_size=16"
   [fedavg-la-b8]="strategy=fedavg local_loss=logit-adjusted batch_size=8"
