@@ -24,7 +24,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/fedprune simulate --rounds 5 --out $(DEMO_OUT)/fedavg
-	$(VENV)/bin/fedprune simulate --strategy hidenseek --density 0.1 --score-step 1.0 --mask-transfer recompute --rounds 5 --out $(DEMO_OUT)/hidenseek
+	$(VENV)/bin/fedprune simulate --strategy hidenseek --density 0.1 --rounds 5 --out $(DEMO_OUT)/hidenseek
 	$(VENV)/bin/fedprune report $(DEMO_OUT)/fedavg $(DEMO_OUT)/hidenseek --out $(DEMO_OUT)/report.png
 
 test: setup

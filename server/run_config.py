@@ -70,9 +70,9 @@ class RunSettings:
                               "hidenseek: ternary-delta (score change as stochastic ternary values, global scores "
                               "downlink) | tally (1 bit/weight, confidence kept on the server) | vote | score-average")
     dense_params: str = option("averaged", "hidenseek biases/BatchNorm: averaged | personal")
-    mask_transfer: str = option("send",
-                                "hidenseek: send (coded mask to new nodes) | recompute (clients rebuild it, digest "
-                                "checked)")
+    mask_transfer: str = option("recompute",
+                                "hidenseek: recompute (clients rebuild the mask from θ0, digest checked; a node whose "
+                                "rebuild differs is sent it) | send (coded mask to every new node)")
     score_lr: float = option(0.03,
                              "hidenseek client step size on scores (relative to each layer's |θ0| for layer-sgd; "
                              "absolute for adam, e.g. 0.001)")
@@ -89,10 +89,11 @@ class RunSettings:
     moved_share: float = option(0.15,
                                 "hidenseek ternary-delta: at most this share of scores moves per client-round (fewer "
                                 "bits, more variance)")
-    score_step: float = option(0.0,
+    score_step: float = option(0.25,
                                "hidenseek ternary-delta/score-average: global scores travel down as integer levels "
-                               "on a grid of this many RMS|θ0| per layer, entropy-coded (0 = float32 scores)")
-    score_grid: str = option("uniform",
+                               "on a grid of this many RMS|θ0| per layer (--score-grid), entropy-coded, biases as "
+                               "float16 (0 = float32 scores and biases; ignored by vote and tally)")
+    score_grid: str = option("sqrt",
                              "hidenseek --score-step: uniform (bins of the step) | sqrt (bins [k², (k+1)²) × step: "
                              "as fine at zero, coarser far from it)")
     personal_eval_every: int = option(5, "hidenseek: rounds between personalized evaluations (0 = never)")
@@ -155,6 +156,11 @@ class RunSettings:
             return self.local_loss
         return "logit-adjusted" if self.strategy == "hidenseek" else "cross-entropy"
 
+    def resolved_score_step(self) -> float:
+        """The grid step HideNseek's global scores travel on: ``score_step`` for aggregations that send them
+        down (``SCORE_DOWNLINK``), 0 for the rest (vote and tally send σ only)."""
+        return self.score_step if self.aggregation in SCORE_DOWNLINK else 0.0
+
     def validate(self, check_out_dir: bool = True) -> None:
         """Raise ``ConfigError`` naming the first option with a bad value."""
 
@@ -191,9 +197,6 @@ class RunSettings:
         allowed("score-optimizer", self.score_optimizer, SCORE_OPTIMIZERS)
         allowed("local-loss", self.local_loss, ("auto", *LOCAL_LOSSES))
         allowed("score-grid", self.score_grid, GRIDS)
-        if self.score_step and self.aggregation not in SCORE_DOWNLINK:
-            raise ConfigError("score-step", f"applies to aggregations that send the global scores down "
-                                            f"({', '.join(SCORE_DOWNLINK)}), not '{self.aggregation}'")
         if self.aggregation == "tally" and self.score_optimizer != "adam":
             raise ConfigError("score-optimizer", "aggregation 'tally' bounds a round's score movement by Adam's "
                                                  "(~lr per step); use --score-optimizer adam with it")

@@ -69,7 +69,7 @@ def _hidenseek(settings: RunSettings) -> FederatedStrategy:
                      min_train_nodes=settings.min_train_nodes, seed=settings.seed, aggregation=settings.aggregation,
                      dense_params=settings.dense_params, mask_transfer=settings.mask_transfer,
                      personal_eval_every=settings.personal_eval_every, server_lr=settings.server_lr,
-                     server_momentum=settings.server_momentum, score_step=settings.score_step,
+                     server_momentum=settings.server_momentum, score_step=settings.resolved_score_step(),
                      score_grid=settings.score_grid)
 
 

@@ -47,8 +47,8 @@ def test_levels_rebuild_within_half_a_step_with_the_sign():
 
 
 def test_level_downlink_is_coded_smaller_and_every_round_trains(hns):
-    full, _ = _run(dataclasses.replace(hns, score_step=0.0))
-    coded, grid = _run(dataclasses.replace(hns, score_step=0.25))
+    full, _ = _run(dataclasses.replace(hns, score_step=0.0, mask_transfer="send"))
+    coded, grid = _run(dataclasses.replace(hns, score_step=0.25, mask_transfer="send"))
     assert coded["status"] == full["status"] == "completed"
     assert all(e["clients_failed"] == 0 and e["aggregated"] for e in coded["rounds"])
 
@@ -87,8 +87,9 @@ def test_a_node_whose_levels_differ_is_refused_then_sent_them_whole(hns):
 
 
 def test_score_step_applies_only_to_score_downlink_rules(hns):
-    with pytest.raises(ConfigError, match="score-step"):
-        dataclasses.replace(hns, aggregation="vote", score_step=0.25).validate()
+    vote = dataclasses.replace(hns, aggregation="vote", score_step=0.25)
+    vote.validate()
+    assert vote.resolved_score_step() == 0.0 and dataclasses.replace(hns, score_step=0.5).resolved_score_step() == 0.5
     with pytest.raises(ConfigError, match="score-step"):
         dataclasses.replace(hns, score_step=-1.0).validate()
 
@@ -103,7 +104,8 @@ def test_first_levels_are_coded_against_the_initial_scores_grid(hns):
     assert doc["status"] == "completed" and doc["rounds"][0]["clients_failed"] == 0
     train = [m for m in sent if m.metadata.message_type == "train"]
     setup = Setup(grid.contexts[grid.node_ids[0]].state.config_records[STATE_SETUP]["payload"], (1, 8, 8), 10)
-    start = initial_levels(setup.magnitude, setup.initial_signs, level_steps(setup.magnitude, 0.25))
+    start = initial_levels(setup.magnitude, setup.initial_signs, level_steps(setup.magnitude, 0.25),
+                           settings.score_grid)
     start = {LEVELS + k: v for k, v in start.items()}
     assert len(train) == settings.clients_per_round
     for message in train:

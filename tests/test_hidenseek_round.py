@@ -52,7 +52,8 @@ def test_rounds_complete_and_uplink_is_the_coded_payload(hns, aggregation):
 
 
 def test_client_state_survives_and_returning_nodes_get_no_setup(hns):
-    settings = dataclasses.replace(hns, num_clients=3, clients_per_round=3, rounds=3, personal_eval_every=0)
+    settings = dataclasses.replace(hns, num_clients=3, clients_per_round=3, rounds=3, personal_eval_every=0,
+                                   mask_transfer="send")
     doc, grid = _run(settings)
     for context in grid.contexts.values():
         assert {STATE_SETUP, STATE_SIGMA, STATE_SCORES} <= set(context.state.config_records)
@@ -63,7 +64,7 @@ def test_client_state_survives_and_returning_nodes_get_no_setup(hns):
 def test_mask_recompute_mode_checks_the_digest(hns):
     doc, _ = _run(dataclasses.replace(hns, mask_transfer="recompute", score="synflow"))
     assert doc["status"] == "completed" and all(e["clients_failed"] == 0 for e in doc["rounds"])
-    sent = _run(dataclasses.replace(hns, score="synflow", out=hns.out + "-send"))[0]
+    sent = _run(dataclasses.replace(hns, score="synflow", mask_transfer="send", out=hns.out + "-send"))[0]
     assert doc["rounds"][0]["downlink_bytes"] < sent["rounds"][0]["downlink_bytes"]
 
 
@@ -120,4 +121,4 @@ def test_personal_dense_params_never_travel(hns):
                                            out=hns.out + "-p"))
     up_a = np.mean([c["uplink_bytes"] for e in averaged["rounds"] for c in e["clients"]])
     up_p = np.mean([c["uplink_bytes"] for e in personal["rounds"] for c in e["clients"]])
-    assert up_a - up_p > 4 * 100  # the 16+32+64+10 biases of digits-cnn, as float32
+    assert up_a - up_p > 2 * 100  # the 16+32+64+10 biases of digits-cnn, as float16 (the coded exchange)
