@@ -19,6 +19,7 @@ declare -A ROWS=(
   [step1-b8]="mask_transfer=recompute score_step=1.0 score_grid=uniform batch_size=8"
   [step1-slr1.5]="mask_transfer=recompute score_step=1.0 score_grid=uniform server_lr=1.5"
   [step1-slr2]="mask_transfer=recompute score_step=1.0 score_grid=uniform server_lr=2.0"
+  [sqrt0.125]="mask_transfer=recompute score_step=0.125 score_grid=sqrt"
   [sqrt0.25]="mask_transfer=recompute score_step=0.25 score_grid=sqrt"
   [sqrt0.5]="mask_transfer=recompute score_step=0.5 score_grid=sqrt"
   [fedavg-la]="strategy=fedavg local_loss=logit-adjusted"
