@@ -9,12 +9,13 @@ from fedprune.client.app import app as client_app
 from fedprune.client.hidenseek import STATE_LEVELS, STATE_ROUND_DENSE, STATE_SETUP, STATE_SIGMA, Setup
 from fedprune.protos import fedprune_wire_pb2 as pb
 from fedprune.protos.codec import decode, encode
-from fedprune.protos.contract import LEVELS
+from fedprune.protos.contract import LEVELS, Record
 from fedprune.protos.flower_records import payload_of
 from fedprune.protos.wire_size import content_bytes
 from fedprune.pruning.score_levels import from_levels, initial_levels, level_steps, signs_of_levels, to_levels
 from fedprune.server.run_config import ConfigError
 from fedprune.server.runner import run_federation
+from fedprune.strategies.hidenseek import HideNseek
 from flwr.app import ConfigRecord
 
 from tests.inprocess_grid import InProcessGrid
@@ -196,3 +197,22 @@ def test_sqrt_grid_trains_and_the_client_rebuilds_the_servers_levels(hns):
     assert doc["status"] == "completed" and all(e["clients_failed"] == 0 and e["aggregated"] for e in doc["rounds"])
     with pytest.raises(ConfigError, match="score-grid"):
         dataclasses.replace(hns, score_grid="cubic").validate()
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [("score-grid", "cubic", "score grid 'cubic'"),
+                                                       ("score-levels", -0.5, "score step -0.5"),
+                                                       ("score-levels", float("nan"), "score step nan")])
+def test_a_node_refuses_a_level_config_it_cannot_rebuild(hns, monkeypatch, key, value, reason):
+    """A hostile or broken server config never makes a node train on scores it cannot rebuild exactly."""
+    original = HideNseek.configure_train
+
+    def broken(self, *args, **kwargs):
+        messages = list(original(self, *args, **kwargs))
+        for message in messages:
+            message.content.config_records[Record.CONFIG][key] = value
+        return messages
+
+    monkeypatch.setattr(HideNseek, "configure_train", broken)
+    doc, _ = _run(dataclasses.replace(hns, score_step=0.25, rounds=1, personal_eval_every=0))
+    entry = doc["rounds"][0]
+    assert entry["clients_failed"] == hns.clients_per_round and reason in str(entry)
