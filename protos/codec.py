@@ -57,9 +57,8 @@ from fedprune.protos.wire_types import (
 from google.protobuf.message import DecodeError
 
 __all__ = ["DIGEST_BYTES", "DTYPE_NAMES", "FORMAT_VERSION", "DecodeLimits", "Decoded", "Expected", "Manifest",
-           "on_float16_grid",
-           "TensorSpec", "WireFormatError", "decode", "encode", "pairs_cost", "reference_digest", "varint_decode",
-           "varint_encode"]
+           "TensorSpec", "WireFormatError", "decode", "encode", "on_float16_grid", "pairs_cost", "reference_digest",
+           "varint_decode", "varint_encode"]
 E = pb.Encoding
 
 

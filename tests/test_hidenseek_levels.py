@@ -33,6 +33,20 @@ def _run(settings, **kwargs):
     return run_federation(grid, settings, progress=lambda line: None), grid
 
 
+def _run_recorded(settings):
+    """Run in process, recording every message the server sent and every reply it got."""
+    sent, replies = [], []
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(),
+                         fail_nodes=lambda node, message: sent.append(message) and False,
+                         tamper=lambda node, reply: replies.append(reply) or reply)
+    return run_federation(grid, settings, progress=lambda line: None), grid, sent, replies
+
+
+def _node_setup(grid):
+    """The setup the first node holds (digits-cnn inputs)."""
+    return Setup(grid.contexts[grid.node_ids[0]].state.config_records[STATE_SETUP]["payload"], (1, 8, 8), 10)
+
+
 def test_levels_rebuild_within_half_a_step_with_the_sign():
     rng = np.random.default_rng(0)
     magnitude = {"a": np.abs(rng.normal(size=500)).astype(np.float32), "b": np.zeros(0, np.float32)}
@@ -97,14 +111,11 @@ def test_score_step_applies_only_to_score_downlink_rules(hns):
 
 def test_first_levels_are_coded_against_the_initial_scores_grid(hns):
     """A node's first payload is relative to the levels of sign(θ0)|θ0|, which it computes itself."""
-    sent = []
     settings = dataclasses.replace(hns, score_step=0.25, rounds=1, personal_eval_every=0)
-    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(),
-                         fail_nodes=lambda node, message: sent.append(message) and False)
-    doc = run_federation(grid, settings, progress=lambda line: None)
+    doc, grid, sent, _ = _run_recorded(settings)
     assert doc["status"] == "completed" and doc["rounds"][0]["clients_failed"] == 0
     train = [m for m in sent if m.metadata.message_type == "train"]
-    setup = Setup(grid.contexts[grid.node_ids[0]].state.config_records[STATE_SETUP]["payload"], (1, 8, 8), 10)
+    setup = _node_setup(grid)
     start = initial_levels(setup.magnitude, setup.initial_signs, level_steps(setup.magnitude, 0.25),
                            settings.score_grid)
     start = {LEVELS + k: v for k, v in start.items()}
@@ -118,11 +129,8 @@ def test_first_levels_are_coded_against_the_initial_scores_grid(hns):
 
 
 def test_evaluation_messages_carry_a_digest_not_the_model(hns):
-    sent = []
     settings = dataclasses.replace(hns, score_step=0.25, rounds=2, personal_eval_every=2)
-    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(),
-                         fail_nodes=lambda node, message: sent.append(message) and False)
-    doc = run_federation(grid, settings, progress=lambda line: None)
+    doc, _, sent, _ = _run_recorded(settings)
     evaluation = [m for m in sent if m.metadata.message_type == "evaluate"]
     assert len(evaluation) == settings.clients_per_round
     assert all(content_bytes(m) < 400 for m in evaluation)
@@ -148,14 +156,10 @@ def test_a_node_holding_another_round_model_refuses_to_evaluate_it(hns):
 
 
 def test_dense_parameters_travel_as_float16_both_ways_in_the_coded_exchange(hns):
-    sent, replies = [], []
     settings = dataclasses.replace(hns, score_step=0.25, rounds=2, personal_eval_every=0)
-    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config(),
-                         fail_nodes=lambda node, message: sent.append(message) and False,
-                         tamper=lambda node, reply: replies.append(reply) or reply)
-    doc = run_federation(grid, settings, progress=lambda line: None)
+    doc, grid, sent, replies = _run_recorded(settings)
     assert doc["status"] == "completed" and all(e["clients_failed"] == 0 for e in doc["rounds"])
-    setup = Setup(grid.contexts[grid.node_ids[0]].state.config_records[STATE_SETUP]["payload"], (1, 8, 8), 10)
+    setup = _node_setup(grid)
     dense_names = [k for k in setup.theta0 if k not in setup.mask]
     for message in [m for m in sent + replies if m.metadata.message_type == "train"]:
         blob = payload_of(message)
