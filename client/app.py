@@ -13,11 +13,10 @@ from fedprune.client.local_data import LocalData, load_local_data, partition_of
 from fedprune.client.local_training import train_as_configured
 from fedprune.client.masked_training import train_masked
 from fedprune.client.settings import ClientSettings, client_settings
-from fedprune.data import run_dataset
-from fedprune.data.sources import DatasetSplits
+from fedprune.data.sources import DATASET_FACTS, DatasetFacts
 from fedprune.models import build_model
 from fedprune.models.evaluation import evaluate as evaluate_model
-from fedprune.protos.contract import ConfigKey, MetricKey, Record, Task
+from fedprune.protos.contract import ConfigKey, MetricKey, NodeKey, Record, Task
 from fedprune.protos.flower_records import config_of
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -30,18 +29,21 @@ def _settings(context: Context) -> ClientSettings:
     return client_settings(context.run_config)
 
 
-def _setup_threads() -> None:
-    # One Ray actor per CPU: more intra-op threads only oversubscribe the cores.
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
+def use_threads(node_config: dict) -> int:
+    """Set torch's intra-op threads to the node config's ``num-threads`` (absent: 1, as in a simulation,
+    where Ray runs one actor per CPU and more threads only oversubscribe the cores); returns the count."""
+    threads = max(1, int(node_config.get(NodeKey.NUM_THREADS, 1)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
-def _node_inputs(context: Context) -> tuple[ClientSettings, LocalData, DatasetSplits]:
-    """What training and evaluation start from: the run's settings, this node's data and the dataset's splits
-    (for its input shape and class count), with one intra-op thread."""
-    _setup_threads()
+def _node_inputs(context: Context) -> tuple[ClientSettings, LocalData, DatasetFacts]:
+    """What training and evaluation start from: the run's settings, this node's data and the dataset's facts
+    (input shape, class count; known without loading it), with the node's threads set."""
+    use_threads(context.node_config)
     settings = _settings(context)
-    return settings, load_local_data(context.node_config, settings), run_dataset(settings)
+    return settings, load_local_data(context.node_config, settings), DATASET_FACTS[settings.dataset]
 
 
 @app.query()
@@ -60,13 +62,13 @@ def describe(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train locally; a node with ``model-dir`` in its node config also keeps the result for edge inference."""
     reply = _train(msg, context)
-    if context.node_config.get("model-dir"):
+    if context.node_config.get(NodeKey.MODEL_DIR):
         settings = _settings(context)
-        data = run_dataset(settings)
+        data = DATASET_FACTS[settings.dataset]
         try:
             export_after_training(reply, msg, context, settings, data.input_shape, data.num_classes)
         except (OSError, ValueError, KeyError) as exc:  # a full disk on the device must not cost the round
-            log(WARNING, "could not keep the trained model in %s: %s", context.node_config["model-dir"], exc)
+            log(WARNING, "could not keep the trained model in %s: %s", context.node_config[NodeKey.MODEL_DIR], exc)
     return reply
 
 

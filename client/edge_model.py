@@ -25,7 +25,7 @@ from fedprune.client.settings import ClientSettings
 from fedprune.kernels.convert import export_for_inference
 from fedprune.models import build_model
 from fedprune.protos.codec import decode
-from fedprune.protos.contract import MASK_SUFFIX, ConfigKey, Record, Task, join_kept
+from fedprune.protos.contract import MASK_SUFFIX, ConfigKey, NodeKey, Record, Task, join_kept
 from fedprune.protos.flower_records import config_of, payload_of
 from flwr.app import Context, Message
 from torch import nn
@@ -118,7 +118,7 @@ def load_edge_model(path: str | Path) -> EdgeModel:
 def _hidenseek_personal(context: Context, settings: ClientSettings, input_shape: tuple,
                         num_classes: int) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
     """The node's own model after training: own scores z, dense params and label prior, folded."""
-    setup = Setup(_stored(context, STATE_SETUP), input_shape, num_classes)
+    setup = Setup(_stored(context, STATE_SETUP), input_shape, num_classes, context)
     dense = {k: v for k, v in setup.theta0.items() if k not in setup.mask}
     return personal_model(context, settings, setup, dense, input_shape, num_classes).state_dict(), setup.mask
 
@@ -136,7 +136,7 @@ def _masked_trained(reply: Message, context: Context, template: dict[str, np.nda
 def export_after_training(reply: Message, msg: Message, context: Context, settings: ClientSettings,
                           input_shape: tuple, num_classes: int) -> Path | None:
     """Keep the model this node just trained in node config's ``model-dir`` (no-op without one)."""
-    model_dir = context.node_config.get("model-dir")
+    model_dir = context.node_config.get(NodeKey.MODEL_DIR)
     if not model_dir or reply.has_error():
         return None
     config = config_of(msg)

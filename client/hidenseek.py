@@ -52,6 +52,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 STATE_SETUP, STATE_SIGMA, STATE_SCORES, STATE_DENSE = "hns-setup", "hns-sigma", "hns-scores", "hns-dense"
 STATE_LEVELS = "hns-levels"  # the grid levels of the global scores this node last received
 STATE_ROUND_DENSE = "hns-round-dense"  # the averaged dense parameters this node last received (beside its σ)
+STATE_REBUILT_MASK = "hns-rebuilt-mask"  # the mask this node rebuilt from θ0 (matched the server's digest)
 STATE_PRIOR = "hns-label-prior"  # log label frequencies a logit-adjusted node trained with (its personal bias)
 
 
@@ -71,10 +72,32 @@ def _store(context: Context, key: str, blob: bytes) -> None:
     context.state[key] = ConfigRecord({"payload": blob})
 
 
-class Setup:
-    """What a node derives from the setup payload: mask, |θ0| and sign(θ0) over kept weights, θ0 itself."""
+def _rebuilt_mask(context: Context | None, manifest: Manifest, input_shape: tuple, num_classes: int,
+                  expected: bytes) -> dict[str, np.ndarray]:
+    """The mask this node rebuilds from θ0 (SynFlow: seconds), checked against the server's digest.
 
-    def __init__(self, blob: bytes, input_shape: tuple, num_classes: int) -> None:
+    Kept in ``Context.state`` for the run once it matched, so a deployed node, whose every message runs
+    in a new process, rebuilds it once; a kept copy is used only if it still has that digest."""
+    blob = _stored(context, STATE_REBUILT_MASK) if context is not None else None
+    if blob is not None:
+        kept = {k[len(MASK):]: v for k, v in decode(blob).tensors.items() if k.startswith(MASK)}
+        if reference_digest(kept) == expected:
+            return kept
+    score = score_of_setup_kind(manifest.kind)
+    masks = _recomputed_mask(manifest.architecture, manifest.model_seed, input_shape, num_classes, score,
+                             manifest.density)
+    if reference_digest(masks) != expected:
+        raise ValueError(MASK_MISMATCH)
+    if context is not None:
+        _store(context, STATE_REBUILT_MASK, encode({MASK + k: v for k, v in masks.items()}))
+    return masks
+
+
+class Setup:
+    """What a node derives from the setup payload: mask, |θ0| and sign(θ0) over kept weights, θ0 itself.
+    ``context``: where a mask rebuilt from θ0 is kept for the run (``None``: rebuild it)."""
+
+    def __init__(self, blob: bytes, input_shape: tuple, num_classes: int, context: Context | None = None) -> None:
         decoded = decode(blob)
         m = decoded.manifest
         self.manifest = m
@@ -82,11 +105,7 @@ class Setup:
                                      decoded.tensors[THETA0_DIGEST].tobytes())
         masks = {k[len(MASK):]: v for k, v in decoded.tensors.items() if k.startswith(MASK)}
         if not masks:
-            score = score_of_setup_kind(m.kind)
-            masks = _recomputed_mask(m.architecture, m.model_seed, input_shape, num_classes, score, m.density)
-            expected = decoded.tensors[MASK_DIGEST].tobytes()
-            if reference_digest(masks) != expected:
-                raise ValueError(MASK_MISMATCH)
+            masks = _rebuilt_mask(context, m, input_shape, num_classes, decoded.tensors[MASK_DIGEST].tobytes())
         self.mask = masks
         self.magnitude = {k: np.abs(self.theta0[k][v]).astype(np.float32) for k, v in masks.items()}
         self.initial_signs = {k: np.where(self.theta0[k][v] >= 0, 1, -1).astype(np.int8) for k, v in masks.items()}
@@ -99,7 +118,7 @@ def _setup(msg: Message, context: Context, input_shape: tuple, num_classes: int)
         blob = _stored(context, STATE_SETUP)
         if blob is None:
             raise ValueError("message is relative to a setup this node does not hold")
-    setup = Setup(blob, input_shape, num_classes)
+    setup = Setup(blob, input_shape, num_classes, context)
     if first_contact:
         _store(context, STATE_SETUP, blob)
     return setup, first_contact

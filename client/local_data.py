@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fedprune.client.node_cache import cached_partition
 from fedprune.client.settings import ClientSettings
 from fedprune.data import LabeledArrays, partition_indices, run_dataset, split_local
-from fedprune.protos.contract import MetricKey
+from fedprune.data.sources import DATASET_FACTS
+from fedprune.protos.contract import MetricKey, NodeKey
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,8 @@ def partition_of(node_config: dict, settings: ClientSettings) -> tuple[int, int]
     return pid, count
 
 
-@functools.lru_cache(maxsize=4)
-def _cached(settings: ClientSettings, partition_id: int) -> LocalData:
+def _partition(settings: ClientSettings, partition_id: int) -> tuple[LabeledArrays, LabeledArrays]:
+    """Read the dataset and cut node ``partition_id``'s (train, test) arrays out of it, as every node does."""
     splits = run_dataset(settings)
     parts = partition_indices(
         splits.train.y, settings.partition, settings.num_clients, alpha=settings.alpha,
@@ -51,12 +53,20 @@ def _cached(settings: ClientSettings, partition_id: int) -> LocalData:
         seed=settings.seed,
     )
     local = split_local(parts[partition_id], settings.local_test_fraction, seed=settings.seed * 100_003 + partition_id)
-    return LocalData(partition_id, splits.train.subset(local.train), splits.train.subset(local.test))
+    return splits.train.subset(local.train), splits.train.subset(local.test)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(settings: ClientSettings, partition_id: int, cache_dir: str | None) -> LocalData:
+    if cache_dir is None:
+        return LocalData(partition_id, *_partition(settings, partition_id))
+    return LocalData(partition_id, *cached_partition(cache_dir, settings, partition_id,
+                                                     lambda: _partition(settings, partition_id)))
 
 
 @functools.lru_cache(maxsize=4)
 def _from_file(settings: ClientSettings, partition_id: int, data_path: str, mtime: float) -> LocalData:
-    splits = run_dataset(settings)
+    splits = DATASET_FACTS[settings.dataset]  # shape and classes only: the node's own file is its data
     path = Path(data_path).expanduser()
     with np.load(path, allow_pickle=False) as arrays:
         if "x" not in arrays or "y" not in arrays:
@@ -78,11 +88,13 @@ def _from_file(settings: ClientSettings, partition_id: int, data_path: str, mtim
 
 
 def load_local_data(node_config: dict, settings: ClientSettings) -> LocalData:
-    """This client's data (cached per process: a Ray actor serves many clients)."""
+    """This client's data: cached per process (a Ray actor serves many clients) and, where the node config
+    names a ``cache-dir`` (a deployed node, whose every message runs in a new process), on the node's disk."""
     pid, _ = partition_of(node_config, settings)
-    if node_config.get("data-path"):
-        path = Path(str(node_config["data-path"])).expanduser()
+    if node_config.get(NodeKey.DATA_PATH):
+        path = Path(str(node_config[NodeKey.DATA_PATH])).expanduser()
         if not path.is_file():
             raise ValueError(f"node config data-path {path} is not a file")
         return _from_file(settings, pid, str(path), path.stat().st_mtime)
-    return _cached(settings, pid)
+    cache_dir = node_config.get(NodeKey.CACHE_DIR)
+    return _cached(settings, pid, str(cache_dir) if cache_dir else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib.metadata
 import os
 import pickle
 from dataclasses import dataclass
@@ -87,9 +88,15 @@ def _normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndar
     return (x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)
 
 
+def fashion_mnist_directory(path: str | os.PathLike | None = None) -> Path:
+    """Where Fashion-MNIST's IDX files are read from: ``path``, else ``$FEDPRUNE_FASHION_MNIST_DIR``, else the
+    Debian package's folder."""
+    return Path(path or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
+
+
 def load_fashion_mnist(path: str | os.PathLike | None = None) -> DatasetSplits:
     """Fashion-MNIST (60k/10k, 1x28x28) from the Debian package's IDX files."""
-    directory = Path(path or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
+    directory = fashion_mnist_directory(path)
     if not directory.is_dir():
         raise DatasetMissingError(
             f"Fashion-MNIST directory {directory} does not exist. Install the data with "
@@ -135,9 +142,14 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def cifar10_directory(path: str | os.PathLike | None = None) -> str | os.PathLike | None:
+    """Where CIFAR-10's batches are read from: ``path``, else ``$FEDPRUNE_CIFAR10_DIR`` (``None``: neither)."""
+    return path or os.environ.get(CIFAR10_ENV)
+
+
 def load_cifar10(path: str | os.PathLike | None = None) -> DatasetSplits:
     """CIFAR-10 from a user-supplied ``cifar-10-batches-py`` directory (python pickle batches)."""
-    raw = path or os.environ.get(CIFAR10_ENV)
+    raw = cifar10_directory(path)
     if not raw:
         raise DatasetMissingError(
             "CIFAR-10 cannot be downloaded here: pass run-config `dataset-path` (or set "
@@ -201,3 +213,17 @@ class DatasetChoice(Protocol):
 def run_dataset(choice: DatasetChoice) -> DatasetSplits:
     """The dataset a run's settings name, from ``dataset_path`` or, when that is empty, its standard place."""
     return load_dataset(choice.dataset, choice.dataset_path or None)
+
+
+def dataset_fingerprint(name: str, path: str | None = None) -> str:
+    """What identifies the data a dataset is read from, without reading it: each file's name, size and
+    modification time (digits: the scikit-learn version that ships it). A node's cached partition is
+    valid only while this stays the same."""
+    if name == "digits":
+        return f"digits scikit-learn {importlib.metadata.version('scikit-learn')}"
+    directory = fashion_mnist_directory(path) if name == "fashion-mnist" else cifar10_directory(path)
+    if name not in DATASETS or directory is None or not Path(directory).is_dir():
+        raise DatasetMissingError(f"no data for dataset '{name}' at {directory}")
+    files = sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+                   for entry in Path(directory).resolve().iterdir() if entry.is_file())
+    return f"{name} {Path(directory).resolve()} {files}"

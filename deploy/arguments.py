@@ -72,6 +72,18 @@ def _supernode(steps: argparse._SubParsersAction) -> None:
     node.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=KEY_VALUE_HELP)
     node.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT,
                       help="the SuperNode's local Runtime API port (distinct per SuperNode on one host)")
+    node.add_argument("--executor", choices=("warm", "flower"), default="warm",
+                      help="warm: ClientApps run in children forked from a process with torch imported once "
+                           "(restarted if it dies; Flower's executor after 3 exits in 60 s); flower: Flower's own "
+                           "executor, a new flwr-clientapp process per message")
+    node.add_argument("--num-threads", type=int, default=0,
+                      help="torch threads per ClientApp (0: this host's cores / --nodes-on-host)")
+    node.add_argument("--nodes-on-host", type=int, default=1,
+                      help="SuperNodes sharing this host's cores (sets the default --num-threads)")
+    node.add_argument("--cache-dir", default="~/.cache/fedprune",
+                      help="node-local cache of this node's data partition (checked by digest on every use)")
+    node.add_argument("--max-retries", type=int, default=None,
+                      help="give up after this many failed connection attempts (default: never)")
     node.add_argument("--insecure", action="store_true", help="no TLS, no authentication (prints a warning)")
     node.add_argument("--print", action="store_true", dest="print_only", help="print the command, do not start it")
 

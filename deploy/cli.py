@@ -22,6 +22,7 @@ from fedprune.deploy.certificates import CertificateError, create_certificates
 from fedprune.deploy.edge_commands import cmd_predict, cmd_serve
 from fedprune.deploy.launch import (
     ServerTLS,
+    executor_command,
     shell_line,
     superlink_command,
     supernode_command,
@@ -29,6 +30,8 @@ from fedprune.deploy.launch import (
     write_cli_connection,
 )
 from fedprune.deploy.loopback import DeploymentError, run_loopback
+from fedprune.deploy.node_supervisor import run_node
+from fedprune.protos.contract import NodeKey
 from fedprune.server.results import RESULTS_NAME, human_bytes
 from fedprune.server.run_config import ConfigError
 from fedprune.simulation.flower_processes import (
@@ -37,8 +40,11 @@ from fedprune.simulation.flower_processes import (
     flower_env,
     follow_run,
     run_flwr,
+    run_status,
+    status_checks,
     submitted_run_id,
 )
+from fedprune.simulation.run_status import ControlApi
 
 from fedprune.run_options import check_dataset, settings_from_args
 
@@ -148,8 +154,30 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     return _exec(command, args.print_only)
 
 
+def node_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The node config ``fedprune deploy supernode`` gives its SuperNode (checked; ``--set`` last)."""
+    if not 0 <= args.partition_id < args.num_partitions:
+        raise ConfigError("partition-id", f"{args.partition_id} is outside [0, {args.num_partitions})")
+    if args.nodes_on_host < 1:
+        raise ConfigError("nodes-on-host", f"must be at least 1, got {args.nodes_on_host}")
+    if args.num_threads < 0:
+        raise ConfigError("num-threads", f"must be 0 (automatic) or more, got {args.num_threads}")
+    threads = args.num_threads or max(1, (os.cpu_count() or 1) // args.nodes_on_host)
+    node_config: dict[str, Any] = {NodeKey.PARTITION_ID: args.partition_id,
+                                   NodeKey.NUM_PARTITIONS: args.num_partitions, NodeKey.NUM_THREADS: threads}
+    if args.cache_dir:
+        node_config[NodeKey.CACHE_DIR] = str(Path(args.cache_dir).expanduser().resolve())
+    if args.data_path:
+        node_config[NodeKey.DATA_PATH] = str(Path(args.data_path).expanduser().resolve())
+    if args.model_dir:
+        node_config[NodeKey.MODEL_DIR] = str(Path(args.model_dir).expanduser().resolve())
+    node_config.update(_parse_set(args.set))
+    return node_config
+
+
 def cmd_supernode(args: argparse.Namespace) -> int:
-    """Start (or print) a SuperNode with its partition, data, model-dir and ``--set`` node config."""
+    """Start (or print) a SuperNode with its partition, data, model-dir and ``--set`` node config, and the
+    executor of its ClientApps (the warm one by default, supervised by this process)."""
     check_address("superlink", args.superlink)
     check_port("runtime-port", args.runtime_port)
     if args.insecure:
@@ -162,17 +190,22 @@ def cmd_supernode(args: argparse.Namespace) -> int:
             if not Path(value).expanduser().is_file():
                 raise ConfigError(option, f"{value} does not exist")
         root, key = Path(args.root_cert).expanduser().resolve(), Path(args.key).expanduser().resolve()
-    if not 0 <= args.partition_id < args.num_partitions:
-        raise ConfigError("partition-id", f"{args.partition_id} is outside [0, {args.num_partitions})")
-    node_config: dict[str, Any] = {"partition-id": args.partition_id, "num-partitions": args.num_partitions}
-    if args.data_path:
-        node_config["data-path"] = str(Path(args.data_path).expanduser().resolve())
-    if args.model_dir:
-        node_config["model-dir"] = str(Path(args.model_dir).expanduser().resolve())
-    node_config.update(_parse_set(args.set))
-    command = supernode_command(args.superlink, root_cert=root, private_key=key, node_config=node_config,
-                                runtime_port=args.runtime_port)
-    return _exec(command, args.print_only)
+    node_config = node_config_from_args(args)
+
+    def supernode(secret: Path | None) -> list[str]:
+        return supernode_command(args.superlink, root_cert=root, private_key=key, node_config=node_config,
+                                 runtime_port=args.runtime_port, max_retries=args.max_retries, auth_secret=secret)
+
+    if args.executor == "flower":
+        return _exec(supernode(None), args.print_only)
+    if args.print_only:
+        secret = Path("SECRET_FILE")
+        print(shell_line(supernode(secret)))
+        print(shell_line(executor_command("warm", args.runtime_port, secret, "SUPERVISOR_PID")))
+        return 0
+    env = flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")))
+    return run_node(supernode, lambda kind, secret: executor_command(kind, args.runtime_port, secret, os.getpid()),
+                    args.runtime_port, env)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -185,9 +218,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"submitted run {run_id}; results and checkpoints go to {settings.out} on the SuperLink host", flush=True)
     if args.no_follow:
         return 0
-    status, document = follow_run(lambda *a: run_flwr(home, *a), connection, run_id,
-                                  Path(settings.out) / RESULTS_NAME, settings.rounds,
-                                  lambda line: print(line, flush=True))
+    with ControlApi(args.superlink_address, None if args.insecure else Path(args.root_cert)) as api:
+        checks = status_checks(api, run_id, lambda: run_status(lambda *a: run_flwr(home, *a), connection, run_id))
+        status, document = follow_run(checks, Path(settings.out) / RESULTS_NAME, settings.rounds,
+                                      lambda line: print(line, flush=True))
     print(f"run {run_id}: {status}")
     return 0 if status == "finished:completed" else 1
 

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import tomli_w
 from fedprune.deploy.certificates import CA_CERT, SERVER_CERT, SERVER_KEY
+from fedprune.protos.contract import NodeKey
 from fedprune.simulation.flower_processes import config_overrides, flower_bin
 
 DEFAULT_FLEET_PORT = 9092  # gRPC Fleet API (SuperNodes connect here)
@@ -31,10 +32,12 @@ INSECURE_WARNING = ("WARNING: --insecure: traffic is not encrypted and SuperNode
 
 # Keys an edge node's --node-config understands (README "Deploy" documents them).
 NODE_CONFIG_KEYS = {
-    "partition-id": "this node's partition of the run's dataset (0-based); also its id in results.json",
-    "num-partitions": "number of partitions (must equal the run's num-clients)",
-    "data-path": "optional .npz with this node's own data (x, y[, x_test, y_test]) instead of a partition",
-    "model-dir": "optional directory where the node keeps its latest trained model for edge inference",
+    NodeKey.PARTITION_ID: "this node's partition of the run's dataset (0-based); also its id in results.json",
+    NodeKey.NUM_PARTITIONS: "number of partitions (must equal the run's num-clients)",
+    NodeKey.DATA_PATH: "optional .npz with this node's own data (x, y[, x_test, y_test]) instead of a partition",
+    NodeKey.MODEL_DIR: "optional directory where the node keeps its latest trained model for edge inference",
+    NodeKey.NUM_THREADS: "torch threads a ClientApp uses (default: the host's cores / SuperNodes on it)",
+    NodeKey.CACHE_DIR: "node-local cache of the node's data partition (checked by digest on every use)",
 }
 
 
@@ -93,11 +96,15 @@ def node_config_string(values: Mapping[str, Any]) -> str:
 
 def supernode_command(superlink: str, *, root_cert: str | Path | None, private_key: str | Path | None,
                       node_config: Mapping[str, Any], runtime_port: int = DEFAULT_RUNTIME_PORT,
-                      max_retries: int | None = None, max_wait_time: float | None = None) -> list[str]:
+                      max_retries: int | None = None, max_wait_time: float | None = None,
+                      auth_secret: str | Path | None = None) -> list[str]:
     """``flower-supernode`` for an edge client: gRPC-rere to ``superlink`` (the Fleet API address).
 
     ``root_cert=None`` means insecure (and then no ``private_key``: authentication needs TLS).
-    The SuperNode's Runtime API (for its own ClientApp processes) stays on 127.0.0.1.
+    The SuperNode's Runtime API (for its executor and ClientApp processes) stays on 127.0.0.1.
+    With ``auth_secret`` the node runs ``--isolation process``: an executor started beside it
+    (``executor_command``) runs its ClientApps, authenticated with that secret file; without it, the
+    node starts Flower's own executor (one ``flwr-clientapp`` process per message).
     """
     command = [flower_bin("flower-supernode"), "--grpc-rere", "--superlink", superlink]
     if root_cert is None:
@@ -110,11 +117,26 @@ def supernode_command(superlink: str, *, root_cert: str | Path | None, private_k
             command += ["--auth-supernode-private-key", str(private_key)]
     command += ["--node-config", node_config_string(node_config), "--host", "127.0.0.1",
                 "--port", str(runtime_port)]
+    if auth_secret is not None:
+        command += ["--isolation", "process", "--superexec-auth-secret-file", str(auth_secret)]
     if max_retries is not None:
         command += ["--max-retries", str(max_retries)]
     if max_wait_time is not None:
         command += ["--max-wait-time", str(max_wait_time)]
     return command
+
+
+def executor_command(kind: str, runtime_port: int, auth_secret: str | Path, parent_pid: int | str) -> list[str]:
+    """The executor beside a ``--isolation process`` SuperNode: ``warm`` (``deploy.warm_executor``: ClientApps
+    in children forked from a process with torch imported) or ``flower`` (``flower-superexec``)."""
+    address = f"127.0.0.1:{runtime_port}"
+    common = ["--runtime-api-address", address, "--superexec-auth-secret-file", str(auth_secret),
+              "--parent-pid", str(parent_pid)]
+    if kind == "warm":
+        return [sys.executable, "-m", "fedprune.deploy.warm_executor", *common]
+    if kind == "flower":
+        return [flower_bin("flower-superexec"), "--insecure", *common]
+    raise ValueError(f"unknown executor {kind!r} (warm or flower)")
 
 
 def cli_connection_toml(name: str, control_address: str, root_cert: str | Path | None) -> str:

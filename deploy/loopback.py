@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +31,11 @@ from fedprune.deploy.launch import (
     ServerTLS,
     register_command,
     superlink_command,
-    supernode_command,
     warn_insecure,
     write_cli_connection,
 )
-from fedprune.deploy.wire_meter import WireBytes, WireMeter
+from fedprune.deploy.wire_meter import RoundWire, WireMeter
+from fedprune.protos.contract import NodeKey
 from fedprune.server.results import RESULTS_NAME
 from fedprune.server.run_config import RunSettings
 from fedprune.simulation.flower_processes import (
@@ -48,11 +48,13 @@ from fedprune.simulation.flower_processes import (
     follow_run,
     free_port,
     is_source_tree,
-    read_results,
     run_failure,
     run_flwr,
+    run_status,
+    status_checks,
     submitted_run_id,
 )
+from fedprune.simulation.run_status import ControlApi
 
 CONNECTION = "loopback"
 WIRE_NAME = "wire.json"
@@ -97,6 +99,7 @@ class LoopbackDeployment:
     meter_wire: bool = True
     node_config: dict[str, Any] = field(default_factory=dict)
     keep_models: bool = False
+    executor: str = "warm"  # fedprune deploy supernode --executor
     certs: Material | None = None
     superlink: OwnedProcess | None = None
     supernodes: list[OwnedProcess | None] = field(default_factory=list)
@@ -169,15 +172,16 @@ class LoopbackDeployment:
 
     def node_config_of(self, index: int) -> dict[str, Any]:
         """Node config of SuperNode ``index``: its partition, plus ``model-dir`` with ``keep_models``."""
-        config = {"partition-id": index, "num-partitions": self.num_nodes, **self.node_config}
+        config = {NodeKey.PARTITION_ID: index, NodeKey.NUM_PARTITIONS: self.num_nodes, **self.node_config}
         if self.keep_models:
-            config["model-dir"] = str(self.workdir / f"node-{index}" / "models")
+            config[NodeKey.MODEL_DIR] = str(self.workdir / f"node-{index}" / "models")
         return config
 
     def start_supernode(self, index: int, *, private_key: Path | None = None, root_cert: Path | None = None,
                         superlink: str | None = None, insecure: bool | None = None,
                         max_retries: int | None = None, name: str | None = None) -> OwnedProcess:
-        """Start SuperNode ``index`` (own FLWR_HOME and Runtime API port); overrides serve the refusal tests."""
+        """Start SuperNode ``index`` as a user does, with ``fedprune deploy supernode`` (the SuperNode and its
+        executor; own FLWR_HOME and Runtime API port); overrides serve the refusal tests."""
         insecure = self.insecure if insecure is None else insecure
         node_dir = self.workdir / (name or f"node-{index}")
         if insecure:
@@ -187,15 +191,30 @@ class LoopbackDeployment:
             private_key = private_key or self.certs.nodes[index].private_key
         for _ in range(PORT_ATTEMPTS):  # a free port can be taken by another process before the node binds it
             port = free_port()
-            command = supernode_command(superlink or self.fleet_address, root_cert=root_cert,
-                                        private_key=private_key, node_config=self.node_config_of(index),
-                                        runtime_port=port, max_retries=max_retries)
-            node = OwnedProcess.start(f"flower-supernode {name or index}", command, _env(node_dir / "flwr-home"),
-                                      node_dir / "supernode.log")
+            command = self.supernode_command(index, superlink or self.fleet_address, root_cert, private_key, port,
+                                             max_retries, node_dir)
+            node = OwnedProcess.start(f"fedprune deploy supernode {name or index}", command,
+                                      _env(node_dir / "flwr-home"), node_dir / "supernode.log")
             if not _lost_port_race(node, port):
                 return node
-        raise DeploymentError(f"flower-supernode {name or index} found no free Runtime API port in "
+        raise DeploymentError(f"SuperNode {name or index} found no free Runtime API port in "
                               f"{PORT_ATTEMPTS} attempts; see {node.log_path}")
+
+    def supernode_command(self, index: int, superlink: str, root_cert: Path | None, private_key: Path | None,
+                          runtime_port: int, max_retries: int | None, node_dir: Path) -> list[str]:
+        """``fedprune deploy supernode`` for node ``index`` (this host's cores shared by all its SuperNodes)."""
+        config = self.node_config_of(index)
+        command = [sys.executable, "-m", "fedprune.cli", "deploy", "supernode", "--superlink", superlink,
+                   "--partition-id", str(config.pop(NodeKey.PARTITION_ID)),
+                   "--num-partitions", str(config.pop(NodeKey.NUM_PARTITIONS)),
+                   "--runtime-port", str(runtime_port), "--executor", self.executor,
+                   "--nodes-on-host", str(self.num_nodes), "--cache-dir", str(node_dir / "cache")]
+        command += ["--insecure"] if root_cert is None else ["--root-cert", str(root_cert), "--key", str(private_key)]
+        if max_retries is not None:
+            command += ["--max-retries", str(max_retries)]
+        for key, value in config.items():
+            command += ["--set", f"{key}={value}"]
+        return command
 
     def kill_supernode(self, index: int) -> None:
         """Kill SuperNode ``index`` and its ClientApp processes at once (SIGKILL, like a device losing power)."""
@@ -241,8 +260,11 @@ class LoopbackDeployment:
                poll_seconds: float = 0.25) -> tuple[str, dict[str, Any] | None]:
         """Follow the run's results.json until the SuperLink reports it finished (see ``follow_run``)."""
         results = Path(settings.out).expanduser().resolve() / RESULTS_NAME
-        return follow_run(self.flwr, CONNECTION, run_id, results, settings.rounds, progress,
-                          poll_seconds=poll_seconds, status_poll_seconds=10.0, timeout=timeout, on_poll=on_poll)
+        root = None if self.insecure else self.certs.ca_cert
+        with ControlApi(f"127.0.0.1:{self.control_port}", root) as api:
+            checks = status_checks(api, run_id, lambda: run_status(self.flwr, CONNECTION, run_id))
+            return follow_run(checks, results, settings.rounds, progress, poll_seconds=poll_seconds,
+                              status_poll_seconds=10.0, timeout=timeout, on_poll=on_poll)
 
     def run(self, settings: RunSettings, progress: Callable[[str], None] = print,
             timeout: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -266,55 +288,6 @@ class LoopbackDeployment:
                                   f"(`FLWR_HOME={self.home} flwr log {run_id} {CONNECTION}`)")
         (out_dir / WIRE_NAME).write_text(json.dumps(wire.rounds, indent=1))
         return document, wire.rounds
-
-
-class RoundWire:
-    """Cuts the wire meter's running count at round boundaries seen in results.json.
-
-    Polls in its own thread (every 0.1 s) so slow ``flwr ls`` status calls cannot delay a cut.
-    """
-
-    def __init__(self, meter: WireMeter | None, results_path: Path, poll_seconds: float = 0.1) -> None:
-        self.meter = meter
-        self.results_path = results_path
-        self.poll_seconds = poll_seconds
-        self.rounds: list[dict[str, Any]] = []
-        self._mark: WireBytes | None = None
-        self._seen = 0
-        self._time = time.monotonic()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="round-wire", daemon=True)
-
-    def start(self) -> RoundWire:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=5)
-        self.observe(read_results(self.results_path))
-
-    def _loop(self) -> None:
-        while not self._stopping.wait(self.poll_seconds):
-            self.observe(read_results(self.results_path))
-
-    def observe(self, document: dict[str, Any] | None) -> None:
-        if self.meter is None or document is None or document.get("status") not in ("running", "completed"):
-            return
-        now, snapshot = time.monotonic(), self.meter.snapshot()
-        rounds = document.get("rounds", [])
-        if self._mark is None:  # setup (node discovery) done, round 1 starts
-            self._mark, self._seen, self._time = snapshot, len(rounds), now
-            return
-        if len(rounds) > self._seen:
-            delta = snapshot - self._mark
-            # a poll may see several new rounds at once: split evenly rather than invent boundaries
-            new = rounds[self._seen:]
-            for entry in new:
-                self.rounds.append({"round": entry["round"], "wire_uplink_bytes": delta.uplink // len(new),
-                                    "wire_downlink_bytes": delta.downlink // len(new),
-                                    "wall_seconds": (now - self._time) / len(new)})
-            self._mark, self._seen, self._time = snapshot, len(rounds), now
 
 
 def run_loopback(settings: RunSettings, *, workdir: str | Path | None = None, insecure: bool = False,

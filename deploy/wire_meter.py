@@ -5,6 +5,7 @@ passes through end to end: the proxy never sees plaintext) and counts what flows
 the SuperLink (uplink) and toward the SuperNodes (downlink). That is the traffic a network
 would carry, including TLS records, HTTP/2 and gRPC framing, heartbeats and polling, which
 the ServerApp's own per-message accounting (``server.metered_grid``) does not see.
+``RoundWire`` cuts that running count at the round boundaries results.json shows.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedprune.server.results import read_results
 
 
 @dataclass(frozen=True)
@@ -96,3 +102,52 @@ class WireMeter:
             with contextlib.suppress(OSError):
                 sock.close()
         self._thread.join(timeout=5)
+
+
+class RoundWire:
+    """Cuts the wire meter's running count at round boundaries seen in results.json.
+
+    Polls in its own thread (every 0.1 s), so run-status requests cannot delay a cut.
+    """
+
+    def __init__(self, meter: WireMeter | None, results_path: Path, poll_seconds: float = 0.1) -> None:
+        self.meter = meter
+        self.results_path = results_path
+        self.poll_seconds = poll_seconds
+        self.rounds: list[dict[str, Any]] = []
+        self._mark: WireBytes | None = None
+        self._seen = 0
+        self._time = time.monotonic()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="round-wire", daemon=True)
+
+    def start(self) -> RoundWire:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        self.observe(read_results(self.results_path))
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(self.poll_seconds):
+            self.observe(read_results(self.results_path))
+
+    def observe(self, document: dict[str, Any] | None) -> None:
+        if self.meter is None or document is None or document.get("status") not in ("running", "completed"):
+            return
+        now, snapshot = time.monotonic(), self.meter.snapshot()
+        rounds = document.get("rounds", [])
+        if self._mark is None:  # setup (node discovery) done, round 1 starts
+            self._mark, self._seen, self._time = snapshot, len(rounds), now
+            return
+        if len(rounds) > self._seen:
+            delta = snapshot - self._mark
+            # a poll may see several new rounds at once: split evenly rather than invent boundaries
+            new = rounds[self._seen:]
+            for entry in new:
+                self.rounds.append({"round": entry["round"], "wire_uplink_bytes": delta.uplink // len(new),
+                                    "wire_downlink_bytes": delta.downlink // len(new),
+                                    "wall_seconds": (now - self._time) / len(new)})
+            self._mark, self._seen, self._time = snapshot, len(rounds), now

@@ -108,6 +108,17 @@ def candidate_accuracy_key(index: int) -> str:
     return f"accuracy-{index}"
 
 
+class NodeKey:
+    """Keys of a SuperNode's node config that the ClientApp reads (``fedprune deploy supernode`` sets them)."""
+
+    PARTITION_ID = "partition-id"  # the node's partition of the run's dataset; its id in results.json
+    NUM_PARTITIONS = "num-partitions"  # must equal the run's num-clients
+    DATA_PATH = "data-path"  # the node's own .npz instead of a partition
+    MODEL_DIR = "model-dir"  # keep the latest trained model here for edge inference
+    NUM_THREADS = "num-threads"  # torch intra-op threads for training and evaluation (absent: 1, simulation)
+    CACHE_DIR = "cache-dir"  # node-local cache of per-node setup (the data partition), checked by digest
+
+
 class Aggregation:
     """Values of ``ConfigKey.AGGREGATION``: how HideNseek's server merges the clients' replies, which fixes
     what a client starts from and sends back."""

@@ -6,8 +6,9 @@ Flower's own ``FedAvg`` in comparisons, is metered the same way.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from fedprune.protos.flower_records import error_reason
@@ -34,6 +35,16 @@ class Traffic:
     @property
     def uplink_bytes(self) -> int:
         return sum(self.uplink.values())
+
+
+def pull_schedule(first: float = 0.02, growth: float = 1.5, longest: float = 0.5) -> Iterator[float]:
+    """Pauses between pulls while replies are outstanding: ``first`` seconds, growing by ``growth`` up to
+    ``longest`` (a local pull costs about a millisecond; a quick reply is seen within ~20 ms, a slow
+    one within half a second)."""
+    pause = first
+    while True:
+        yield pause
+        pause = min(longest, pause * growth)
 
 
 class MeteredGrid(Grid):
@@ -73,9 +84,14 @@ class MeteredGrid(Grid):
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push ``messages``, then pull replies until all arrived or ``timeout`` passed.
+
+        Polls on ``pull_schedule`` rather than the inner grid's own loop: Flower's deployment grid
+        sleeps 3 s between pulls, which a reply arriving just after a pull waits out in full.
+        """
         messages = list(messages)
         self._count_sent(messages)
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        replies = list(self._push_and_pull(messages, timeout))
         self._count_received(replies)
         # A node that never answered (timeout, crash) failed too.
         answered = {reply.metadata.src_node_id for reply in replies}
@@ -85,6 +101,21 @@ class MeteredGrid(Grid):
                 self.traffic.failed.add(node)
                 self.traffic.errors.setdefault(node, "no reply within the round timeout")
         return replies
+
+    def _push_and_pull(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        pushed = list(self.inner.push_messages(messages))
+        waiting = set(pushed)
+        replies: list[Message] = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for pause in pull_schedule():
+            pulled = list(self.inner.pull_messages(waiting))
+            replies += pulled
+            waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
+            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+        order = {message_id: index for index, message_id in enumerate(pushed)}  # replies in the messages' order
+        return sorted(replies, key=lambda reply: order.get(reply.metadata.reply_to_message_id, len(order)))
 
     def _count_sent(self, messages: list[Message]) -> None:
         for message in messages:

@@ -300,7 +300,7 @@ def round_entry(run: Federation, server_round: int, outcome: RoundOutcome, start
     entry |= per_client(entry, run.dense_model_bytes)
     if outcome.federated is not None:
         entry["federated_evaluation"] = dict(outcome.federated)
-    if not outcome.aggregated:  # no update: say why, node by node
+    if not outcome.aggregated or entry["clients_failed"]:  # say why each failed node failed
         entry["failure_reasons"] = failure_reasons(traffic, report.get("rejected_replies", []), sampled)
     return entry
 

@@ -3,8 +3,8 @@
 Shared by the simulation launcher (``simulation.launcher``) and the loopback deployment
 (``deploy.loopback``): free loopback ports, the venv's Flower console scripts, a private
 ``FLWR_HOME`` per launcher, processes in their own session so they can be stopped as a
-process group by PID, ``flwr ls`` for the true run status (``flwr run`` can exit 0 for a
-failed run) and ``results.json`` polling for per-round progress.
+process group by PID, the true run status from the Control API (``flwr run`` can exit 0 for a
+failed run; ``simulation.run_status``) and ``results.json`` polling for per-round progress.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 import tomli_w
 from fedprune.server.results import format_progress, read_results
 from fedprune.server.run_config import RunSettings
+from fedprune.simulation.run_status import ControlApi
 
 from fedprune import __version__
 
@@ -269,11 +270,25 @@ def run_log_cause(flwr: Callable[..., subprocess.CompletedProcess], connection: 
     return found[-1][:300] if found else None
 
 
-def follow_run(flwr: Callable[..., subprocess.CompletedProcess], connection: str, run_id: int, results_path: Path,
-               total_rounds: int, progress: Callable[[str], None] = print, *, poll_seconds: float = 0.5,
+def status_checks(api: ControlApi, run_id: int, fallback: Callable[[], str], patience: int = 3) -> Callable[[], str]:
+    """A run-status check for ``follow_run``: the Control API from this process; after ``patience``
+    unanswered requests in a row, ``fallback()`` (``flwr ls``) answers that check instead."""
+    unanswered = 0
+
+    def check() -> str:
+        nonlocal unanswered
+        status = api.run_status(run_id)
+        unanswered = 0 if status != "unknown" else unanswered + 1
+        return fallback() if unanswered >= patience else status
+
+    return check
+
+
+def follow_run(status_of_run: Callable[[], str], results_path: Path, total_rounds: int,
+               progress: Callable[[str], None] = print, *, poll_seconds: float = 0.5,
                status_poll_seconds: float = 15.0, timeout: float | None = None,
                on_poll: Callable[[dict[str, Any] | None], Any] | None = None) -> tuple[str, dict[str, Any] | None]:
-    """Print each new round of ``results_path`` until the SuperLink says the run finished.
+    """Print each new round of ``results_path`` until ``status_of_run()`` says the run finished.
 
     ``on_poll`` sees every parsed results document (e.g. to inject a fault at a round boundary);
     if it returns true, following stops with status ``stopped``. Returns (final status, last
@@ -290,9 +305,9 @@ def follow_run(flwr: Callable[..., subprocess.CompletedProcess], connection: str
             progress(format_progress(entry, total_rounds))
         printed = max(printed, len(rounds))
         finished_here = bool(document) and document.get("status") in ("completed", "failed")
-        # `flwr ls` costs a second of CPU; ask it rarely while rounds progress, often once done.
+        # ask the SuperLink rarely while rounds progress, at every poll once results.json says it is done
         if finished_here or time.monotonic() - last_check > status_poll_seconds:
-            status, last_check = run_status(flwr, connection, run_id), time.monotonic()
+            status, last_check = status_of_run(), time.monotonic()
             if status.startswith("finished"):
                 final = read_results(results_path)
                 for entry in (final or {}).get("rounds", [])[printed:]:

@@ -5,7 +5,8 @@ user's own Flower setup: it starts ``flower-superlink --simulation`` on free
 loopback ports with its own ``FLWR_HOME`` and runtime dependency installation
 off, submits this app with ``flwr run`` (run config and federation config
 overrides), follows ``results.json`` to print one line per round, checks the
-run's final status (``flwr run`` can exit 0 for a failed run), and stops the
+run's final status over the Control API, from this process (``flwr run`` can exit 0 for a failed
+run; ``simulation.run_status``), and stops the
 SuperLink it started, by PID. The process pieces are shared with the loopback
 deployment (``simulation.flower_processes``).
 """
@@ -36,9 +37,12 @@ from fedprune.simulation.flower_processes import (
     run_failure,
     run_flwr,
     run_log_cause,
+    run_status,
+    status_checks,
     submitted_run_id,
     toml_value,
 )
+from fedprune.simulation.run_status import ControlApi
 
 __all__ = ["APP_DIR", "LocalSuperLink", "SimulationError", "free_port", "run_simulation"]
 _toml_value = toml_value  # kept for callers of the old private name
@@ -134,8 +138,10 @@ def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_a
             run_id = submitted_run_id(started)
         except FlowerProcessError as exc:
             raise SimulationError(str(exc)) from None
-        status, document = follow_run(link.flwr, "fedprune", run_id, results_path, settings.rounds, progress,
-                                      poll_seconds=poll_seconds, status_poll_seconds=status_poll_seconds)
+        with ControlApi(link.address) as api:
+            checks = status_checks(api, run_id, lambda: run_status(link.flwr, "fedprune", run_id))
+            status, document = follow_run(checks, results_path, settings.rounds, progress,
+                                          poll_seconds=poll_seconds, status_poll_seconds=status_poll_seconds)
         failure = run_failure(status, document)
         if failure is not None and (document or {}).get("error") is None:  # failed before it could say why
             cause = run_log_cause(link.flwr, "fedprune", run_id)

@@ -151,13 +151,13 @@ def test_failed_rounds_below_the_limit_do_not_stop_the_run(digits_settings):
 
 def test_nodes_that_never_answer_are_failure_reasons(digits_settings):
     class SilentGrid(InProcessGrid):
-        def send_and_receive(self, messages, *, timeout=None):
+        def push_messages(self, messages):
             messages = list(messages)
             if messages and messages[0].metadata.message_type == "train":
-                return []
-            return super().send_and_receive(messages, timeout=timeout)
+                return [f"never-answered-{i}" for i in range(len(messages))]
+            return super().push_messages(messages)
 
-    settings = dataclasses.replace(digits_settings, rounds=2, max_failed_rounds=2)
+    settings = dataclasses.replace(digits_settings, rounds=2, max_failed_rounds=2, round_timeout=0.5)
     grid = SilentGrid(client_app, settings.num_clients, settings.to_run_config())
     with pytest.raises(RunFailedError, match="no reply within the round timeout"):
         run_federation(grid, settings, progress=lambda line: None)

@@ -6,6 +6,9 @@ manager); every wait has a timeout so a hang fails instead of blocking CI.
 """
 
 import json
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +46,20 @@ def _exit_code(process, timeout: float) -> int | None:
     return None
 
 
+def _command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except FileNotFoundError:
+        return []
+
+
+def _child_command(pid: int, marker: str) -> list[str]:
+    """The command line of ``pid``'s first descendant whose command line names ``marker``."""
+    found = [_command_line(child) for child in descendants(pid) if marker in " ".join(_command_line(child))]
+    assert found, f"no process '{marker}' under {pid}"
+    return found[0]
+
+
 def test_tls_node_auth_hidenseek_3_rounds_through_the_grpc_fleet_api_and_intruders_are_refused(tmp_path):
     settings = _settings(tmp_path)
     intruder_key = create_node_keys(tmp_path / "intruder", "intruder")  # never registered
@@ -58,7 +75,8 @@ def test_tls_node_auth_hidenseek_3_rounds_through_the_grpc_fleet_api_and_intrude
         total_wire = deployment.meter.snapshot()
         listing = json.loads(deployment.flwr("supernode", "list", "loopback", "--format", "json").stdout)
         superlink_command = deployment.superlink.process.args
-        node_commands = [node.process.args for node in deployment.supernodes]
+        node_commands = [_child_command(node.pid, "flower-supernode") for node in deployment.supernodes]
+        executors = [_child_command(node.pid, "fedprune.deploy.warm_executor") for node in deployment.supernodes]
         codes = {name: _exit_code(process, 60) for name, process in intruders.items()}
         logs = {name: process.log_path.read_text() for name, process in intruders.items()}
 
@@ -75,10 +93,14 @@ def test_tls_node_auth_hidenseek_3_rounds_through_the_grpc_fleet_api_and_intrude
     assert superlink_command[superlink_command.index("--fleet-api-type") + 1] == "grpc-rere"
     assert "--insecure" not in superlink_command
     # Every SuperNode spoke gRPC-rere with TLS and its own key, through the wire meter to the Fleet API.
-    for command in node_commands:
+    for command, executor in zip(node_commands, executors, strict=True):
         assert "--grpc-rere" in command and "--insecure" not in command
         assert command[command.index("--superlink") + 1] == deployment.meter.address
         assert "--root-certificates" in command and "--auth-supernode-private-key" in command
+        # ... and ran its ClientApps in the warm executor, which signs its Runtime API requests with the secret
+        assert command[command.index("--isolation") + 1] == "process"
+        secret = command[command.index("--superexec-auth-secret-file") + 1]
+        assert executor[executor.index("--superexec-auth-secret-file") + 1] == secret
     assert deployment.meter.target == ("127.0.0.1", deployment.fleet_port)
     # The federation's messages really crossed that socket: more bytes on the wire than the
     # ServerApp's serialized message bytes, each way (TLS/HTTP2/gRPC framing and polling on top).
@@ -165,3 +187,90 @@ def test_server_side_stopped_after_round_2_of_4_resumes_and_loses_nothing(tmp_pa
     assert [r["round"] for r in document["rounds"]] == [1, 2, 3, 4]
     assert document["rounds"][:2] == stopped[0]["rounds"][:2]  # rounds 1-2 unchanged, byte for byte in content
     assert all(r["clients_failed"] == 0 and r["aggregated"] for r in document["rounds"])
+
+
+def _warm_executor_of(node) -> int | None:
+    """PID of the warm executor ``fedprune deploy supernode`` runs for ``node`` (not its forked children)."""
+    for pid in descendants(node.pid):
+        line = _command_line(pid)
+        if "fedprune.deploy.warm_executor" in " ".join(line) and _parent(pid) == node.pid:
+            return pid
+    return None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+def _next_executor(node, old: int | None, timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = _warm_executor_of(node)
+        if pid is not None and pid != old:
+            return pid
+        time.sleep(0.1)
+    raise AssertionError(f"no new warm executor under {node.pid}; see {node.log_path}")
+
+
+def _wait_for_log(node, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in node.log_path.read_text():
+        assert time.monotonic() < deadline, f"'{text}' not in {node.log_path}"
+        time.sleep(0.2)
+
+
+def test_warm_executor_faults_killed_clientapp_child_and_killed_executors(tmp_path):
+    """Node 0: its warm executor is killed once (restarted, still warm). Node 2: killed three times in a minute
+    (falls back to Flower's executor). Node 1: the ClientApp child training round 2 is killed: that round
+    goes on without it at once (the executor answers for the child), and round 3 includes it again."""
+    settings = _settings(tmp_path, rounds=3, round_timeout=180.0, local_epochs=3)
+    with LoopbackDeployment(tmp_path / "deploy", 3) as deployment:
+        nodes = deployment.supernodes
+        executor = _next_executor(nodes[0], None)
+        os.kill(executor, signal.SIGKILL)
+        _next_executor(nodes[0], executor)
+        executor = _next_executor(nodes[2], None)
+        for _ in range(3):
+            os.kill(executor, signal.SIGKILL)
+            _wait_for_log(nodes[2], "starting", timeout=30)
+            time.sleep(0.5)
+            executor = _warm_executor_of(nodes[2]) or executor
+        _wait_for_log(nodes[2], "falling back to Flower's executor")
+
+        killed: list[int] = []
+
+        def kill_round_2_child():
+            results, warm = tmp_path / "run" / "results.json", _next_executor(nodes[1], None)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not killed:
+                document = json.loads(results.read_text()) if results.is_file() else {}
+                children = [pid for pid in descendants(warm) if _parent(pid) == warm]
+                if len(document.get("rounds", [])) == 1 and children:
+                    os.kill(children[0], signal.SIGKILL)
+                    killed.append(children[0])
+                time.sleep(0.01)
+
+        killer = threading.Thread(target=kill_round_2_child, daemon=True)
+        killer.start()
+        run_id = deployment.submit(settings)
+        status, document = deployment.follow(run_id, settings, progress=lambda line: None, timeout=500)
+        killer.join(timeout=10)
+        logs = [node.log_path.read_text() for node in nodes]
+
+    assert killed, "round 2's ClientApp child on node 1 was never seen"
+    assert status == "finished:completed" and document["status"] == "completed"
+    first, second, third = document["rounds"]
+    assert first["clients_failed"] == 0 and third["clients_failed"] == 0  # node 1 is back in round 3
+    assert second["clients_failed"] == 1 and second["aggregated"]
+    [failed] = [c for c in second["clients"] if c["failed"]]
+    assert failed["partition_id"] == 1
+    [reason] = second["failure_reasons"]
+    assert f"ClientApp process {killed[0]} killed by signal 9 (SIGKILL)" in reason["reason"]
+    assert second["seconds"] < 45  # answered at once, not after Flower's 60 s task-token expiry
+    assert "warm executor exited with code -9; restarting it" in logs[0]
+    assert "falling back to Flower's executor" not in logs[0] and "app loaded" in logs[0]
+    assert "falling back to Flower's executor (one process per message)" in logs[2]
+    assert "Start `flwr-clientapp` process" in logs[2] or "flwr-clientapp" in logs[2]
