@@ -102,6 +102,8 @@ def _loopback(steps: argparse._SubParsersAction) -> None:
     add_run_options(loop)
     loop.add_argument("--workdir", default=None, help="certificates, logs, state database (default: a temp dir)")
     loop.add_argument("--keep-models", action="store_true", help="SuperNodes keep their models (model-dir)")
+    loop.add_argument("--executor", choices=("warm", "flower"), default="warm",
+                      help="what runs the SuperNodes' ClientApps (see `fedprune deploy supernode --help`)")
     loop.add_argument("--insecure", action="store_true", help="no TLS, no node authentication (prints a warning)")
     loop.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
 

@@ -233,7 +233,7 @@ def cmd_loopback(args: argparse.Namespace) -> int:
     try:
         document, wire = run_loopback(settings, workdir=args.workdir, insecure=args.insecure,
                                       keep_models=args.keep_models, progress=lambda line: print(line, flush=True),
-                                      timeout=args.timeout)
+                                      timeout=args.timeout, executor=args.executor)
     except DeploymentError as exc:
         print(f"fedprune deploy loopback: {exc}", file=sys.stderr)
         return 1

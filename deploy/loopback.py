@@ -292,10 +292,12 @@ class LoopbackDeployment:
 
 def run_loopback(settings: RunSettings, *, workdir: str | Path | None = None, insecure: bool = False,
                  keep_models: bool = False, progress: Callable[[str], None] = print,
-                 timeout: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Start a loopback deployment with ``settings.num_clients`` SuperNodes, run to completion, stop it."""
+                 timeout: float | None = None, executor: str = "warm") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Start a loopback deployment with ``settings.num_clients`` SuperNodes, run to completion, stop it.
+    ``executor``: what runs the nodes' ClientApps (``warm``, or ``flower``: Flower's own executor)."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedprune-loopback-"))
-    deployment = LoopbackDeployment(workdir, settings.num_clients, insecure=insecure, keep_models=keep_models)
+    deployment = LoopbackDeployment(workdir, settings.num_clients, insecure=insecure, keep_models=keep_models,
+                                    executor=executor)
     with deployment:
         security = "insecure" if insecure else "TLS + node auth"
         progress(f"SuperLink ({security}) Fleet API 127.0.0.1:{deployment.fleet_port}, {settings.num_clients} "

@@ -100,6 +100,7 @@ class TaskInput:
     run: Run
     fab_content: bytes
     fab_hash: str
+    acquired: float = 0.0  # time.perf_counter() when the executor got the task
 
 
 def drop_app_modules(prefixes: tuple[str, ...] = ("fedprune",)) -> list[str]:
@@ -120,7 +121,8 @@ def run_app(task: TaskInput) -> tuple[Message, str, str]:
         client_app: ClientApp = load(task.run.fab_id, task.run.fab_version, task.fab_hash)
         loaded = time.perf_counter()
         reply = client_app(message=task.message, context=task.context)
-        log(INFO, "task %d: app loaded in %.2fs, %s message handled in %.2fs", task.task_id, loaded - started,
+        log(INFO, "task %d: child started %.2fs after the task was acquired, app loaded in %.2fs, %s message "
+            "handled in %.2fs", task.task_id, started - task.acquired, loaded - started,
             task.message.metadata.message_type, time.perf_counter() - loaded)
         return reply, SubStatus.COMPLETED, ""
     except Exception as ex:  # noqa: BLE001 - any exception of the app is the node's error reply
@@ -201,6 +203,7 @@ def acquire(endpoint_client: RuntimeHttpClient, endpoint: RuntimeEndpoint) -> Ta
                                                               agentapp_fab_hashes=[]))
     if not (response.HasField("task") and response.token):
         return None
+    acquired = time.perf_counter()
     task: Task = response.task
     client = endpoint.client(response.token)
     try:
@@ -211,7 +214,7 @@ def acquire(endpoint_client: RuntimeHttpClient, endpoint: RuntimeEndpoint) -> Ta
         return None
     finally:
         client.close()
-    return TaskInput(response.token, task.task_id, message, context, run, fab.content, fab.hash_str)
+    return TaskInput(response.token, task.task_id, message, context, run, fab.content, fab.hash_str, acquired)
 
 
 def wait_for_child(endpoint: RuntimeEndpoint, task: TaskInput, pid: int) -> int:

@@ -27,6 +27,7 @@ class Traffic:
     failed: set[int] = field(default_factory=set)
     replied: set[int] = field(default_factory=set)
     errors: dict[int, str] = field(default_factory=dict)  # why each failed node failed (error reply, no reply)
+    wait_seconds: float = 0.0  # from each push until its last reply (or the timeout), summed
 
     @property
     def downlink_bytes(self) -> int:
@@ -103,6 +104,7 @@ class MeteredGrid(Grid):
         return replies
 
     def _push_and_pull(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        started = time.perf_counter()
         pushed = list(self.inner.push_messages(messages))
         waiting = set(pushed)
         replies: list[Message] = []
@@ -114,6 +116,7 @@ class MeteredGrid(Grid):
             if not waiting or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+        self.traffic.wait_seconds += time.perf_counter() - started
         order = {message_id: index for index, message_id in enumerate(pushed)}  # replies in the messages' order
         return sorted(replies, key=lambda reply: order.get(reply.metadata.reply_to_message_id, len(order)))
 

@@ -283,6 +283,7 @@ def round_entry(run: Federation, server_round: int, outcome: RoundOutcome, start
         "clients_sampled": len(sampled),
         "clients_failed": len((traffic.failed | rejected) & sampled),
         "seconds": time.perf_counter() - started,
+        "reply_wait_seconds": traffic.wait_seconds,  # of those, waiting for the nodes' replies
         "aggregated": outcome.aggregated,
         "failed": not outcome.aggregated,
         "server_peak_rss_bytes": peak_rss_bytes(),
