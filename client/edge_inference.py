@@ -1,8 +1,9 @@
 """Edge inference service: answers local applications with the model this node last trained.
 
-``EdgeInferenceServer`` serves ``protos/edge_inference.proto`` on a gRPC port. It is for
-applications on the device, not for the network, and it has no TLS: it listens on loopback
-by default and refuses any other address unless ``insecure=True``. It loads
+``EdgeInferenceServer`` serves ``protos/edge_inference.proto`` on a gRPC port, over TLS with a
+certificate and key (``EdgeTLS``: the ``server.crt``/``server.key`` that ``fedprune deploy certs``
+makes, or any pair its CA signed); clients verify it with the CA (``predict(..., root_certificate=)``).
+Plaintext is possible only with ``insecure=True`` and only on a loopback address. It loads
 ``<model-dir>/edge-model.pt`` (written by the ClientApp after every training round,
 ``client.edge_model``) and reloads it when the file changes, so predictions come from the
 latest round; a replacement that cannot be loaded or cannot predict is logged and the last
@@ -44,6 +45,27 @@ FRAMING_BYTES = 4096  # protobuf framing of a request: tags, shape varints, dtyp
 DESCRIBE_REQUEST_LIMIT = 1024
 
 log = logging.getLogger("fedprune.edge_inference")
+
+
+@dataclass(frozen=True)
+class EdgeTLS:
+    """The service's TLS certificate (PEM, with any intermediate certificates) and private key (PEM)."""
+
+    certificate_chain: bytes
+    private_key: bytes
+
+    @classmethod
+    def from_files(cls, certificate: str | Path, key: str | Path) -> EdgeTLS:
+        return cls(Path(certificate).expanduser().read_bytes(), Path(key).expanduser().read_bytes())
+
+
+def channel(address: str, root_certificate: bytes | None, options: list | None = None) -> grpc.Channel:
+    """A channel to an edge inference server: TLS verified against ``root_certificate`` (the CA, PEM), or
+    plaintext when it is ``None`` (a loopback server started with ``insecure=True``)."""
+    if root_certificate is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=root_certificate),
+                               options=options)
 
 
 def max_message_bytes(max_batch: int, input_shape: tuple[int, ...]) -> int:
@@ -250,18 +272,22 @@ class EdgeInferenceServer:
 
     ``port=0`` picks a free port (tests). ``max_message`` overrides the transport ceiling; by
     default it fits ``max_batch`` inputs of the model in ``model_dir`` or of the largest dataset
-    input, whichever is larger. ``insecure=True`` is required to listen on anything but loopback.
+    input, whichever is larger. ``tls`` serves over TLS (any address); without it, plaintext needs
+    ``insecure=True`` and a loopback ``host``.
     """
 
     def __init__(self, model_dir: str | Path, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  max_batch: int = DEFAULT_MAX_BATCH, max_message: int | None = None, workers: int = 2,
-                 insecure: bool = False) -> None:
+                 tls: EdgeTLS | None = None, insecure: bool = False) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is outside 0-65535")
         if not 1 <= max_batch <= LARGEST_MAX_BATCH:
             raise ValueError(f"max_batch {max_batch} is outside 1-{LARGEST_MAX_BATCH}")
-        if not insecure and not is_loopback_host(host):
-            raise ValueError(f"{host} is not a loopback address; edge inference has no TLS (pass insecure=True)")
+        if tls is None and not insecure:
+            raise ValueError("edge inference serves over TLS: give its certificate and key (or insecure=True, "
+                             "plaintext on loopback only)")
+        if tls is None and not is_loopback_host(host):
+            raise ValueError(f"{host} is not a loopback address; plaintext is served on loopback only (give TLS)")
         self.store = ModelStore(model_dir)
         model = self.store.loaded()
         shapes = [CEILING_INPUT_SHAPE] + ([model.input_shape] if model else [])
@@ -273,7 +299,9 @@ class EdgeInferenceServer:
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         self.server.add_registered_method_handlers(SERVICE_NAME, handlers)
         try:
-            self.port = self.server.add_insecure_port(_listen_address(host, port))
+            address = _listen_address(host, port)
+            self.port = self.server.add_insecure_port(address) if tls is None else self.server.add_secure_port(
+                address, grpc.ssl_server_credentials([(tls.private_key, tls.certificate_chain)]))
         except RuntimeError:  # grpcio raises where older versions returned 0
             self.port = 0
         if self.port == 0:
@@ -294,18 +322,21 @@ class EdgeInferenceServer:
         self.server.stop(grace).wait()
 
 
-def predict(address: str, x: np.ndarray, timeout: float = 30.0) -> tuple[np.ndarray, np.ndarray, int]:
-    """(labels, logits, model round) from an edge inference server for a float32 batch."""
+def predict(address: str, x: np.ndarray, timeout: float = 30.0,
+            root_certificate: bytes | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels, logits, model round) from an edge inference server for a float32 batch (TLS verified
+    against ``root_certificate``; ``None``: plaintext, a loopback server started insecure)."""
     x = np.ascontiguousarray(x, dtype="<f4")
-    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", x.nbytes + 4096)]) as channel:
-        reply = pb_grpc.EdgeInferenceStub(channel).Predict(
+    options = [("grpc.max_send_message_length", x.nbytes + 4096)]
+    with channel(address, root_certificate, options) as opened:
+        reply = pb_grpc.EdgeInferenceStub(opened).Predict(
             pb.PredictRequest(inputs=pb.Tensor(shape=list(x.shape), dtype="float32", data=x.tobytes())),
             timeout=timeout)
     logits = np.frombuffer(reply.logits.data, dtype="<f4").reshape(tuple(reply.logits.shape))
     return np.asarray(reply.labels, dtype=np.int64), logits, int(reply.model_round)
 
 
-def describe(address: str, timeout: float = 30.0) -> pb.ModelDescription:
+def describe(address: str, timeout: float = 30.0, root_certificate: bytes | None = None) -> pb.ModelDescription:
     """The served model's description (strategy, round, density, size in bytes, ...)."""
-    with grpc.insecure_channel(address) as channel:
-        return pb_grpc.EdgeInferenceStub(channel).Describe(pb.DescribeRequest(), timeout=timeout)
+    with channel(address, root_certificate) as opened:
+        return pb_grpc.EdgeInferenceStub(opened).Describe(pb.DescribeRequest(), timeout=timeout)

@@ -112,13 +112,16 @@ def _serve(steps: argparse._SubParsersAction) -> None:
     serve = steps.add_parser("serve", formatter_class=_FORMAT,
                              help="serve the node's latest trained model to local applications over gRPC")
     serve.add_argument("--model-dir", required=True, help="the SuperNode's model-dir")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="listen address; anything but loopback needs --insecure (the service has no TLS)")
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (plaintext: loopback only)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="listen port (1-65535)")
     serve.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                        help=f"largest batch a request may carry (1-{LARGEST_MAX_BATCH})")
+    serve.add_argument("--certs", default=None,
+                       help="directory from `deploy certs`: serve over TLS with its server.crt and server.key")
+    serve.add_argument("--tls-cert", default=None, help="TLS certificate (PEM; instead of --certs)")
+    serve.add_argument("--tls-key", default=None, help="its private key (PEM)")
     serve.add_argument("--insecure", action="store_true",
-                       help="allow a non-loopback --host: plaintext, anyone reaching it can query (prints a warning)")
+                       help="plaintext, on a loopback --host only (prints a warning)")
 
 
 def _predict(sub: argparse._SubParsersAction) -> None:
@@ -130,6 +133,8 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--dataset-path", default="", help="dataset directory (default: its standard place)")
     predict.add_argument("--count", type=int, default=8)
     predict.add_argument("--describe", action="store_true", help="only describe the served model")
+    predict.add_argument("--root-cert", default=None, help="the CA that signed the server's TLS certificate")
+    predict.add_argument("--insecure", action="store_true", help="plaintext (a loopback server started --insecure)")
 
 
 def _connection_options(p: argparse.ArgumentParser, control_port: int) -> None:

@@ -19,8 +19,9 @@ COMPOSE = ROOT / "deploy" / "compose.yaml"
 NODES = ("supernode-0", "supernode-1", "supernode-2")
 
 
-def _flags(binary: str) -> set[str]:
-    text = subprocess.run([flower_bin(binary), "--help"], capture_output=True, text=True, timeout=60).stdout
+def _flags(*command: str) -> set[str]:
+    text = subprocess.run([flower_bin(command[0]), *command[1:], "--help"], capture_output=True, text=True,
+                          timeout=60).stdout
     return {word.strip("[],") for word in text.split() if word.startswith(("--", "[--"))}
 
 
@@ -60,12 +61,14 @@ def test_compose_file_uses_the_official_1_39_images_secure_flags_and_one_partiti
         assert "--insecure" not in flags
     assert "--enable-supernode-auth" in services["superlink"]["command"]
     for index, name in enumerate(NODES):
-        assert any(item.startswith(f"--node-config=partition-id={index} ") for item in services[name]["command"])
+        assert services[name]["entrypoint"] == ["fedprune", "deploy", "supernode"]  # SuperNode + warm executor
+        assert f"--partition-id={index}" in services[name]["command"]
+        assert "--executor=flower" not in services[name]["command"]
 
 
 @pytest.mark.slow  # runs each Flower binary's --help
 def test_compose_commands_use_only_flags_the_installed_flower_has(services):
-    known = {"superlink": _flags("flower-superlink"), "supernode": _flags("flower-supernode")}
+    known = {"superlink": _flags("flower-superlink"), "supernode": _flags("fedprune", "deploy", "supernode")}
     for name, service in services.items():
         kind, flags = _kind_and_flags(name, service)
         assert flags <= known[kind], (name, flags - known[kind])
@@ -83,8 +86,8 @@ def test_each_container_mounts_only_its_own_key_material_and_never_the_ca_key(se
                                                    "server.key": "/certs/server.key"}
     for index, name in enumerate(NODES):
         assert _cert_mounts(services[name]) == {"ca.crt": "/certs/ca.crt", f"nodes/node-{index}": "/certs/node.key"}
-        assert "--auth-supernode-private-key=/certs/node.key" in services[name]["command"]
-        assert "--root-certificates=/certs/ca.crt" in services[name]["command"]
+        assert "--key=/certs/node.key" in services[name]["command"]
+        assert "--root-cert=/certs/ca.crt" in services[name]["command"]
     link = services["superlink"]["command"]
     for flag, path in (("ssl-ca-certfile", "ca.crt"), ("ssl-certfile", "server.crt"), ("ssl-keyfile", "server.key")):
         assert f"--{flag}=/certs/{path}" in link

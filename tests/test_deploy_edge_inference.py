@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import torch
 from fedprune.client.app import app as client_app
-from fedprune.client.edge_inference import EdgeInferenceServer, describe, is_loopback_host, predict
+from fedprune.client.edge_inference import EdgeInferenceServer, EdgeTLS, channel, describe, is_loopback_host, predict
 from fedprune.client.edge_model import EDGE_MODEL_NAME, load_edge_model, save_edge_model
 from fedprune.client.hidenseek import STATE_DENSE, STATE_PRIOR, STATE_SCORES, STATE_SETUP, Setup, _model, _stored
 from fedprune.client.local_loss import add_label_prior
 from fedprune.client.settings import client_settings
 from fedprune.data import load_dataset
+from fedprune.deploy.certificates import create_certificates
 from fedprune.kernels.sign_supermask import fold
 from fedprune.protos import edge_inference_pb2 as pb
 from fedprune.protos import edge_inference_pb2_grpc as pb_grpc
@@ -108,9 +109,18 @@ def test_dense_and_static_mask_nodes_keep_their_trained_model(digits_settings, t
         assert sizes > 38_016 * 4
 
 
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """What `fedprune deploy certs` makes: the CA and a server certificate for localhost / 127.0.0.1."""
+    return create_certificates(tmp_path_factory.mktemp("certs"), ["localhost", "127.0.0.1"], nodes=0)
+
+
 @pytest.fixture
-def server(hidenseek_run):
-    served = EdgeInferenceServer(hidenseek_run[2] / "node-1", port=0, max_batch=32, max_message=64 * 1024).start()
+def server(hidenseek_run, certs):
+    """The edge service over TLS (its default); ``server.root`` is the CA a client verifies it with."""
+    served = EdgeInferenceServer(hidenseek_run[2] / "node-1", port=0, max_batch=32, max_message=64 * 1024,
+                                 tls=EdgeTLS.from_files(certs.server_cert, certs.server_key)).start()
+    served.root = certs.ca_cert.read_bytes()
     try:
         yield served
     finally:
@@ -120,23 +130,23 @@ def server(hidenseek_run):
 def test_grpc_predict_matches_the_in_process_model(server, hidenseek_run, test_images):
     settings, grid, _ = hidenseek_run
     x, y = test_images
-    labels, logits, model_round = predict(server.address, x[:32])
+    labels, logits, model_round = predict(server.address, x[:32], root_certificate=server.root)
     with torch.no_grad():
         reference = _personal_reference(grid, grid.node_ids[1], settings)(torch.from_numpy(x[:32])).numpy()
     assert model_round == 2
     np.testing.assert_array_equal(labels, reference.argmax(axis=1))
     np.testing.assert_allclose(logits, reference, rtol=1e-4, atol=1e-4)
-    info = describe(server.address)
+    info = describe(server.address, root_certificate=server.root)
     assert (info.strategy, info.round, info.personalized, info.max_batch) == ("hidenseek", 2, True, 32)
     assert info.density == pytest.approx(0.3, abs=0.01) and 0 < info.size_bytes < 0.5 * 38_016 * 4
     assert info.memory_bytes > 0
     assert list(info.input_shape) == [1, 8, 8] and info.num_classes == 10
 
 
-def _raw_predict(address, tensor):
-    with grpc.insecure_channel(address) as channel:
-        return pb_grpc.EdgeInferenceStub(channel).Predict(pb.PredictRequest(inputs=tensor) if tensor else
-                                                          pb.PredictRequest(), timeout=10)
+def _raw_predict(address, tensor, root_certificate=None):
+    with channel(address, root_certificate) as opened:
+        return pb_grpc.EdgeInferenceStub(opened).Predict(pb.PredictRequest(inputs=tensor) if tensor else
+                                                         pb.PredictRequest(), timeout=10)
 
 
 @pytest.mark.parametrize(("tensor", "code", "words"), [
@@ -155,10 +165,10 @@ def _raw_predict(address, tensor):
 ])
 def test_malformed_requests_get_a_status_and_the_server_keeps_serving(server, test_images, tensor, code, words):
     with pytest.raises(grpc.RpcError) as caught:
-        _raw_predict(server.address, tensor)
+        _raw_predict(server.address, tensor, root_certificate=server.root)
     assert caught.value.code() == code
     assert words in caught.value.details()
-    labels, _, _ = predict(server.address, test_images[0][:4])
+    labels, _, _ = predict(server.address, test_images[0][:4], root_certificate=server.root)
     assert labels.shape == (4,)
 
 
@@ -166,14 +176,14 @@ def test_oversized_message_is_refused_by_grpc_before_parsing(server, test_images
     big = np.zeros((100, 1, 8, 8), "<f4")  # 25.6 KB of data, plus the message: under 64 KiB ...
     huge = pb.Tensor(shape=[100, 1, 8, 8], dtype="float32", data=b"\0" * (80 * 1024))  # ... this is over
     with pytest.raises(grpc.RpcError) as caught:
-        _raw_predict(server.address, huge)
+        _raw_predict(server.address, huge, root_certificate=server.root)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert big.nbytes < 64 * 1024
-    assert predict(server.address, test_images[0][:2])[0].shape == (2,)
+    assert predict(server.address, test_images[0][:2], root_certificate=server.root)[0].shape == (2,)
 
 
 def test_no_model_yet_is_unavailable_then_a_new_round_is_served(tmp_path, hidenseek_run):
-    served = EdgeInferenceServer(tmp_path / "empty", port=0).start()
+    served = EdgeInferenceServer(tmp_path / "empty", port=0, insecure=True).start()
     try:
         with pytest.raises(grpc.RpcError) as caught:
             describe(served.address)
@@ -193,20 +203,21 @@ def test_no_model_yet_is_unavailable_then_a_new_round_is_served(tmp_path, hidens
         served.stop()
 
 
-def test_fedprune_predict_command_against_the_server(server, tmp_path, capsys):
+def test_fedprune_predict_command_against_the_server(server, certs, tmp_path, capsys):
     from fedprune.cli import main
 
-    assert main(["predict", "--address", server.address, "--dataset", "digits", "--count", "4"]) == 0
+    tls = ["--address", server.address, "--root-cert", str(certs.ca_cert)]
+    assert main(["predict", *tls,  "--dataset", "digits", "--count", "4"]) == 0
     out = capsys.readouterr().out
     assert "model: hidenseek round 2" in out and "(personalized)" in out
     assert "predicted by the round-2 model: [" in out
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 8, 8), np.float32))  # wrong shape: one line, exit 2
-    assert main(["predict", "--address", server.address, "--npy", str(tmp_path / "bad.npy")]) == 2
+    assert main(["predict", *tls,  "--npy", str(tmp_path / "bad.npy")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fedprune predict: error: --npy: ")
     assert "(2, 3, 8, 8)" in err and "(N, 1, 8, 8)" in err
     np.save(tmp_path / "good.npy", load_dataset("digits").test.x[:3].astype(np.float64))  # any numbers, sent as float32
-    assert main(["predict", "--address", server.address, "--npy", str(tmp_path / "good.npy")]) == 0
+    assert main(["predict", *tls,  "--npy", str(tmp_path / "good.npy")]) == 0
     assert "predicted by the round-2 model: [" in capsys.readouterr().out
 
 
@@ -236,10 +247,10 @@ def test_fedprune_predict_refuses_a_bad_npy_file_in_one_line(tmp_path, capsys, c
             "npz": ".npz", "text": "no .npy file", "truncated": "not a readable .npy array"}[content] in err
 
 
-def _raw_call(address, method, payload: bytes):
+def _raw_call(address, method, payload: bytes, root=None):
     """Send ``payload`` as the request bytes, unparsed: what a hostile client can put on the wire."""
-    with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary(f"/fedprune.edge.v1.EdgeInference/{method}", request_serializer=lambda b: b,
+    with channel(address, root) as opened:
+        call = opened.unary_unary(f"/fedprune.edge.v1.EdgeInference/{method}", request_serializer=lambda b: b,
                                    response_deserializer=lambda b: b)
         return call(payload, timeout=10)
 
@@ -247,14 +258,15 @@ def _raw_call(address, method, payload: bytes):
 @pytest.mark.parametrize("method", ["Predict", "Describe"])
 def test_bytes_that_are_no_protobuf_message_get_invalid_argument(server, test_images, method):
     with pytest.raises(grpc.RpcError) as caught:
-        _raw_call(server.address, method, b"\xff\xff\xff\xff garbage")
+        _raw_call(server.address, method, b"\xff\xff\xff\xff garbage", server.root)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid fedprune.edge.v1." in caught.value.details()
-    assert predict(server.address, test_images[0][:2])[0].shape == (2,)
+    assert predict(server.address, test_images[0][:2], root_certificate=server.root)[0].shape == (2,)
 
 
 def test_the_receive_limit_follows_the_served_models_input_size(hidenseek_run, test_images):
-    served = EdgeInferenceServer(hidenseek_run[2] / "node-1", port=0, max_batch=32).start()  # default ceiling
+    # the default ceiling (plaintext on loopback)
+    served = EdgeInferenceServer(hidenseek_run[2] / "node-1", port=0, max_batch=32, insecure=True).start()
     try:
         limit = 32 * 1 * 8 * 8 * 4 + 4096  # 32 digits inputs (1x8x8 float32) plus framing: 12 KiB, not 1.5 MiB
         request = pb.PredictRequest(inputs=pb.Tensor(shape=[2, 1, 8, 8], dtype="float32", data=b"\0" * 100_000))
@@ -272,7 +284,7 @@ def test_a_corrupt_replacement_model_keeps_the_last_good_one_serving(tmp_path, h
     model_dir = tmp_path / "models"
     model_dir.mkdir()
     shutil.copy(hidenseek_run[2] / "node-0" / EDGE_MODEL_NAME, model_dir / EDGE_MODEL_NAME)
-    served = EdgeInferenceServer(model_dir, port=0).start()
+    served = EdgeInferenceServer(model_dir, port=0, insecure=True).start()
     try:
         before = predict(served.address, test_images[0][:4])[1]
         for bad in (b"not a torch file", (hidenseek_run[2] / "node-0" / EDGE_MODEL_NAME).read_bytes()[:2000]):
@@ -297,26 +309,46 @@ def test_a_corrupt_replacement_model_keeps_the_last_good_one_serving(tmp_path, h
         served.stop()
 
 
-def test_serve_options_are_checked_before_listening(tmp_path, capsys):
+def test_serve_options_are_checked_before_listening(tmp_path, certs, capsys):
     from fedprune.cli import main
 
+    plain = ["--insecure"]
     for argv, option in ((["--port", "70000"], "port"), (["--port", "-1"], "port"), (["--port", "0"], "port"),
                          (["--max-batch", "0"], "max-batch"), (["--max-batch", "-5"], "max-batch"),
-                         (["--max-batch", "100000"], "max-batch"), (["--host", "0.0.0.0"], "host"),
-                         (["--host", "::"], "host"), (["--host", "192.168.1.10"], "host"),
-                         (["--host", "bad host"], "host")):
+                         (["--max-batch", "100000"], "max-batch"), ([], "certs"),
+                         (["--certs", str(tmp_path / "none")], "certs"),
+                         (["--tls-cert", str(certs.server_cert)], "certs"),
+                         (["--certs", str(certs.directory), *plain], "insecure"),
+                         (["--host", "0.0.0.0", *plain], "host"), (["--host", "::", *plain], "host"),
+                         (["--host", "192.168.1.10", *plain], "host"), (["--host", "bad host"], "host")):
         assert main(["deploy", "serve", "--model-dir", str(tmp_path), *argv]) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"fedprune deploy: error: --{option}: "), (argv, err)
-        assert option != "host" or "bad host" in argv or "no TLS" in err
+        assert option != "host" or "bad host" in argv or "loopback only" in err
+    with pytest.raises(ValueError, match="serves over TLS"):
+        EdgeInferenceServer(tmp_path, port=0)
     with pytest.raises(ValueError, match="not a loopback address"):
-        EdgeInferenceServer(tmp_path, host="0.0.0.0", port=0)
+        EdgeInferenceServer(tmp_path, host="0.0.0.0", port=0, insecure=True)
     with pytest.raises(ValueError, match="max_batch"):
         EdgeInferenceServer(tmp_path, port=0, max_batch=0)
     with pytest.raises(ValueError, match="port"):
         EdgeInferenceServer(tmp_path, port=70000)
     for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
         assert is_loopback_host(host), host
-    anywhere = EdgeInferenceServer(tmp_path, host="0.0.0.0", port=0, insecure=True)  # asked for explicitly
+    anywhere = EdgeInferenceServer(tmp_path, host="0.0.0.0", port=0,  # over TLS any address may be served
+                                   tls=EdgeTLS.from_files(certs.server_cert, certs.server_key))
     anywhere.stop(0)
+
+
+def test_only_a_client_with_the_ca_gets_answers_over_tls(server, tmp_path, test_images, capsys):
+    from fedprune.cli import main
+
+    assert predict(server.address, test_images[0][:2], root_certificate=server.root)[0].shape == (2,)
+    foreign = create_certificates(tmp_path / "foreign", ["localhost", "127.0.0.1"], nodes=0).ca_cert.read_bytes()
+    for root in (None, foreign):  # plaintext, or TLS trusting another CA: the handshake fails, nothing is answered
+        with pytest.raises(grpc.RpcError) as caught:
+            predict(server.address, test_images[0][:2], timeout=5, root_certificate=root)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert main(["predict", "--address", server.address, "--dataset", "digits"]) == 2
+    assert "--root-cert: give the CA" in capsys.readouterr().err
 

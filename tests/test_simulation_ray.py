@@ -178,3 +178,23 @@ def test_sigterm_to_simulate_stops_everything_it_started(tmp_path):
         for pid in started:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_run_status_checks_start_no_flwr_process(tmp_path, monkeypatch):
+    """After `flwr run` submits the run, its status comes from the Control API, asked from this process:
+    however often it is asked, no further `flwr` interpreter is started."""
+    started: list[list[str]] = []
+
+    class CountedPopen(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            started.append([str(a) for a in args] if isinstance(args, list | tuple) else [str(args)])
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", CountedPopen)
+    settings = RunSettings(dataset="digits", model="digits-cnn", partition="iid", num_clients=3, clients_per_round=3,
+                           rounds=3, out=str(tmp_path / "run"))
+    document = run_simulation(settings, progress=lambda line: None, status_poll_seconds=0.2)
+    assert document["status"] == "completed"
+    flwr = [args for args in started if Path(args[0]).name == "flwr"]
+    assert [args[1] for args in flwr] == ["run"], flwr
+    assert any(Path(args[0]).name == "flower-superlink" for args in started)
