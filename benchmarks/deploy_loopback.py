@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/deploy_loopback.py [ROUNDS] [OUT_DIR]
    e.g. python benchmarks/deploy_loopback.py 5 runs/deploy-bench
+The SuperNodes run ``fedprune deploy supernode`` with its defaults (the warm executor).
 Fashion-MNIST, FL CNN, IID over 3 clients (all 3 train every round), HideNseek d=0.1 (SynFlow mask,
 tally aggregation), 1 local epoch, seed 0. First the deployment: SuperLink + 3 SuperNodes over TLS
 with node authentication on loopback, the SuperNodes behind a byte-counting TCP proxy on the Fleet
@@ -64,9 +65,11 @@ def main() -> int:
         "sim_final_accuracy": simulated["summary"]["final_accuracy"],
         "environment": deployed["environment"],
     }
+    summary["median_ratio"] = summary["deploy_median_round_seconds"] / summary["sim_median_round_seconds"]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\nmedian round: deployed {summary['deploy_median_round_seconds']:.1f}s, simulated "
-          f"{summary['sim_median_round_seconds']:.1f}s; whole run incl. start/stop: deployed {t_deploy:.0f}s, "
+          f"{summary['sim_median_round_seconds']:.1f}s ({summary['median_ratio']:.2f}x); whole run incl. start/stop: "
+          f"deployed {t_deploy:.0f}s, "
           f"simulated {t_sim:.0f}s; final accuracy deployed {summary['deploy_final_accuracy']:.4f}, "
           f"simulated {summary['sim_final_accuracy']:.4f}\nwrote {out / 'summary.json'}")
     return 0
