@@ -1,17 +1,18 @@
-"""Small edge rounds: a loopback deployment with the warm executor, the same with Flower's executor, and the
-same settings simulated, back to back; where a warm deployed round's seconds go.
+"""Small edge rounds: loopback deployments with the warm executor and with Flower's, and the same settings
+simulated, back to back; where a warm deployed round's seconds go.
 
 Usage: python benchmarks/deploy_small_rounds.py [ROUNDS] [OUT_DIR]
    e.g. python benchmarks/deploy_small_rounds.py 5 runs/deploy-small
 The issue's setting: `fedprune deploy loopback --strategy hidenseek --dataset digits --num-clients 3
 --clients-per-round 3 --rounds 5 --density 0.3` (TLS, node authentication, 3 SuperNodes on this host)
-against `fedprune simulate` with the same options. Prints per round the ServerApp's round seconds for each
-mode, checks that accuracy and message bytes are identical in all three, and splits the warm deployment's
-rounds: server-side work (round minus the time the grid waited for replies), and within that wait, per
-node, the executor's share (task acquired -> child running: input pulled, fork), loading the app from the
-bundle, handling the message, and the rest (polling and transport: the SuperNode's idle poll of the
-SuperLink every 3 s, its 0.5 s wait for the reply, the grid's pulls). Writes summary.json and
-round_seconds.png in OUT_DIR.
+with the warm executor (the default), with Flower's executor (`--executor flower`), with the warm executor
+and a 0.5 s idle poll (`--idle-poll 0.5`), and `fedprune simulate` with the same options. Prints per round
+the ServerApp's round seconds for each mode, checks that accuracy and message bytes are identical to the
+simulation's, and splits the warm deployments' rounds: server-side work (round minus the time the grid
+waited for replies), and within that wait, per node, the executor's share (task acquired -> child running:
+input pulled, fork), loading the app from the bundle, handling the message, and the rest (polling and
+transport: the SuperNode's idle poll of the SuperLink every 3 s or --idle-poll, its 0.5 s wait for the
+reply, the grid's pulls). Writes summary.json and round_seconds.png in OUT_DIR.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from fedprune.deploy.loopback import run_loopback  # noqa: E402
 from fedprune.server.run_config import RunSettings  # noqa: E402
 from fedprune.simulation.launcher import run_simulation  # noqa: E402
 
+# what runs the SuperNodes' ClientApps, and how long an idle SuperNode waits between pulls (Flower's 3 s)
+MODES = {"warm": {"executor": "warm"}, "flower": {"executor": "flower"},
+         "warm-idle0.5": {"executor": "warm", "idle_poll": 0.5}, "simulated": None}
 TASK_LINE = re.compile(r"child started ([\d.]+)s after the task was acquired, app loaded in ([\d.]+)s, "
                        r"(\w+) message handled in ([\d.]+)s")
 
@@ -100,39 +104,37 @@ def main() -> int:
     base = dict(strategy="hidenseek", dataset="digits", num_clients=3, clients_per_round=3, rounds=rounds,
                 density=0.3, seed=0)
     runs, totals = {}, {}
-    for name in ("warm", "flower", "simulated"):
+    for name, options in MODES.items():
         started = time.perf_counter()
         settings = RunSettings(**base, out=str(out / name))
         say = (lambda tag: lambda line: print(f"[{tag:>9}] {line}", flush=True))(name)
-        if name == "simulated":
+        if options is None:
             runs[name] = run_simulation(settings, progress=say)
         else:
-            runs[name] = run_loopback(settings, workdir=out / f"{name}-deployment", progress=say, executor=name)[0]
+            runs[name] = run_loopback(settings, workdir=out / f"{name}-deployment", progress=say, **options)[0]
         totals[name] = time.perf_counter() - started
 
-    rows = breakdown(runs["warm"], out / "warm-deployment", base["num_clients"])
-    print(f"\n{'round':>5} | {'warm s':>7} | {'flower s':>8} | {'sim s':>6} || warm: {'wait':>5} {'server':>6} "
-          f"{'exec':>5} {'load':>5} {'handle':>6} {'poll+io':>7}")
-    for index, row in enumerate(rows):
-        print(f"{row['round']:>5} | {row['seconds']:>7.2f} | {runs['flower']['rounds'][index]['seconds']:>8.2f} | "
-              f"{runs['simulated']['rounds'][index]['seconds']:>6.2f} || {row['reply_wait']:>11.2f} "
-              f"{row['server_work']:>6.2f} {row['executor']:>5.2f} {row['load']:>5.2f} {row['handle']:>6.2f} "
-              f"{row['polling_and_transport']:>7.2f}")
+    print("\n" + " | ".join(f"{name:>12}" for name in ["round", *runs]) + " (seconds)")
+    for index in range(rounds):
+        print(" | ".join([f"{index + 1:>12}", *(f"{doc['rounds'][index]['seconds']:>12.2f}" for doc in runs.values())]))
     medians = {name: statistics.median(r["seconds"] for r in doc["rounds"]) for name, doc in runs.items()}
-    later = rows[1:] or rows  # round 1 carries the first contact (setup payload, partition, mask rebuilt once)
-    parts = {key: statistics.median(row[key] for row in later)
-             for key in ("reply_wait", "server_work", "executor", "load", "handle", "polling_and_transport")}
-    same = {name: identical(runs[name], runs["simulated"]) for name in ("warm", "flower")}
-    summary = {"median_round_seconds": medians, "whole_command_seconds": totals,
-               "warm_breakdown_rounds": rows, "warm_breakdown_median_rounds_2_on": parts,
-               "identical_to_simulation": same,
+    breakdowns, parts = {}, {}
+    for name in (n for n, options in MODES.items() if options and options["executor"] == "warm"):
+        rows = breakdown(runs[name], out / f"{name}-deployment", base["num_clients"])
+        later = rows[1:] or rows  # round 1 carries the first contact (setup payload, partition, mask rebuilt once)
+        breakdowns[name] = rows
+        parts[name] = {key: statistics.median(row[key] for row in later)
+                       for key in ("seconds", "reply_wait", "server_work", "executor", "load", "handle",
+                                   "polling_and_transport")}
+        print(f"{name}, median of rounds 2+: " + ", ".join(f"{k} {v:.2f}s" for k, v in parts[name].items()))
+    same = {name: identical(runs[name], runs["simulated"]) for name in runs if name != "simulated"}
+    summary = {"median_round_seconds": medians, "whole_command_seconds": totals, "breakdown_rounds": breakdowns,
+               "breakdown_median_rounds_2_on": parts, "identical_to_simulation": same,
                "environment": runs["warm"]["environment"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot(out, runs, rows)
-    print(f"\nmedian round: warm {medians['warm']:.2f}s, Flower's executor {medians['flower']:.2f}s, simulated "
-          f"{medians['simulated']:.2f}s (warm/simulated {medians['warm'] / medians['simulated']:.1f}x, "
-          f"Flower's/warm {medians['flower'] / medians['warm']:.1f}x)")
-    print("warm, median of rounds 2+: " + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items()))
+    plot(out, runs, breakdowns["warm"])
+    print("median round: " + ", ".join(f"{name} {value:.2f}s ({value / medians['simulated']:.1f}x simulated)"
+                                       for name, value in medians.items()))
     print("whole command: " + ", ".join(f"{k} {v:.0f}s" for k, v in totals.items()))
     print(f"accuracy and message bytes identical to simulation: {summary['identical_to_simulation']}")
     print(f"wrote {out / 'summary.json'} and {out / 'round_seconds.png'}")

@@ -7,7 +7,13 @@ from __future__ import annotations
 import argparse
 
 from fedprune.client.edge_inference import DEFAULT_MAX_BATCH, DEFAULT_PORT, LARGEST_MAX_BATCH
-from fedprune.deploy.launch import DEFAULT_CONTROL_PORT, DEFAULT_FLEET_PORT, DEFAULT_RUNTIME_PORT, NODE_CONFIG_KEYS
+from fedprune.deploy.launch import (
+    DEFAULT_CONTROL_PORT,
+    DEFAULT_FLEET_PORT,
+    DEFAULT_RUNTIME_PORT,
+    FLOWER_IDLE_POLL,
+    NODE_CONFIG_KEYS,
+)
 
 from fedprune.run_options import add_run_options
 
@@ -82,6 +88,9 @@ def _supernode(steps: argparse._SubParsersAction) -> None:
                       help="SuperNodes sharing this host's cores (sets the default --num-threads)")
     node.add_argument("--cache-dir", default="~/.cache/fedprune",
                       help="node-local cache of this node's data partition (checked by digest on every use)")
+    node.add_argument("--idle-poll", type=float, default=FLOWER_IDLE_POLL,
+                      help="seconds an idle node waits before it asks the SuperLink for a message again (Flower's "
+                           "3 s; shorter: messages are seen sooner, at one pull per node per period)")
     node.add_argument("--max-retries", type=int, default=None,
                       help="give up after this many failed connection attempts (default: never)")
     node.add_argument("--insecure", action="store_true", help="no TLS, no authentication (prints a warning)")
@@ -104,6 +113,8 @@ def _loopback(steps: argparse._SubParsersAction) -> None:
     loop.add_argument("--keep-models", action="store_true", help="SuperNodes keep their models (model-dir)")
     loop.add_argument("--executor", choices=("warm", "flower"), default="warm",
                       help="what runs the SuperNodes' ClientApps (see `fedprune deploy supernode --help`)")
+    loop.add_argument("--idle-poll", type=float, default=FLOWER_IDLE_POLL,
+                      help="seconds an idle SuperNode waits between pulls (see `fedprune deploy supernode --help`)")
     loop.add_argument("--insecure", action="store_true", help="no TLS, no node authentication (prints a warning)")
     loop.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
 

@@ -191,10 +191,13 @@ def cmd_supernode(args: argparse.Namespace) -> int:
                 raise ConfigError(option, f"{value} does not exist")
         root, key = Path(args.root_cert).expanduser().resolve(), Path(args.key).expanduser().resolve()
     node_config = node_config_from_args(args)
+    if not 0.05 <= args.idle_poll <= 60:
+        raise ConfigError("idle-poll", f"{args.idle_poll}: give 0.05 to 60 seconds")
 
     def supernode(secret: Path | None) -> list[str]:
         return supernode_command(args.superlink, root_cert=root, private_key=key, node_config=node_config,
-                                 runtime_port=args.runtime_port, max_retries=args.max_retries, auth_secret=secret)
+                                 runtime_port=args.runtime_port, max_retries=args.max_retries, auth_secret=secret,
+                                 idle_poll=args.idle_poll)
 
     if args.executor == "flower":
         return _exec(supernode(None), args.print_only)
@@ -233,7 +236,7 @@ def cmd_loopback(args: argparse.Namespace) -> int:
     try:
         document, wire = run_loopback(settings, workdir=args.workdir, insecure=args.insecure,
                                       keep_models=args.keep_models, progress=lambda line: print(line, flush=True),
-                                      timeout=args.timeout, executor=args.executor)
+                                      timeout=args.timeout, executor=args.executor, idle_poll=args.idle_poll)
     except DeploymentError as exc:
         print(f"fedprune deploy loopback: {exc}", file=sys.stderr)
         return 1

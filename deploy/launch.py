@@ -25,6 +25,7 @@ from fedprune.simulation.flower_processes import config_overrides, flower_bin
 
 DEFAULT_FLEET_PORT = 9092  # gRPC Fleet API (SuperNodes connect here)
 DEFAULT_CONTROL_PORT = 9093  # HTTP Control + Runtime API (flwr CLI and the ServerApp connect here)
+FLOWER_IDLE_POLL = 3.0  # seconds an idle Flower 1.39 SuperNode waits between pulls
 DEFAULT_RUNTIME_PORT = 9094  # a SuperNode's own Runtime API for its ClientApp processes (local only)
 INSECURE_WARNING = ("WARNING: --insecure: traffic is not encrypted and SuperNodes are not authenticated; "
                     "anyone on the network can read model updates and join as a client. Use only on a "
@@ -97,16 +98,20 @@ def node_config_string(values: Mapping[str, Any]) -> str:
 def supernode_command(superlink: str, *, root_cert: str | Path | None, private_key: str | Path | None,
                       node_config: Mapping[str, Any], runtime_port: int = DEFAULT_RUNTIME_PORT,
                       max_retries: int | None = None, max_wait_time: float | None = None,
-                      auth_secret: str | Path | None = None) -> list[str]:
+                      auth_secret: str | Path | None = None, idle_poll: float = FLOWER_IDLE_POLL) -> list[str]:
     """``flower-supernode`` for an edge client: gRPC-rere to ``superlink`` (the Fleet API address).
 
     ``root_cert=None`` means insecure (and then no ``private_key``: authentication needs TLS).
     The SuperNode's Runtime API (for its executor and ClientApp processes) stays on 127.0.0.1.
     With ``auth_secret`` the node runs ``--isolation process``: an executor started beside it
     (``executor_command``) runs its ClientApps, authenticated with that secret file; without it, the
-    node starts Flower's own executor (one ``flwr-clientapp`` process per message).
+    node starts Flower's own executor (one ``flwr-clientapp`` process per message). ``idle_poll``: seconds
+    an idle node waits between pulls (Flower's 3 s, or another value through ``deploy.supernode_process``).
     """
-    command = [flower_bin("flower-supernode"), "--grpc-rere", "--superlink", superlink]
+    command = [flower_bin("flower-supernode")]
+    if idle_poll != FLOWER_IDLE_POLL:
+        command = [sys.executable, "-m", "fedprune.deploy.supernode_process", "--idle-poll", repr(idle_poll), "--"]
+    command += ["--grpc-rere", "--superlink", superlink]
     if root_cert is None:
         if private_key is not None:
             raise ValueError("node authentication needs TLS: give the root certificate, or no private key")

@@ -28,6 +28,7 @@ from typing import Any
 
 from fedprune.deploy.certificates import Material, create_certificates
 from fedprune.deploy.launch import (
+    FLOWER_IDLE_POLL,
     ServerTLS,
     register_command,
     superlink_command,
@@ -100,6 +101,7 @@ class LoopbackDeployment:
     node_config: dict[str, Any] = field(default_factory=dict)
     keep_models: bool = False
     executor: str = "warm"  # fedprune deploy supernode --executor
+    idle_poll: float = FLOWER_IDLE_POLL  # fedprune deploy supernode --idle-poll
     certs: Material | None = None
     superlink: OwnedProcess | None = None
     supernodes: list[OwnedProcess | None] = field(default_factory=list)
@@ -208,6 +210,7 @@ class LoopbackDeployment:
                    "--partition-id", str(config.pop(NodeKey.PARTITION_ID)),
                    "--num-partitions", str(config.pop(NodeKey.NUM_PARTITIONS)),
                    "--runtime-port", str(runtime_port), "--executor", self.executor,
+                   "--idle-poll", repr(self.idle_poll),
                    "--nodes-on-host", str(self.num_nodes), "--cache-dir", str(node_dir / "cache")]
         command += ["--insecure"] if root_cert is None else ["--root-cert", str(root_cert), "--key", str(private_key)]
         if max_retries is not None:
@@ -292,12 +295,14 @@ class LoopbackDeployment:
 
 def run_loopback(settings: RunSettings, *, workdir: str | Path | None = None, insecure: bool = False,
                  keep_models: bool = False, progress: Callable[[str], None] = print,
-                 timeout: float | None = None, executor: str = "warm") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                 timeout: float | None = None, executor: str = "warm",
+                 idle_poll: float = FLOWER_IDLE_POLL) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Start a loopback deployment with ``settings.num_clients`` SuperNodes, run to completion, stop it.
-    ``executor``: what runs the nodes' ClientApps (``warm``, or ``flower``: Flower's own executor)."""
+    ``executor``: what runs the nodes' ClientApps (``warm``, or ``flower``: Flower's own executor);
+    ``idle_poll``: seconds an idle SuperNode waits between pulls."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedprune-loopback-"))
     deployment = LoopbackDeployment(workdir, settings.num_clients, insecure=insecure, keep_models=keep_models,
-                                    executor=executor)
+                                    executor=executor, idle_poll=idle_poll)
     with deployment:
         security = "insecure" if insecure else "TLS + node auth"
         progress(f"SuperLink ({security}) Fleet API 127.0.0.1:{deployment.fleet_port}, {settings.num_clients} "

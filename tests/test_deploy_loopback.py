@@ -64,7 +64,7 @@ def test_tls_node_auth_hidenseek_3_rounds_through_the_grpc_fleet_api_and_intrude
     settings = _settings(tmp_path)
     intruder_key = create_node_keys(tmp_path / "intruder", "intruder")  # never registered
     foreign_ca = create_certificates(tmp_path / "foreign", nodes=0).ca_cert  # a CA that did not sign the SuperLink
-    with LoopbackDeployment(tmp_path / "deploy", 3, keep_models=True) as deployment:
+    with LoopbackDeployment(tmp_path / "deploy", 3, keep_models=True, idle_poll=0.5) as deployment:
         intruders = {
             "unregistered": deployment.start_supernode(0, private_key=intruder_key.private_key, max_retries=1,
                                                        name="unregistered"),
@@ -75,7 +75,7 @@ def test_tls_node_auth_hidenseek_3_rounds_through_the_grpc_fleet_api_and_intrude
         total_wire = deployment.meter.snapshot()
         listing = json.loads(deployment.flwr("supernode", "list", "loopback", "--format", "json").stdout)
         superlink_command = deployment.superlink.process.args
-        node_commands = [_child_command(node.pid, "flower-supernode") for node in deployment.supernodes]
+        node_commands = [_child_command(node.pid, "--grpc-rere") for node in deployment.supernodes]
         executors = [_child_command(node.pid, "fedprune.deploy.warm_executor") for node in deployment.supernodes]
         codes = {name: _exit_code(process, 60) for name, process in intruders.items()}
         logs = {name: process.log_path.read_text() for name, process in intruders.items()}
@@ -95,6 +95,7 @@ def test_tls_node_auth_hidenseek_3_rounds_through_the_grpc_fleet_api_and_intrude
     # Every SuperNode spoke gRPC-rere with TLS and its own key, through the wire meter to the Fleet API.
     for command, executor in zip(node_commands, executors, strict=True):
         assert "--grpc-rere" in command and "--insecure" not in command
+        assert command[command.index("--idle-poll") + 1] == "0.5"  # Flower's SuperNode with a 0.5 s idle poll
         assert command[command.index("--superlink") + 1] == deployment.meter.address
         assert "--root-certificates" in command and "--auth-supernode-private-key" in command
         # ... and ran its ClientApps in the warm executor, which signs its Runtime API requests with the secret

@@ -10,12 +10,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import types
 from importlib.metadata import version
 
 import pytest
 from fedprune.deploy import warm_executor
 from fedprune.deploy.launch import executor_command, supernode_command
 from fedprune.deploy.node_supervisor import MAX_RESTARTS, NodeSupervisor, write_auth_secret
+from fedprune.deploy.supernode_process import PollClock, use_idle_poll
 from fedprune.simulation.flower_processes import flower_bin
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, AcquireTaskResponse
 from flwr.supercore.constant import TaskType
@@ -53,8 +56,27 @@ def test_the_supernode_still_takes_process_isolation_and_an_executor_secret():
                                timeout=120).stdout
     for flag in ("--isolation {subprocess,process}", "--superexec-auth-secret-file"):
         assert flag in help_text
-    # The SuperNode's own polling, which BENCHMARKS.md counts as the floor of a deployed round.
+    # The SuperNode's own waits (the floor of a deployed round; deploy.supernode_process shortens them).
     assert "time.sleep(3)" in inspect.getsource(start_client_internal.start_client_internal)
+    assert "time.sleep(0.5)" in inspect.getsource(start_client_internal._push_messages)
+    assert start_client_internal.time is time or isinstance(start_client_internal.time, PollClock)
+
+
+def test_a_shorter_idle_poll_changes_only_flowers_two_waits(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    holder = types.ModuleType("loop")
+    clock = use_idle_poll(0.25, holder)
+    assert holder.time is clock
+    for seconds in (3, 0.5, 1.0, 0.01):
+        clock.sleep(seconds)
+    assert slept == [0.25, 0.25, 1.0, 0.01]
+    assert use_idle_poll(2.0, holder).reply == 0.5 and clock.monotonic is time.monotonic
+    command = supernode_command("link:9092", root_cert=None, private_key=None, node_config={}, idle_poll=0.5)
+    assert command[:6] == [sys.executable, "-m", "fedprune.deploy.supernode_process", "--idle-poll", "0.5", "--"]
+    assert command[6:8] == ["--grpc-rere", "--superlink"]
+    assert supernode_command("link:9092", root_cert=None, private_key=None, node_config={})[0].endswith(
+        "flower-supernode")  # Flower's 3 s: Flower's own binary, untouched
 
 
 def test_a_forked_child_imports_the_app_from_the_bundle_not_from_the_parent():
