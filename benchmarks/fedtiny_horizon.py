@@ -1,0 +1,199 @@
+"""FedTiny on the horizon progressive pruning was designed for: 100 rounds, five rows, paired over seeds.
+
+Usage:
+  python benchmarks/fedtiny_horizon.py run OUT --density 0.01 --seeds 0,1,2 [--rows a,b] [--jobs 2] [--rounds 100]
+  python benchmarks/fedtiny_horizon.py report OUT --density 0.01 [--last 10]
+
+The acceptance setting of issue 22: Fashion-MNIST, FL CNN-BN, Dirichlet 0.5, 100 clients, 10 per round,
+1 local epoch, SGD lr 0.05 momentum 0.9, batch 32, 100 rounds, adjustments every 5 rounds until round 60.
+Rows (``ROWS``): FedTiny, FedTiny without progressive pruning, FedTiny without BN selection, static SynFlow,
+static magnitude. Each (row, seed) runs on the in-process grid (the real ClientApp and Flower's
+serialization, no Ray) in its own process, writing ``OUT/<density>/seed<N>/<row>/results.json`` and a
+checkpoint every round. ``run`` is resumable: a completed run is skipped, a stopped one continues from its
+checkpoint (``--resume``), so the command can be rerun after an interruption. Progress: one line per
+finished run with its elapsed time and an estimate for the rest.
+
+``report`` prints, per row, the mean accuracy over the last ``--last`` rounds per seed, and the paired
+difference to FedTiny (row − FedTiny, per seed, mean ± 95% t-interval over seeds) — pairing cancels what a
+seed's partition and client sample do to every row alike — plus client training memory and FLOPs per
+sample (FedTiny's ``client_costs``), and writes ``OUT/<density>/report.json`` and ``report.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMON = dict(dataset="fashion-mnist", model="fl-cnn-bn", partition="dirichlet", alpha=0.5, num_clients=100,
+              clients_per_round=10, local_epochs=1, batch_size=32, lr=0.05, momentum=0.9)
+FEDTINY = dict(strategy="fedtiny", adjust_every=5, adjust_until=60)
+ROWS = {
+    "fedtiny": FEDTINY,
+    "fedtiny-no-pp": {**FEDTINY, "adjust_every": 0},
+    "fedtiny-no-bn": {**FEDTINY, "candidates": 1},
+    "static-synflow": {"strategy": "static-synflow"},
+    "static-magnitude": {"strategy": "static-magnitude"},
+}
+# two-sided 95% critical values of Student's t for 1..10 degrees of freedom
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def run_dir(out: Path, density: float, seed: int, row: str) -> Path:
+    return out / f"{density:g}" / f"seed{seed}" / row
+
+
+def status(directory: Path) -> str:
+    """``completed``, ``running`` (a checkpoint to resume from) or ``new``."""
+    results = directory / "results.json"
+    if results.is_file():
+        try:
+            if json.loads(results.read_text()).get("status") == "completed":
+                return "completed"
+        except json.JSONDecodeError:
+            pass
+    return "running" if (directory / "checkpoint.pt").is_file() else "new"
+
+
+def one(row: str, seed: int, density: float, rounds: int, directory: str) -> int:
+    """Run (or resume) one row and seed in this process on the in-process grid."""
+    sys.path.insert(0, str(ROOT))
+    from fedprune.client.app import app as client_app
+    from fedprune.server.run_config import RunSettings
+    from fedprune.server.runner import run_federation
+
+    from tests.inprocess_grid import InProcessGrid
+
+    resume = status(Path(directory)) == "running"
+    settings = RunSettings(**COMMON, **ROWS[row], density=density, seed=seed, rounds=rounds, out=directory,
+                           resume=resume)
+    grid = InProcessGrid(client_app, settings.num_clients, settings.to_run_config())
+    run_federation(grid, settings, progress=lambda line: print(f"[{row} s{seed}] {line}", flush=True))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start every (row, seed) that is not completed, ``--jobs`` at a time, each in its own process."""
+    out, rows = Path(args.out), args.rows.split(",") if args.rows else list(ROWS)
+    todo = [(row, int(seed)) for seed in args.seeds.split(",") for row in rows
+            if status(run_dir(out, args.density, int(seed), row)) != "completed"]
+    print(f"{len(todo)} runs to go ({args.jobs} at a time); logs beside each results.json", flush=True)
+    started, running, finished = time.monotonic(), [], 0
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            row, seed = todo.pop(0)
+            directory = run_dir(out, args.density, seed, row)
+            directory.mkdir(parents=True, exist_ok=True)
+            log = open(directory / "run.log", "a")  # noqa: SIM115 - closed when the process ends
+            command = [sys.executable, __file__, "one", row, str(seed), str(args.density), str(args.rounds),
+                       str(directory)]
+            running.append((row, seed, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                        env={**os.environ, "OMP_NUM_THREADS": "1"}), log))
+        time.sleep(5)
+        for item in list(running):
+            row, seed, process, log = item
+            if process.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            finished += 1
+            elapsed = time.monotonic() - started
+            eta = elapsed / finished * (len(todo) + len(running)) / max(1, args.jobs) * min(args.jobs, finished)
+            print(f"{row} seed {seed}: exit {process.returncode} ({status(run_dir(out, args.density, seed, row))}); "
+                  f"{finished} done in {elapsed / 60:.0f} min, ~{eta / 60:.0f} min to go", flush=True)
+    return 0
+
+
+def _accuracies(directory: Path) -> list[float] | None:
+    if status(directory) != "completed":
+        return None
+    return [float(r["accuracy"]) for r in json.loads((directory / "results.json").read_text())["rounds"]]
+
+
+def _interval(diffs: list[float]) -> str:
+    mean = statistics.fmean(diffs) * 100
+    if len(diffs) < 2:
+        return f"{mean:+.2f} (1 seed)"
+    half = T95[min(len(diffs) - 1, len(T95)) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5 * 100
+    return f"{mean:+.2f} ± {half:.2f}"
+
+
+def _costs(directory: Path) -> str:
+    """A FedTiny client's training state (bytes) and FLOPs per sample, gradient tap included: the median over
+    clients and rounds of its ``client_costs`` (static rows record none)."""
+    if status(directory) != "completed":
+        return "—"
+    rounds = json.loads((directory / "results.json").read_text())["rounds"]
+    costs = [c for r in rounds for c in r.get("client_costs") or []]
+    if not costs:
+        return "—"
+    state = statistics.median(c["est_param_memory_bytes"] + (c["est_tap_memory_bytes"] or 0) for c in costs)
+    flops = statistics.median(c["est_flops_per_sample"] + (c["est_tap_flops_per_sample"] or 0) for c in costs)
+    return f"{state / 1e6:.2f} MB, {flops / 1e6:.2f} MFLOPs"
+
+
+def report(args: argparse.Namespace) -> int:
+    """Per-row last-N mean accuracy per seed and the paired difference to FedTiny with a 95% interval."""
+    base = Path(args.out) / f"{args.density:g}"
+    seeds = sorted(int(p.name[4:]) for p in base.glob("seed*"))
+    table, rows = {}, {}
+    for row in ROWS:
+        rows[row] = {seed: _accuracies(base / f"seed{seed}" / row) for seed in seeds}
+    print(f"density {args.density:g}, mean accuracy over the last {args.last} rounds")
+    print("| row | " + " | ".join(f"seed {s}" for s in seeds) + " | Δ vs fedtiny, points (paired) | client cost |")
+    print("|---|" + "---|" * (len(seeds) + 2))
+    for row, by_seed in rows.items():
+        means = {s: statistics.fmean(a[-args.last:]) for s, a in by_seed.items() if a}
+        pairs = [means[s] - statistics.fmean(rows["fedtiny"][s][-args.last:]) for s in means
+                 if rows["fedtiny"].get(s)]
+        cells = " | ".join(f"{means[s]:.4f}" if s in means else "—" for s in seeds)
+        delta = "—" if row == "fedtiny" or not pairs else _interval(pairs)
+        print(f"| {row} | {cells} | {delta} | {_costs(base / f'seed{seeds[0]}' / row) if seeds else '—'} |")
+        table[row] = {"last_mean": means, "paired_vs_fedtiny": pairs}
+    (base / "report.json").write_text(json.dumps(table, indent=1))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for row, by_seed in rows.items():
+        done = [a for a in by_seed.values() if a]
+        if done:
+            length = min(len(a) for a in done)
+            ax.plot(range(1, length + 1), [statistics.fmean(a[i] for a in done) for i in range(length)], label=row)
+    ax.set(xlabel="round", ylabel=f"test accuracy (mean of {len(seeds)} seeds)", title=f"density {args.density:g}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(base / "report.png", dpi=120)
+    print(f"wrote {base / 'report.json'} and {base / 'report.png'}")
+    return 0
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "one":
+        row, seed, density, rounds, directory = sys.argv[2:7]
+        return one(row, int(seed), float(density), int(rounds), directory)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "report"):
+        command = sub.add_parser(name)
+        command.add_argument("out")
+        command.add_argument("--density", type=float, required=True)
+    sub.choices["run"].add_argument("--seeds", default="0,1,2")
+    sub.choices["run"].add_argument("--rows", default="", help=f"comma-separated subset of {', '.join(ROWS)}")
+    sub.choices["run"].add_argument("--jobs", type=int, default=2)
+    sub.choices["run"].add_argument("--rounds", type=int, default=100)
+    sub.choices["report"].add_argument("--last", type=int, default=10)
+    args = parser.parse_args()
+    return run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
