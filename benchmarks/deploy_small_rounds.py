@@ -101,8 +101,8 @@ def plot(out: Path, runs: dict[str, dict], rows: list[dict]) -> None:
 def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "runs/deploy-small").resolve()
-    base = dict(strategy="hidenseek", dataset="digits", num_clients=3, clients_per_round=3, rounds=rounds,
-                density=0.3, seed=0)
+    base = dict(strategy="hidenseek", dataset="digits", model="digits-cnn", num_clients=3, clients_per_round=3,
+                rounds=rounds, density=0.3, seed=0)  # what `fedprune deploy loopback --dataset digits ...` runs
     runs, totals = {}, {}
     for name, options in MODES.items():
         started = time.perf_counter()
