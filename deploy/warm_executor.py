@@ -40,13 +40,27 @@ from flwr.cli.install import install_from_fab
 from flwr.clientapp.client_app import ClientApp, LoadClientAppError
 from flwr.clientapp.utils import get_load_client_app_fn
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node
+from flwr.proto.runtime_pb2 import (
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullAppMessagesResponse,
+    PullTaskInputRequest,
+    PullTaskInputResponse,
+)
 from flwr.proto.task_pb2 import Task
 from flwr.supercore import log
 from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.auth.superexec_secret import load_superexec_auth_secret
 from flwr.supercore.constant import TaskType
+from flwr.supercore.fab import Fab
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.interceptors import (
     RuntimeTokenHttpInterceptor,
     RuntimeVersionHttpInterceptor,
@@ -55,7 +69,8 @@ from flwr.supercore.interceptors import (
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 # The Runtime API methods SuperExec authentication protects (flwr.supercore.superexec.run_superexec).
 AUTH_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask", "/flwr.proto.Runtime/PullPendingTasks",
@@ -64,6 +79,8 @@ EXIT_REPLIED = 0  # the child pushed the app's reply
 EXIT_APP_FAILED = 10  # the app raised; the child pushed Flower's error reply
 EXIT_PUSH_FAILED = 11  # the child could not push its reply
 READY_LINE = "warm executor ready"
+PULL_FIRST_RETRY = 0.05  # seconds before asking again for message content the SuperNode does not hold yet
+PULL_LONGEST_RETRY = 1.0
 
 
 @dataclass(frozen=True)
@@ -195,6 +212,30 @@ def answer_for_dead_child(endpoint: RuntimeEndpoint, task: TaskInput, pid: int, 
         log(ERROR, "task %d: could not push the error reply: %s", task.task_id, ex)
     finally:
         client.close()
+
+
+def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab]:
+    """The task's message, context, run and app bundle, as Flower's ``pull_task_input`` gets them, but retrying
+    an object the SuperNode does not hold yet after ``PULL_FIRST_RETRY`` seconds, not Flower's 1 s.
+
+    The SuperNode creates the task before it has pulled the message's content from the SuperLink, so a task
+    taken at once often asks for content still on its way (Flower's own executor, seconds slower to start a
+    process, rarely does); a 1 s first retry then cost about a second per message."""
+    res: PullTaskInputResponse = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id = res.task_id
+    TaskIdentity.run_id = res.run.run_id
+    TaskIdentity.node_id = res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    pulled: PullAppMessagesResponse = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node, tree = Node(node_id=context.node_id), pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=PULL_FIRST_RETRY, backoff_cap=PULL_LONGEST_RETRY)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # the deflated message does not carry its own id
+    return message, context, run, fab
 
 
 def acquire(endpoint_client: RuntimeHttpClient, endpoint: RuntimeEndpoint) -> TaskInput | None:

@@ -22,6 +22,7 @@ from fedprune.deploy.supernode_process import PollClock, use_idle_poll
 from fedprune.simulation.flower_processes import flower_bin
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, AcquireTaskResponse
 from flwr.supercore.constant import TaskType
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.superexec import run_superexec
 from flwr.supernode import start_client_internal
 from flwr.supernode.runtime import run_clientapp
@@ -37,8 +38,14 @@ def test_flower_is_the_release_the_warm_executor_was_written_against():
 
 
 def test_the_flower_internals_it_calls_keep_their_shape():
-    # What flwr-clientapp does, in pieces the executor calls itself.
-    assert _parameters(run_clientapp.pull_task_input) == ["client"]
+    # What flwr-clientapp does, in pieces the executor calls itself (its own pull_task_input mirrors Flower's,
+    # with a shorter first retry for content the SuperNode does not hold yet).
+    flowers = inspect.getsource(run_clientapp.pull_task_input)
+    for step in ("client.PullTaskInput(", "client.PullMessages(", "pull_and_inflate_object_from_tree(",
+                 "make_pull_object_fn_protobuf(client.PullObject", "client.ConfirmMessageReceived",
+                 '__dict__["_message_id"] = object_tree.object_id'):
+        assert step in flowers, f"Flower's pull_task_input no longer does {step}: re-check the warm executor's"
+    assert {"initial_backoff", "backoff_cap"} <= set(_parameters(pull_and_inflate_object_from_tree))
     assert _parameters(run_clientapp.push_message) == ["client", "message", "context"]
     assert _parameters(run_clientapp.push_task_output) == ["client", "context", "sub_status", "details"]
     # SuperExec's request for a task, and the task it gets.
