@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
+import httpx
 import numpy  # noqa: F401  (the point of this process: imported once, shared by every child)
 import torch  # noqa: F401
 import torch._dynamo  # noqa: F401  (torch imports it lazily on the first optimizer: 3 s per child otherwise)
@@ -249,9 +250,11 @@ def acquire(endpoint_client: RuntimeHttpClient, endpoint: RuntimeEndpoint) -> Ta
     client = endpoint.client(response.token)
     try:
         message, context, run, fab = pull_task_input(client)
-    except Exception as ex:  # noqa: BLE001 - say so and let the SuperNode's expiry answer for the task
-        log(ERROR, "task %d: could not pull its input: %s", task.task_id, ex)
-        push_task_output(client, None, SubStatus.FAILED, f"warm executor could not pull the task input: {ex}")
+    except Exception as ex:  # noqa: BLE001 - the task's token expires and the SuperNode answers for it
+        # Finishing the task here would leave the SuperNode waiting for a reply that never comes (it holds no
+        # message to reply to); left alone, its token expires (~60 s) and the SuperNode sends an error reply.
+        log(ERROR, "task %d: could not pull its input (%s); the SuperNode answers for it when its token expires",
+            task.task_id, ex)
         return None
     finally:
         client.close()
@@ -277,7 +280,12 @@ def serve(endpoint: RuntimeEndpoint, poll_seconds: float = 0.1, stop_after: int 
     log(INFO, "%s (pid %d): Runtime API %s, polling every %.2fs", READY_LINE, os.getpid(), endpoint.address,
         poll_seconds)
     while stop_after is None or launched < stop_after:
-        task = acquire(client, endpoint)
+        try:
+            task = acquire(client, endpoint)
+        except httpx.HTTPError as exc:  # the SuperNode restarting: keep asking, do not exit (and be restarted)
+            log(WARNING, "the Runtime API at %s did not answer (%s); asking again", endpoint.address, exc)
+            time.sleep(1.0)
+            continue
         if task is None:
             time.sleep(poll_seconds)
             continue

@@ -162,3 +162,18 @@ def test_a_warm_executor_that_keeps_dying_falls_back_to_flowers(capsys):
     log = capsys.readouterr().err
     assert "warm executor exited with code 1; restarting it" in log
     assert "falling back to Flower's executor" in log
+
+
+def test_the_executor_outlives_a_runtime_api_that_is_not_there_yet(tmp_path):
+    """A SuperNode restarting must not make its executor exit (each exit counts toward the fallback)."""
+    log = tmp_path / "executor.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "fedprune.deploy.warm_executor", "--runtime-api-address",
+                                    "127.0.0.1:9"], stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(8)
+        assert process.poll() is None, log.read_text()
+        assert "retrying" in log.read_text() or "did not answer" in log.read_text()
+    finally:
+        process.kill()
+        process.wait(timeout=10)
