@@ -47,10 +47,10 @@ def write_auth_secret() -> Path:
     return path
 
 
-def wait_listening(port: int, process: subprocess.Popen, timeout: float = 60.0) -> bool:
-    """Whether 127.0.0.1:``port`` accepts connections before ``process`` exits or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
+def wait_listening(port: int, process: subprocess.Popen, timeout: float | None = None) -> bool:
+    """Whether 127.0.0.1:``port`` accepts connections before ``process`` exits (or ``timeout`` passes)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while (deadline is None or time.monotonic() < deadline) and process.poll() is None:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
         time.sleep(0.1)
@@ -83,7 +83,7 @@ class NodeSupervisor:
 
     def start_executor(self) -> subprocess.Popen:
         command = self.executor_command(self.executor)
-        say(f"starting {'the warm executor' if self.executor == WARM else 'Flower executor (flower-superexec)'}")
+        say("starting the warm executor" if self.executor == WARM else "starting Flower's executor (flower-superexec)")
         return subprocess.Popen(command, env=self.env)
 
     def executor_exited(self, code: int) -> None:
