@@ -105,13 +105,12 @@ def supernode_command(superlink: str, *, root_cert: str | Path | None, private_k
     The SuperNode's Runtime API (for its executor and ClientApp processes) stays on 127.0.0.1.
     With ``auth_secret`` the node runs ``--isolation process``: an executor started beside it
     (``executor_command``) runs its ClientApps, authenticated with that secret file; without it, the
-    node starts Flower's own executor (one ``flwr-clientapp`` process per message). ``idle_poll``: seconds
-    an idle node waits between pulls (Flower's 3 s, or another value through ``deploy.supernode_process``).
+    node starts Flower's own executor (one ``flwr-clientapp`` process per message). Flower's SuperNode runs
+    through ``deploy.supernode_process`` (a message of an ended run dropped whole; ``idle_poll``: seconds an
+    idle node waits between pulls, Flower's 3 s by default).
     """
-    command = [flower_bin("flower-supernode")]
-    if idle_poll != FLOWER_IDLE_POLL:
-        command = [sys.executable, "-m", "fedprune.deploy.supernode_process", "--idle-poll", repr(idle_poll), "--"]
-    command += ["--grpc-rere", "--superlink", superlink]
+    command = [sys.executable, "-m", "fedprune.deploy.supernode_process", "--idle-poll", repr(idle_poll), "--",
+               "--grpc-rere", "--superlink", superlink]
     if root_cert is None:
         if private_key is not None:
             raise ValueError("node authentication needs TLS: give the root certificate, or no private key")

@@ -35,6 +35,7 @@ import httpx
 import numpy  # noqa: F401  (the point of this process: imported once, shared by every child)
 import torch  # noqa: F401
 import torch._dynamo  # noqa: F401  (torch imports it lazily on the first optimizer: 3 s per child otherwise)
+from fedprune.deploy.task_retry import task_retry_invoker
 from flwr.app import Context, Message
 from flwr.app.error import Error
 from flwr.cli.install import install_from_fab
@@ -67,7 +68,7 @@ from flwr.supercore.interceptors import (
     RuntimeVersionHttpInterceptor,
     SuperExecAuthHttpInterceptor,
 )
-from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.retry import RetryInvoker, make_simple_http_retry_invoker
 from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
@@ -92,8 +93,9 @@ class RuntimeEndpoint:
     root_certificates: bytes | None = None  # None: plaintext (the API is on the node's loopback)
     auth_secret: bytes | None = None  # the SuperNode's --superexec-auth-secret-file contents
 
-    def client(self, token: str | None = None) -> RuntimeHttpClient:
-        """A Runtime API client: authenticated as the executor (no token) or as one task (its token)."""
+    def client(self, token: str | None = None, retry: RetryInvoker | None = None) -> RuntimeHttpClient:
+        """A Runtime API client: authenticated as the executor (no token) or as one task (its token);
+        ``retry``: Flower's HTTP retry unless given (``task_retry_invoker`` for the executor's own calls)."""
         interceptors: list = [RuntimeVersionHttpInterceptor(component_name="SuperExec" if token is None
                                                             else "flwr-clientapp")]
         if token is not None:
@@ -104,7 +106,7 @@ class RuntimeEndpoint:
         return RuntimeHttpClient.from_server_address(
             server_address=self.address, insecure=self.root_certificates is None,
             root_certificates=self.root_certificates, interceptors=interceptors,
-            retry_invoker=make_simple_http_retry_invoker())
+            retry_invoker=retry or make_simple_http_retry_invoker())
 
 
 @dataclass
@@ -247,9 +249,13 @@ def acquire(endpoint_client: RuntimeHttpClient, endpoint: RuntimeEndpoint) -> Ta
         return None
     acquired = time.perf_counter()
     task: Task = response.task
-    client = endpoint.client(response.token)
+    client = endpoint.client(response.token, retry=task_retry_invoker())
     try:
         message, context, run, fab = pull_task_input(client)
+    except httpx.HTTPStatusError as ex:  # 401/403: the SuperNode dropped the task (its run is over)
+        log(WARNING, "task %d: the SuperNode no longer serves it (HTTP %d); skipped", task.task_id,
+            ex.response.status_code)
+        return None
     except Exception as ex:  # noqa: BLE001 - the task's token expires and the SuperNode answers for it
         # Finishing the task here would leave the SuperNode waiting for a reply that never comes (it holds no
         # message to reply to); left alone, its token expires (~60 s) and the SuperNode sends an error reply.

@@ -84,6 +84,7 @@ def test_command_lines_are_secure_by_default(tmp_path):
 @pytest.mark.slow  # runs each Flower binary's --help
 def test_command_lines_use_only_flags_the_installed_flower_has(tmp_path):
     secure, insecure, node, _ = _command_lines(tmp_path)
+    node = node[node.index("--") + 1:]  # fedprune.deploy.supernode_process's own options come before "--"
     for command, binary in ((secure, "flower-superlink"), (insecure, "flower-superlink"),
                             (node, "flower-supernode")):
         known = _flags(binary)

@@ -125,24 +125,18 @@ def test_tls_node_auth_hidenseek_3_rounds_through_the_grpc_fleet_api_and_intrude
 def test_a_supernode_killed_mid_round_the_round_completes_with_the_others(tmp_path):
     # The SuperLink declares a node that missed heartbeats for 2 x 30 s unavailable and answers for
     # it with an error reply, so the round ends then; the round timeout is only the backstop (and
-    # must leave the live nodes time to train on a loaded CI machine).
-    settings = _settings(tmp_path, rounds=2, round_timeout=180.0)
-    killed_at: dict[str, float] = {}
+    # must leave the live nodes time to train on a loaded CI machine). The node is killed while its
+    # ClientApp child trains round 2 (seen as a child of its warm executor), not after a fixed delay:
+    # warm rounds take a few seconds, and a delay races them.
+    settings = _settings(tmp_path, rounds=2, round_timeout=180.0, local_epochs=3)
     with LoopbackDeployment(tmp_path / "deploy", 3) as deployment:
-        seen_round_1: list[float] = []
-
-        def kill_during_round_2(document):
-            if document and len(document.get("rounds", [])) >= 1 and not killed_at:
-                seen_round_1.append(time.monotonic())
-                if time.monotonic() - seen_round_1[0] > 2.0:  # round 2's messages are out and being trained
-                    deployment.kill_supernode(2)
-                    killed_at["t"] = time.monotonic()
-
+        node = deployment.supernodes[2]
+        killed = _start_round_2_watch(tmp_path / "run" / "results.json", node,
+                                      lambda child: deployment.kill_supernode(2))
         run_id = deployment.submit(settings)
-        status, document = deployment.follow(run_id, settings, progress=lambda line: None, timeout=400,
-                                             on_poll=kill_during_round_2)
-        assert not deployment.supernodes[2].alive()
-    assert killed_at, "the run ended before the kill"
+        status, document = deployment.follow(run_id, settings, progress=lambda line: None, timeout=400)
+        assert not node.alive()
+    assert killed, "node 2 was never seen training round 2"
     assert status == "finished:completed" and document["status"] == "completed"
     first, second = document["rounds"]
     assert first["clients_failed"] == 0
@@ -223,6 +217,29 @@ def _wait_for_log(node, text: str, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+def _start_round_2_watch(results: Path, node, action) -> list[int]:
+    """Call ``action(child)`` once, when ``node``'s warm executor has a forked child while ``results`` holds
+    exactly one round (the child is training round 2); returns the list the child's PID is added to."""
+    seen: list[int] = []
+
+    def watch() -> None:
+        warm = _next_executor(node, None)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not seen:
+            try:
+                document = json.loads(results.read_text()) if results.is_file() else {}
+            except json.JSONDecodeError:  # caught mid-write
+                document = {}
+            children = [pid for pid in descendants(warm) if _parent(pid) == warm]
+            if len(document.get("rounds", [])) == 1 and children:
+                seen.append(children[0])
+                action(children[0])
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return seen
+
+
 def test_warm_executor_faults_killed_clientapp_child_and_killed_executors(tmp_path):
     """Node 0: its warm executor is killed once (restarted, still warm). Node 2: killed three times in a minute
     (falls back to Flower's executor). Node 1: the ClientApp child training round 2 is killed: that round
@@ -241,24 +258,10 @@ def test_warm_executor_faults_killed_clientapp_child_and_killed_executors(tmp_pa
             executor = _warm_executor_of(nodes[2]) or executor
         _wait_for_log(nodes[2], "falling back to Flower's executor")
 
-        killed: list[int] = []
-
-        def kill_round_2_child():
-            results, warm = tmp_path / "run" / "results.json", _next_executor(nodes[1], None)
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and not killed:
-                document = json.loads(results.read_text()) if results.is_file() else {}
-                children = [pid for pid in descendants(warm) if _parent(pid) == warm]
-                if len(document.get("rounds", [])) == 1 and children:
-                    os.kill(children[0], signal.SIGKILL)
-                    killed.append(children[0])
-                time.sleep(0.01)
-
-        killer = threading.Thread(target=kill_round_2_child, daemon=True)
-        killer.start()
+        killed = _start_round_2_watch(tmp_path / "run" / "results.json", nodes[1],
+                                      lambda child: os.kill(child, signal.SIGKILL))
         run_id = deployment.submit(settings)
         status, document = deployment.follow(run_id, settings, progress=lambda line: None, timeout=500)
-        killer.join(timeout=10)
         logs = [node.log_path.read_text() for node in nodes]
 
     assert killed, "round 2's ClientApp child on node 1 was never seen"

@@ -82,8 +82,8 @@ def test_a_shorter_idle_poll_changes_only_flowers_two_waits(monkeypatch):
     command = supernode_command("link:9092", root_cert=None, private_key=None, node_config={}, idle_poll=0.5)
     assert command[:6] == [sys.executable, "-m", "fedprune.deploy.supernode_process", "--idle-poll", "0.5", "--"]
     assert command[6:8] == ["--grpc-rere", "--superlink"]
-    assert supernode_command("link:9092", root_cert=None, private_key=None, node_config={})[0].endswith(
-        "flower-supernode")  # Flower's 3 s: Flower's own binary, untouched
+    default = supernode_command("link:9092", root_cert=None, private_key=None, node_config={})
+    assert default[:6] == [sys.executable, "-m", "fedprune.deploy.supernode_process", "--idle-poll", "3.0", "--"]
 
 
 def test_a_forked_child_imports_the_app_from_the_bundle_not_from_the_parent():
