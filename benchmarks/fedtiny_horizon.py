@@ -11,12 +11,15 @@ static magnitude. Each (row, seed) runs on the in-process grid (the real ClientA
 serialization, no Ray) in its own process, writing ``OUT/<density>/seed<N>/<row>/results.json`` and a
 checkpoint every round. ``run`` is resumable: a completed run is skipped, a stopped one continues from its
 checkpoint (``--resume``), so the command can be rerun after an interruption. Progress: one line per
-finished run with its elapsed time and an estimate for the rest.
+finished run with its elapsed time and an estimate for the rest. A finished run is also kept as a small
+record (per-round accuracy, loss, density and client costs; the commit and the settings it ran with) in
+``benchmarks/results/fedtiny_horizon/`` (``--store``), which is committed: the runs take hours, more than
+one working session, and a fresh checkout skips every (row, seed) the store already holds.
 
-``report`` prints, per row, the mean accuracy over the last ``--last`` rounds per seed, and the paired
-difference to FedTiny (row − FedTiny, per seed, mean ± 95% t-interval over seeds) — pairing cancels what a
-seed's partition and client sample do to every row alike — plus client training memory and FLOPs per
-sample (FedTiny's ``client_costs``), and writes ``OUT/<density>/report.json`` and ``report.png``.
+``report`` reads the store and prints, per row, the mean accuracy over the last ``--last`` rounds per seed,
+and the paired difference to FedTiny (row − FedTiny, per seed, mean ± 95% t-interval over seeds) —
+pairing cancels what a seed's partition and client sample do to every row alike — plus client training
+memory and FLOPs per sample (FedTiny's ``client_costs``), and writes ``OUT/<density>/report.json`` and ``report.png``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+STORE = ROOT / "benchmarks" / "results" / "fedtiny_horizon"
 COMMON = dict(dataset="fashion-mnist", model="fl-cnn-bn", partition="dirichlet", alpha=0.5, num_clients=100,
               clients_per_round=10, local_epochs=1, batch_size=32, lr=0.05, momentum=0.9)
 FEDTINY = dict(strategy="fedtiny", adjust_every=5, adjust_until=60)
@@ -66,6 +70,41 @@ def status(directory: Path) -> str:
     return "running" if (directory / "checkpoint.pt").is_file() else "new"
 
 
+def record_path(store: Path, density: float, seed: int, row: str) -> Path:
+    return store / f"{density:g}" / f"seed{seed}" / f"{row}.json"
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def keep_record(directory: Path, path: Path, row: str, seed: int, density: float) -> None:
+    """Write the small record of a completed run: what ``report`` needs, and what it ran with."""
+    document = json.loads((directory / "results.json").read_text())
+    rounds = document["rounds"]
+    record = {"row": row, "seed": seed, "density": density, "commit": _commit(), "settings": ROWS[row],
+              "common": COMMON, "status": document["status"],
+              "accuracy": [r["accuracy"] for r in rounds], "loss": [r.get("loss") for r in rounds],
+              "seconds": [r.get("seconds") for r in rounds], "client_costs": _median_costs(rounds),
+              "bn_selection": rounds[0].get("bn_selection") if rounds else None,
+              "adjustments": {r["round"]: r["adjustment"] for r in rounds if r.get("adjustment") is not None}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _median_costs(rounds: list[dict]) -> dict[str, float] | None:
+    """A FedTiny client's training state (bytes) and FLOPs per sample, gradient tap included: the median over
+    clients and rounds of its ``client_costs`` (static rows record none)."""
+    costs = [c for r in rounds for c in r.get("client_costs") or []]
+    if not costs:
+        return None
+    return {"state_bytes": statistics.median(c["est_param_memory_bytes"] + (c["est_tap_memory_bytes"] or 0)
+                                             for c in costs),
+            "flops_per_sample": statistics.median(c["est_flops_per_sample"] + (c["est_tap_flops_per_sample"] or 0)
+                                                  for c in costs)}
+
+
 def one(row: str, seed: int, density: float, rounds: int, directory: str) -> int:
     """Run (or resume) one row and seed in this process on the in-process grid."""
     sys.path.insert(0, str(ROOT))
@@ -85,10 +124,11 @@ def one(row: str, seed: int, density: float, rounds: int, directory: str) -> int
 
 def run(args: argparse.Namespace) -> int:
     """Start every (row, seed) that is not completed, ``--jobs`` at a time, each in its own process."""
-    out, rows = Path(args.out), args.rows.split(",") if args.rows else list(ROWS)
+    out, rows, store = Path(args.out), args.rows.split(",") if args.rows else list(ROWS), Path(args.store)
     todo = [(row, int(seed)) for seed in args.seeds.split(",") for row in rows
-            if status(run_dir(out, args.density, int(seed), row)) != "completed"]
-    print(f"{len(todo)} runs to go ({args.jobs} at a time); logs beside each results.json", flush=True)
+            if not record_path(store, args.density, int(seed), row).is_file()]
+    print(f"{len(todo)} runs to go ({args.jobs} at a time); logs beside each results.json; records in {store}",
+          flush=True)
     started, running, finished = time.monotonic(), [], 0
     while todo or running:
         while todo and len(running) < args.jobs:
@@ -108,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
             running.remove(item)
             log.close()
             finished += 1
+            if status(run_dir(out, args.density, seed, row)) == "completed":
+                keep_record(run_dir(out, args.density, seed, row), record_path(store, args.density, seed, row),
+                            row, seed, args.density)
             elapsed = time.monotonic() - started
             eta = elapsed / finished * (len(todo) + len(running)) / max(1, args.jobs) * min(args.jobs, finished)
             print(f"{row} seed {seed}: exit {process.returncode} ({status(run_dir(out, args.density, seed, row))}); "
@@ -115,10 +158,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _accuracies(directory: Path) -> list[float] | None:
-    if status(directory) != "completed":
-        return None
-    return [float(r["accuracy"]) for r in json.loads((directory / "results.json").read_text())["rounds"]]
+def _record(store: Path, density: float, seed: int, row: str) -> dict | None:
+    path = record_path(store, density, seed, row)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _interval(diffs: list[float]) -> str:
@@ -129,27 +171,22 @@ def _interval(diffs: list[float]) -> str:
     return f"{mean:+.2f} ± {half:.2f}"
 
 
-def _costs(directory: Path) -> str:
-    """A FedTiny client's training state (bytes) and FLOPs per sample, gradient tap included: the median over
-    clients and rounds of its ``client_costs`` (static rows record none)."""
-    if status(directory) != "completed":
-        return "—"
-    rounds = json.loads((directory / "results.json").read_text())["rounds"]
-    costs = [c for r in rounds for c in r.get("client_costs") or []]
+def _costs(record: dict | None) -> str:
+    costs = (record or {}).get("client_costs")
     if not costs:
         return "—"
-    state = statistics.median(c["est_param_memory_bytes"] + (c["est_tap_memory_bytes"] or 0) for c in costs)
-    flops = statistics.median(c["est_flops_per_sample"] + (c["est_tap_flops_per_sample"] or 0) for c in costs)
-    return f"{state / 1e6:.2f} MB, {flops / 1e6:.2f} MFLOPs"
+    return f"{costs['state_bytes'] / 1e6:.2f} MB, {costs['flops_per_sample'] / 1e6:.2f} MFLOPs"
 
 
 def report(args: argparse.Namespace) -> int:
     """Per-row last-N mean accuracy per seed and the paired difference to FedTiny with a 95% interval."""
-    base = Path(args.out) / f"{args.density:g}"
-    seeds = sorted(int(p.name[4:]) for p in base.glob("seed*"))
+    base, store = Path(args.out) / f"{args.density:g}", Path(args.store)
+    base.mkdir(parents=True, exist_ok=True)
+    seeds = sorted(int(p.name[4:]) for p in (store / f"{args.density:g}").glob("seed*"))
+    records = {row: {seed: _record(store, args.density, seed, row) for seed in seeds} for row in ROWS}
     table, rows = {}, {}
     for row in ROWS:
-        rows[row] = {seed: _accuracies(base / f"seed{seed}" / row) for seed in seeds}
+        rows[row] = {seed: (rec or {}).get("accuracy") for seed, rec in records[row].items()}
     print(f"density {args.density:g}, mean accuracy over the last {args.last} rounds")
     print("| row | " + " | ".join(f"seed {s}" for s in seeds) + " | Δ vs fedtiny, points (paired) | client cost |")
     print("|---|" + "---|" * (len(seeds) + 2))
@@ -159,7 +196,7 @@ def report(args: argparse.Namespace) -> int:
                  if rows["fedtiny"].get(s)]
         cells = " | ".join(f"{means[s]:.4f}" if s in means else "—" for s in seeds)
         delta = "—" if row == "fedtiny" or not pairs else _interval(pairs)
-        print(f"| {row} | {cells} | {delta} | {_costs(base / f'seed{seeds[0]}' / row) if seeds else '—'} |")
+        print(f"| {row} | {cells} | {delta} | {_costs(next((r for r in records[row].values() if r), None))} |")
         table[row] = {"last_mean": means, "paired_vs_fedtiny": pairs}
     (base / "report.json").write_text(json.dumps(table, indent=1))
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -186,6 +223,7 @@ def main() -> int:
         command = sub.add_parser(name)
         command.add_argument("out")
         command.add_argument("--density", type=float, required=True)
+        command.add_argument("--store", default=str(STORE), help="where finished runs' records are kept")
     sub.choices["run"].add_argument("--seeds", default="0,1,2")
     sub.choices["run"].add_argument("--rows", default="", help=f"comma-separated subset of {', '.join(ROWS)}")
     sub.choices["run"].add_argument("--jobs", type=int, default=2)
