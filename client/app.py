@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from logging import WARNING
 
 import torch
@@ -12,12 +13,14 @@ from fedprune.client.hidenseek import evaluate_hidenseek, train_hidenseek
 from fedprune.client.local_data import LocalData, load_local_data, partition_of
 from fedprune.client.local_training import train_as_configured
 from fedprune.client.masked_training import train_masked
-from fedprune.client.settings import ClientSettings, client_settings
+from fedprune.client.settings import ClientConfigError, ClientSettings, client_settings
 from fedprune.data.sources import DATASET_FACTS, DatasetFacts
 from fedprune.models import build_model
+from fedprune.models.device import DEVICES
 from fedprune.models.evaluation import evaluate as evaluate_model
 from fedprune.protos.contract import ConfigKey, MetricKey, NodeKey, Record, Task
 from fedprune.protos.flower_records import config_of
+from fedprune.protos.option_rules import check_choice
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import log
@@ -26,7 +29,13 @@ app = ClientApp()
 
 
 def _settings(context: Context) -> ClientSettings:
-    return client_settings(context.run_config)
+    """The run's client options, with the node's own ``device`` (node config) over the run's."""
+    settings = client_settings(context.run_config)
+    device = context.node_config.get(NodeKey.DEVICE)
+    if device is None or device == settings.device:
+        return settings
+    check_choice(NodeKey.DEVICE, str(device), DEVICES, ClientConfigError)
+    return dataclasses.replace(settings, device=str(device))
 
 
 def use_threads(node_config: dict) -> int:

@@ -20,6 +20,7 @@ from fedprune.client.score_optimizer import score_optimizer
 from fedprune.client.settings import ClientSettings
 from fedprune.kernels.sign_supermask import apply_sign_supermask, apply_sign_supermask_sparse, fold
 from fedprune.models import build_model
+from fedprune.models.device import on_device, resolve_device
 from fedprune.models.evaluation import evaluate
 from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode, reference_digest
 from fedprune.protos.contract import (
@@ -39,6 +40,7 @@ from fedprune.protos.contract import (
     Kind,
     MetricKey,
     Record,
+    granularity_of_setup_kind,
     rebuild_theta0,
     round_model_digest,
     score_of_setup_kind,
@@ -58,9 +60,9 @@ STATE_PRIOR = "hns-label-prior"  # log label frequencies a logit-adjusted node t
 
 @functools.lru_cache(maxsize=4)
 def _recomputed_mask(architecture: str, seed: int, input_shape: tuple, num_classes: int, score: str,
-                     density: float) -> dict[str, np.ndarray]:
+                     density: float, granularity: str = "weight") -> dict[str, np.ndarray]:
     model = build_model(architecture, input_shape, num_classes, seed=seed)
-    return data_free_mask(model, score, density, seed)
+    return data_free_mask(model, score, density, seed, granularity=granularity)
 
 
 def _stored(context: Context, key: str) -> bytes | None:
@@ -85,7 +87,7 @@ def _rebuilt_mask(context: Context | None, manifest: Manifest, input_shape: tupl
             return kept
     score = score_of_setup_kind(manifest.kind)
     masks = _recomputed_mask(manifest.architecture, manifest.model_seed, input_shape, num_classes, score,
-                             manifest.density)
+                             manifest.density, granularity_of_setup_kind(manifest.kind))
     if reference_digest(masks) != expected:
         raise ValueError(MASK_MISMATCH)
     if context is not None:
@@ -204,11 +206,14 @@ def _dense_params(tensors: dict[str, np.ndarray], context: Context, setup: Setup
 
 def _model(settings: ClientSettings, input_shape: tuple, num_classes: int, setup: Setup,
            dense: dict[str, np.ndarray], scores: dict[str, np.ndarray],
-           train_batch: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """The sign-supermask model; for training, Linear layers the dispatcher prices as CSR run compact."""
+           train_batch: int | None = None, device: torch.device | None = None) -> tuple[torch.nn.Module, dict]:
+    """The sign-supermask model; for training, Linear layers the dispatcher prices as CSR run compact (on
+    ``device``, the dispatcher's choice for that device: the model is built there; move it back after)."""
     model = build_model(setup.manifest.architecture, input_shape, num_classes)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dense.items()}
     model.load_state_dict({**model.state_dict(), **state})
+    if device is not None:
+        model.to(device)
     if train_batch is None:
         return model, apply_sign_supermask(model, setup.mask, setup.magnitude, scores)
     return model, apply_sign_supermask_sparse(model, setup.mask, setup.magnitude, scores, batch=train_batch)
@@ -248,13 +253,16 @@ def train_hidenseek(msg: Message, context: Context, settings: ClientSettings, lo
     dense = _dense_params(tensors, context, setup, dense_mode)
     received_dense = {k: tensors[k] for k in setup.theta0 if k not in setup.mask and k in tensors}
     _store(context, STATE_ROUND_DENSE, encode(received_dense if dense_mode == DenseParams.AVERAGED else {}))
-    model, latent = _model(settings, input_shape, num_classes, setup, dense, start, train_batch=batch_size)
+    device = resolve_device(settings.device)
+    model, latent = _model(settings, input_shape, num_classes, setup, dense, start, train_batch=batch_size,
+                           device=device)
     optimizer = score_optimizer(settings.score_optimizer, model, latent, setup.magnitude, setup.theta0, lr,
                                 settings.score_momentum)
     seed = local_seed(settings.seed, server_round, local.partition_id)
     offset = logit_offset(settings.resolved_local_loss(), local.train.y, num_classes)
-    stats = train_epochs(model, local.train, optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
-                         logit_offset=offset)
+    with on_device(model, device):  # back on the CPU after training
+        stats = train_epochs(model, local.train, optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
+                             logit_offset=offset)
     if offset is not None:
         _store(context, STATE_PRIOR, encode({"label-prior": offset.numpy()}))
     scores = {k: v.detach().numpy().copy() for k, v in latent.items()}

@@ -13,6 +13,7 @@ from fedprune.client.local_loss import logit_offset
 from fedprune.client.settings import ClientSettings
 from fedprune.data import LabeledArrays
 from fedprune.kernels.training_cost import measured_state_bytes
+from fedprune.models.device import device_of, on_device, resolve_device
 from fedprune.protos.contract import ConfigKey
 from torch import nn
 from torch.nn import functional as F
@@ -42,9 +43,16 @@ def train_sgd(model: nn.Module, data: LabeledArrays, *, epochs: int, lr: float, 
 
 
 def train_as_configured(model: nn.Module, local: LocalData, config: Mapping[str, Any], settings: ClientSettings,
-                        num_classes: int) -> TrainStats:
+                        num_classes: int, device: torch.device | None = None) -> TrainStats:
     """``train_sgd`` on the node's training split with the round's options from the server's ``config`` (the run
-    settings' where it names none), seeded per client and round, with the run's local loss."""
+    settings' where it names none), seeded per client and round, with the run's local loss, on ``device``
+    (default: the settings' ``device`` on this host; the model comes back to the CPU)."""
+    with on_device(model, device or resolve_device(settings.device)):
+        return _train_configured(model, local, config, settings, num_classes)
+
+
+def _train_configured(model: nn.Module, local: LocalData, config: Mapping[str, Any], settings: ClientSettings,
+                      num_classes: int) -> TrainStats:
     return train_sgd(
         model, local.train,
         epochs=int(config.get(ConfigKey.LOCAL_EPOCHS, settings.local_epochs)),
@@ -65,12 +73,15 @@ def train_epochs(model: nn.Module, data: LabeledArrays, optimizer: torch.optim.O
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.train()
+    device = device_of(model)  # batches go where the model is (``models.device.on_device``)
+    if logit_offset is not None:
+        logit_offset = logit_offset.to(device)
     losses, steps = [], 0
     for _ in range(epochs):
         order = rng.permutation(len(data))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            xb, yb = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx])
+            xb, yb = torch.from_numpy(data.x[idx]).to(device), torch.from_numpy(data.y[idx]).to(device)
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = F.cross_entropy(logits if logit_offset is None else logits + logit_offset, yb)

@@ -14,6 +14,7 @@ from fedprune.client.local_training import TrainStats, train_as_configured
 from fedprune.client.settings import ClientSettings
 from fedprune.client.topk_gradients import PrunedGradientTap, pairs_payload, requested_adjustment, requested_capacities
 from fedprune.kernels.convert import export_dense_state, sparsify
+from fedprune.models.device import on_device, resolve_device
 from fedprune.protos.codec import Expected, Manifest, TensorSpec, decode, encode
 from fedprune.protos.contract import KEPT_SUFFIX, MASK_SUFFIX, ConfigKey, Kind, MetricKey, join_kept, split_kept
 from fedprune.protos.flower_records import config_of, content_with_payload, payload_of
@@ -72,10 +73,14 @@ def train_masked(msg: Message, context: Context, settings: ClientSettings, local
     batch_size = int(config.get(ConfigKey.BATCH_SIZE, settings.batch_size))
     adjust = requested_adjustment(config, mask)  # FedTiny: layers whose pruned-position gradients to report
     tap = PrunedGradientTap(model, list(adjust), requested_capacities(config, adjust), mask) if adjust else None
-    sparsify(model, mask, batch=batch_size, training=True)
-    if tap is not None:
-        tap.attach(model)
-    stats: TrainStats = train_as_configured(model, local, config, settings, num_classes)
+    # the tap's running sums live on the CPU, so an adjusting round trains there; otherwise on the node's device,
+    # where the dispatcher picks that device's backends
+    device = torch.device("cpu") if tap is not None else resolve_device(settings.device)
+    with on_device(model, device):
+        sparsify(model, mask, batch=batch_size, training=True)
+        if tap is not None:
+            tap.attach(model)
+        stats: TrainStats = train_as_configured(model, local, config, settings, num_classes, device)
     trained = {k: v.detach().numpy() for k, v in export_dense_state(model).items()}
     update = split_kept(trained, mask)
     pairs = {} if tap is None else pairs_payload(tap, mask, adjust)

@@ -18,6 +18,7 @@ from fedprune.client.score_optimizer import SCORE_OPTIMIZERS
 from fedprune.data import DATASETS, PARTITIONERS
 from fedprune.data.sources import DATASET_FACTS
 from fedprune.models import MODELS
+from fedprune.models.device import DEVICES
 from fedprune.protos.contract import HIDENSEEK_STRATEGY, STRATEGY_NAMES
 from fedprune.protos.option_rules import FLOAT_RANGES, SEED_MAX, OptionError, check_choice, check_numbers, coerce_option
 from fedprune.pruning.budgets import parse_budget_tiers
@@ -58,6 +59,7 @@ class ClientSettings:
     moved_share: float = 0.15
     budget_tiers: str = ""
     eval_batch_size: int = 1000
+    device: str = "auto"
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> ClientSettings:
@@ -86,7 +88,8 @@ class ClientSettings:
                                        ("dataset", self.dataset, DATASETS), ("model", self.model, MODELS),
                                        ("partition", self.partition, PARTITIONERS),
                                        ("score-optimizer", self.score_optimizer, SCORE_OPTIMIZERS),
-                                       ("local-loss", self.local_loss, ("auto", *LOCAL_LOSSES))):
+                                       ("local-loss", self.local_loss, ("auto", *LOCAL_LOSSES)),
+                                       ("device", self.device, DEVICES)):
             check_choice(option, value, choices, ClientConfigError)
         self._validate_numbers()
         facts = DATASET_FACTS[self.dataset]

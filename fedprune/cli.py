@@ -38,6 +38,9 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
                         "started on this machine); 'local' = a private instance, as without this option")
     p.add_argument("--cpus-per-client", type=int, default=1,
                    help="CPUs per Ray actor (integer; at most this machine's CPUs unless --ray-address)")
+    p.add_argument("--gpus-per-client", type=float, default=0.0,
+                   help="GPUs per Ray actor (Flower's client-resources-num-gpus; 0.25 = four clients share a GPU); "
+                        "needs a CUDA GPU here unless --ray-address")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -51,7 +54,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
           f"({settings.clients_per_round}/round, {settings.partition}), {settings.rounds} rounds -> {settings.out}",
           flush=True)
     try:
-        document = run_simulation(settings, num_cpus_per_client=args.cpus_per_client, ray_address=args.ray_address,
+        document = run_simulation(settings, num_cpus_per_client=args.cpus_per_client,
+                                  num_gpus_per_client=args.gpus_per_client, ray_address=args.ray_address,
                                   progress=lambda line: print(line, flush=True))
     except SimulationError as exc:
         print(f"fedprune simulate: {exc}", file=sys.stderr)

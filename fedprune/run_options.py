@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import warnings
@@ -19,6 +20,7 @@ import numpy as np
 
 from fedprune.data import DatasetMissingError, partition_indices, run_dataset
 from fedprune.models import default_model_for
+from fedprune.models.device import cuda_available
 from fedprune.server.run_config import ConfigError, RunSettings, check_model_takes_inputs
 
 _ARG_TYPES = {"int": int, "float": float, "str": str}
@@ -52,7 +54,8 @@ def settings_from_args(args: argparse.Namespace, local_out: bool = True) -> RunS
     settings = RunSettings(**values)
     settings.validate(check_out_dir=local_out)
     check_model_takes_inputs(settings)
-    check_ray_options(getattr(args, "ray_address", None), getattr(args, "cpus_per_client", 1))
+    check_ray_options(getattr(args, "ray_address", None), getattr(args, "cpus_per_client", 1),
+                      getattr(args, "gpus_per_client", 0.0))
     if local_out and args.resume and not (Path(settings.out) / "checkpoint.pt").is_file():
         raise ConfigError("resume", f"no checkpoint in {settings.out} to resume from")
     return settings
@@ -62,8 +65,9 @@ def settings_from_args(args: argparse.Namespace, local_out: bool = True) -> RunS
 _RAY_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<port>[0-9]{1,5})")
 
 
-def check_ray_options(ray_address: str | None, cpus_per_client: int) -> None:
-    """``--ray-address`` must be an address Ray can attach to; ``--cpus-per-client`` must fit one Ray node.
+def check_ray_options(ray_address: str | None, cpus_per_client: int, gpus_per_client: float = 0.0) -> None:
+    """``--ray-address`` must be an address Ray can attach to; ``--cpus-per-client`` must fit one Ray node;
+    ``--gpus-per-client`` needs a GPU on this machine when Ray runs here.
 
     Without ``--ray-address`` (or with 'local') Ray starts on this machine with its CPUs, and an actor that asks
     for more is never placed: the run would wait forever. A cluster's nodes may be bigger, so no upper limit then.
@@ -80,6 +84,12 @@ def check_ray_options(ray_address: str | None, cpus_per_client: int) -> None:
     if ray_address in (None, "local") and cpus is not None and cpus_per_client > cpus:
         raise ConfigError("cpus-per-client", f"{cpus_per_client} exceeds this machine's {cpus} CPUs, so Ray could "
                                              f"never place a client; use 1 to {cpus}, or --ray-address for a cluster")
+    if not (math.isfinite(gpus_per_client) and gpus_per_client >= 0):
+        raise ConfigError("gpus-per-client", f"{gpus_per_client} must be >= 0 (0 = CPU only)")
+    if gpus_per_client > 0 and ray_address in (None, "local") and not cuda_available():
+        raise ConfigError("gpus-per-client", f"{gpus_per_client:g} asked for, but torch sees no CUDA GPU on this "
+                                             "machine, so Ray could never place a client; use 0, or --ray-address "
+                                             "for a cluster with GPUs")
 
 
 def check_dataset(settings: RunSettings) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fedprune.kernels.blocksparse_layer import BlockSparseLinear
 from fedprune.kernels.compact import CompactConv2d, CompactLinear
 from fedprune.kernels.csr import CSRLinear
 from fedprune.kernels.dispatch import Backend, choose_backend
 from fedprune.kernels.masked import MaskedConv2d, MaskedLinear
 from torch import nn
 
-_LINEAR = {Backend.MASKED: MaskedLinear, Backend.COMPACT: CompactLinear, Backend.CSR: CSRLinear}
+_LINEAR = {Backend.MASKED: MaskedLinear, Backend.COMPACT: CompactLinear, Backend.CSR: CSRLinear,
+           Backend.BLOCKSPARSE: BlockSparseLinear}
 _CONV = {Backend.MASKED: MaskedConv2d, Backend.COMPACT: CompactConv2d}
 
 
@@ -42,7 +44,7 @@ def sparsify(model: nn.Module, mask: dict[str, np.ndarray], *, batch: int, train
             raise ValueError(f"mask for {name} has shape {tuple(m.shape)}, weight {tuple(module.weight.shape)}")
         backend = (backends or {}).get(name) or choose_backend(m, batch=batch, training=training, device=device,
                                                                dtype=dtype)
-        if isinstance(module, nn.Conv2d) and backend == Backend.CSR:
+        if isinstance(module, nn.Conv2d) and backend in (Backend.CSR, Backend.BLOCKSPARSE):
             backend = Backend.MASKED
         replacement = _build(module, m, backend).to(device)
         parent_name, _, attr = module_name.rpartition(".")
@@ -54,7 +56,7 @@ def sparsify(model: nn.Module, mask: dict[str, np.ndarray], *, batch: int, train
 def export_dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state with every sparse layer's weight as a dense tensor under its original name."""
     state = {}
-    sparse_types = (MaskedLinear, MaskedConv2d, CompactLinear, CompactConv2d, CSRLinear)
+    sparse_types = (MaskedLinear, MaskedConv2d, CompactLinear, CompactConv2d, CSRLinear, BlockSparseLinear)
     sparse_prefixes = {}
     for name, module in model.named_modules():
         if isinstance(module, sparse_types):

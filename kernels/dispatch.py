@@ -14,6 +14,7 @@ import logging
 from enum import StrEnum
 
 import torch
+from fedprune.kernels import triton_blocksparse
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ class Backend(StrEnum):
     MASKED = "masked"
     COMPACT = "compact"
     CSR = "csr"
+    BLOCKSPARSE = "blocksparse"  # GPU only: the Triton kernel over the mask's non-empty 32×32 tiles
 
 
 # Density below which CSR (int32, ``(W @ x.T).T`` + sampled weight gradient) beats dense-masked,
@@ -41,6 +43,20 @@ CSR_BREAKEVEN: dict[tuple[bool, int], float] = {
 # inputs and scattering the outputs, which is ~1/width of a dense layer's work per side.
 COMPACT_GATHER = 2.0
 
+# The GPU table. Forward speed-up of the Triton block-sparse kernel over cuBLAS on 32×32-tile masks, per (layer
+# size in weights at least, batch at least), measured on one H200 (BENCHMARKS.md, "Triton block-sparse"): the
+# smallest of that row's ratios at tile densities 0.1, 0.05 and 0.01. Layers under 4096² (launch-bound: 0.54-0.98x)
+# and batches under 256 (not measured) are never candidates, nor masks with more than 10% of tiles occupied
+# (an unstructured mask occupies every tile: 0.26-0.44x).
+BLOCKSPARSE_SPEEDUP: tuple[tuple[int, int, float], ...] = (
+    (8192 * 8192, 2048, 2.10), (8192 * 8192, 256, 1.58), (4096 * 4096, 2048, 1.89), (4096 * 4096, 256, 1.06))
+BLOCKSPARSE_MAX_TILE_DENSITY = 0.1
+BLOCKSPARSE_TILE = 32
+# A training step does the forward matmul and two backward ones of the same size; only the forward is
+# block-sparse (``kernels.blocksparse_layer``), so a step gains a third of the forward speed-up at most.
+FORWARD_SHARE = 1 / 3
+GPU_ONLY = frozenset({Backend.BLOCKSPARSE})
+
 _warned: set[tuple[str, str]] = set()
 
 
@@ -56,10 +72,30 @@ def block_fraction(mask: torch.Tensor) -> float:
     return rows * cols
 
 
+def tile_occupancy(mask: torch.Tensor, tile: int = BLOCKSPARSE_TILE) -> float:
+    """Share of a 2-D mask's ``tile``×``tile`` tiles (edge tiles smaller) that keep any weight."""
+    rows, cols = -(-mask.shape[0] // tile), -(-mask.shape[1] // tile)
+    padded = mask.new_zeros((rows * tile, cols * tile), dtype=torch.bool)
+    padded[:mask.shape[0], :mask.shape[1]] = mask.bool()
+    return float(padded.reshape(rows, tile, cols, tile).any(3).any(1).float().mean())
+
+
+def blocksparse_fraction(mask: torch.Tensor, batch: int, training: bool) -> float:
+    """The GPU table's estimate for the Triton layer (``inf`` where it was never measured faster)."""
+    if mask.dim() != 2 or tile_occupancy(mask) > BLOCKSPARSE_MAX_TILE_DENSITY:
+        return float("inf")
+    speedup = next((s for size, least, s in BLOCKSPARSE_SPEEDUP if mask.numel() >= size and batch >= least), None)
+    if speedup is None:
+        return float("inf")
+    return FORWARD_SHARE / speedup + (1 - FORWARD_SHARE) if training else 1 / speedup
+
+
 def estimated_fraction(backend: Backend, mask: torch.Tensor, batch: int, training: bool) -> float:
     """Estimated time of ``backend`` as a fraction of dense-masked on this layer (from the table)."""
     if backend == Backend.MASKED:
         return 1.0
+    if backend == Backend.BLOCKSPARSE:
+        return blocksparse_fraction(mask, batch, training)
     if backend == Backend.COMPACT:
         return block_fraction(mask) + COMPACT_GATHER * (1 / mask.shape[0] + 1 / mask.shape[1])
     if mask.dim() != 2:
@@ -71,14 +107,24 @@ def estimated_fraction(backend: Backend, mask: torch.Tensor, batch: int, trainin
 def _supported(backend: Backend, device: torch.device, dtype: torch.dtype) -> bool:
     if backend == Backend.CSR:
         return device.type == "cpu" and dtype == torch.float32
+    if backend == Backend.BLOCKSPARSE:
+        return device.type == "cuda" and dtype == torch.float32 and triton_available()
     return True
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernel can run here (triton importable)."""
+    return triton_blocksparse.triton is not None
 
 
 def choose_backend(mask: torch.Tensor, *, batch: int, training: bool, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> Backend:
-    """The cheapest backend for a layer with ``mask`` (2-D Linear or 4-D Conv2d) by the table."""
+    """The cheapest backend for a layer with ``mask`` (2-D Linear or 4-D Conv2d) by the tables (the GPU table's
+    backend only considered on a CUDA device)."""
     device = torch.device(device)
-    candidates = [Backend.MASKED, Backend.COMPACT] + ([Backend.CSR] if mask.dim() == 2 else [])
+    candidates = [Backend.MASKED, Backend.COMPACT] + ([Backend.CSR, Backend.BLOCKSPARSE] if mask.dim() == 2 else [])
+    if device.type != "cuda":
+        candidates = [backend for backend in candidates if backend not in GPU_ONLY]
     best, best_cost = Backend.MASKED, 1.0
     for backend in candidates:
         cost = estimated_fraction(backend, mask, batch, training)

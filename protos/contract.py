@@ -117,6 +117,7 @@ class NodeKey:
     MODEL_DIR = "model-dir"  # keep the latest trained model here for edge inference
     NUM_THREADS = "num-threads"  # torch intra-op threads for training and evaluation (absent: 1, simulation)
     CACHE_DIR = "cache-dir"  # node-local cache of per-node setup (the data partition), checked by digest
+    DEVICE = "device"  # auto | cpu | cuda: where this node trains (absent: the run's --device)
 
 
 class Aggregation:
@@ -181,14 +182,21 @@ class Kind:
     FEDTINY_BN_STATISTICS = "fedtiny-bn-statistics"
 
 
-def hidenseek_setup_kind(score: str) -> str:
-    """Manifest kind of a HideNseek setup: it names the score, so a node can recompute the mask itself."""
-    return f"hidenseek-setup/{score}"
+def hidenseek_setup_kind(score: str, granularity: str = "weight") -> str:
+    """Manifest kind of a HideNseek setup: it names the score and, unless single weights, the mask granularity
+    (``hidenseek-setup/synflow``, ``hidenseek-setup/synflow/tile32``), so a node can recompute the mask itself."""
+    return f"hidenseek-setup/{score}" + ("" if granularity == "weight" else f"/{granularity}")
 
 
 def score_of_setup_kind(kind: str) -> str:
     """The score a HideNseek setup's manifest kind names (inverse of ``hidenseek_setup_kind``)."""
-    return kind.rsplit("/", 1)[-1]
+    return kind.split("/")[1] if kind.count("/") else kind
+
+
+def granularity_of_setup_kind(kind: str) -> str:
+    """The mask granularity a HideNseek setup's manifest kind names: ``weight`` unless it says otherwise."""
+    parts = kind.split("/")
+    return parts[2] if len(parts) > 2 else "weight"
 
 
 # -- kept values of masked tensors -------------------------------------------------------------------------

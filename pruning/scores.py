@@ -41,13 +41,14 @@ SCORES: dict[str, ScoreFn] = {
 }
 
 
-def scorer_for(model: nn.Module, score: str) -> ScoreFn:
+def scorer_for(model: nn.Module, score: str, device: torch.device | str = "cpu") -> ScoreFn:
     """Score ``score`` as a function of (model, seed, mask) that may cache per-model work across calls
-    (SynFlow's linearized copy of ``model``, built once): what an iterative schedule rescores with."""
+    (SynFlow's linearized copy of ``model``, built once, on ``device``): what an iterative schedule rescores
+    with."""
     if score not in SCORES:
         raise ValueError(f"unknown score '{score}'; choose one of {sorted(SCORES)}")
     if score == "synflow":
-        scorer = SynFlowScorer(model)
+        scorer = SynFlowScorer(model, device)
         return lambda _model, _seed, mask: scorer(mask)
     return SCORES[score]
 

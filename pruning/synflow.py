@@ -26,12 +26,14 @@ def _input_shape(model: nn.Module) -> tuple[int, ...]:
 class SynFlowScorer:
     """Holds the linearized copy of a model (|θ|, float64, zero biases, BN eval) and scores it under masks.
 
-    Building the copy once and only re-masking it per call makes 100 iterations cheap.
+    Building the copy once and only re-masking it per call makes 100 iterations cheap. ``device``: where the
+    copy runs (scores come back on the CPU either way).
     """
 
     @torch.no_grad()
-    def __init__(self, model: nn.Module) -> None:
-        self.net = copy.deepcopy(model).double().eval()
+    def __init__(self, model: nn.Module, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.net = copy.deepcopy(model).double().eval().to(self.device)
         self.names = prunable_names(self.net)
         self.params = dict(self.net.named_parameters())
         for name, param in self.params.items():
@@ -44,16 +46,16 @@ class SynFlowScorer:
                 module.running_mean.zero_()
                 module.running_var.fill_(1.0)
         self.magnitudes = {name: self.params[name].detach().clone() for name in self.names}
-        self.ones = torch.ones((1, *_input_shape(model)), dtype=torch.float64)
+        self.ones = torch.ones((1, *_input_shape(model)), dtype=torch.float64, device=self.device)
 
     def __call__(self, mask: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             for name in self.names:
                 value = self.magnitudes[name]
-                self.params[name].copy_(value if mask is None else value * torch.from_numpy(mask[name]))
+                self.params[name].copy_(value if mask is None else value * torch.from_numpy(mask[name]).to(self.device))
         self.net.zero_grad()
         torch.sum(self.net(self.ones)).backward()
-        return {name: (self.params[name].grad * self.params[name]).detach().abs() for name in self.names}
+        return {name: (self.params[name].grad * self.params[name]).detach().abs().cpu() for name in self.names}
 
 
 def synflow_scores(model: nn.Module, seed: int = 0,

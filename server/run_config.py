@@ -18,6 +18,7 @@ from fedprune.client.score_optimizer import SCORE_OPTIMIZERS
 from fedprune.data import DATASETS, PARTITIONERS
 from fedprune.data.sources import DATASET_FACTS
 from fedprune.models import BATCHNORM_MODELS, MODELS
+from fedprune.models.device import DeviceError, resolve_device
 from fedprune.protos.contract import AGGREGATIONS, DENSE_PARAMS, MASK_TRANSFER, SCORE_DOWNLINK, STRATEGY_NAMES
 from fedprune.protos.option_rules import FLOAT_RANGES, SEED_MAX, OptionError, check_choice, check_numbers, coerce_option
 from fedprune.pruning.budgets import parse_budget_tiers
@@ -25,6 +26,7 @@ from fedprune.pruning.candidates import RANKINGS
 from fedprune.pruning.progressive import GRADIENT_TAPS, LAYER_ORDERS
 from fedprune.pruning.score_levels import GRIDS
 from fedprune.pruning.scores import SCORES
+from fedprune.pruning.tile_masks import MASK_GRANULARITIES
 from fedprune.server.model_facts import input_error, model_facts, smallest_density
 
 __all__ = ["FLOAT_RANGES", "ConfigError", "RunSettings", "check_model_takes_inputs", "check_writable_dir",
@@ -66,6 +68,13 @@ class RunSettings:
     seed: int = option(0, "seeds the model, the masks, the partition and the sampling (0..2^32-1)")
     density: float = option(1.0, "kept fraction of prunable weights")
     score: str = option("synflow", "hidenseek mask score: synflow | magnitude | random")
+    mask_granularity: str = option("weight",
+                                   "static-* and hidenseek masks: weight (single weights) | tile32 (whole 32×32 tiles "
+                                   "of each layer's GEMM view, what the GPU block-sparse kernel skips; density exact "
+                                   "in tiles)")
+    device: str = option("auto",
+                         "where clients train and the server evaluates and scores: auto (CUDA when this host has "
+                         "it) | cpu | cuda (a node's own device node config wins)")
     aggregation: str = option("ternary-delta",
                               "hidenseek: ternary-delta (score change as stochastic ternary values, global scores "
                               "downlink) | tally (1 bit/weight, confidence kept on the server) | vote | score-average")
@@ -205,6 +214,7 @@ class RunSettings:
         if self.personal_eval_every < 0:
             raise ConfigError("personal-eval-every", "must be >= 0 (0 = never)")
         self._validate_fedtiny()
+        self._validate_device_and_granularity()
         if self.strategy in ("fedavg", "flwr-fedavg") and self.density != 1.0:
             raise ConfigError("density", f"strategy '{self.strategy}' is dense; density must be 1.0")
         self._validate_model()
@@ -213,6 +223,19 @@ class RunSettings:
                                      "current one)")
         if check_out_dir:
             check_writable_dir(self.out)
+
+    def _validate_device_and_granularity(self) -> None:
+        """A device this host has (``cuda`` only where torch sees a GPU), a known mask granularity, and tiles
+        only for the strategies that build their mask once from a score (static-*, hidenseek)."""
+        try:
+            resolve_device(self.device)
+        except DeviceError as exc:
+            raise ConfigError("device", str(exc)) from None
+        check_choice("mask-granularity", self.mask_granularity, tuple(MASK_GRANULARITIES), ConfigError)
+        if self.mask_granularity != "weight" and not (self.strategy.startswith("static-")
+                                                      or self.strategy == "hidenseek"):
+            raise ConfigError("mask-granularity", f"'{self.mask_granularity}' is for static-* and hidenseek masks; "
+                                                  f"{self.strategy} keeps single weights")
 
     def _validate_dataset(self) -> None:
         """What the dataset fixes without loading it: its class count, and whether it reads files at all."""

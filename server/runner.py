@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from fedprune.data import LabeledArrays, run_dataset
+from fedprune.models.device import on_device, resolve_device
 from fedprune.models.evaluation import evaluate
 from fedprune.protos.contract import ConfigKey, MetricKey, Record
 from fedprune.protos.flower_records import error_reason
@@ -258,7 +259,8 @@ def play_round(run: Federation, server_round: int) -> RoundOutcome:
     traffic = grid.take_traffic()
 
     run.model.load_state_dict(run.arrays.to_torch_state_dict())
-    loss, accuracy = evaluate(run.model, run.test.x, run.test.y, run.settings.eval_batch_size)
+    with on_device(run.model, resolve_device(run.settings.device)):
+        loss, accuracy = evaluate(run.model, run.test.x, run.test.y, run.settings.eval_batch_size)
     return RoundOutcome(sampled={m.metadata.dst_node_id for m in messages}, aggregated=new_arrays is not None,
                         train_metrics=train_metrics, federated=federated, traffic=traffic, loss=loss,
                         accuracy=accuracy)

@@ -114,11 +114,12 @@ def _env(home: Path, ray_address: str | None) -> dict[str, str]:
     return env
 
 
-def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_address: str | None = None,
-                   progress: Callable[[str], None] = print, poll_seconds: float = 0.5,
+def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, num_gpus_per_client: float = 0.0,
+                   ray_address: str | None = None, progress: Callable[[str], None] = print, poll_seconds: float = 0.5,
                    status_poll_seconds: float = 15.0, app_dir: Path | None = None) -> dict[str, Any]:
     """Run ``settings`` as a Ray simulation of ``settings.num_clients`` SuperNodes; return results.json.
 
+    ``num_gpus_per_client``: Flower's ``client-resources-num-gpus`` (a fraction shares one GPU among clients).
     ``app_dir``: the Flower app to submit (``flower_app_dir()`` by default; tests submit wrappers of it)."""
     app_dir = app_dir or flower_app_dir()
     out_dir = Path(settings.out).expanduser().resolve()
@@ -131,7 +132,8 @@ def run_simulation(settings: RunSettings, *, num_cpus_per_client: int = 1, ray_a
     completed = False
     try:
         federation = (f"num-supernodes={settings.num_clients} client-resources-num-cpus={num_cpus_per_client} "
-                      f"client-resources-num-gpus=0.0 backend=\"ray\" init-args-logging-level=\"ERROR\"")
+                      f"client-resources-num-gpus={float(num_gpus_per_client)!r} backend=\"ray\" "
+                      "init-args-logging-level=\"ERROR\"")
         started = link.flwr("run", str(app_dir), "fedprune", "--run-config", config_overrides(settings_config),
                             "--federation-config", federation, "--format", "json")
         try:

@@ -72,7 +72,8 @@ class HideNseek(FederatedStrategy):
                  model_seed: int, score: str, density: float, clients_per_round: int, min_train_nodes: int = 1,
                  seed: int = 0, aggregation: str = "ternary-delta", dense_params: str = "averaged",
                  mask_transfer: str = "send", personal_eval_every: int = 5, server_lr: float = 1.0,
-                 server_momentum: float = 0.0, score_step: float = 0.0, score_grid: str = "uniform") -> None:
+                 server_momentum: float = 0.0, score_step: float = 0.0, score_grid: str = "uniform",
+                 mask_granularity: str = "weight") -> None:
         super().__init__(clients_per_round=clients_per_round, min_train_nodes=min_train_nodes, seed=seed)
         for option, value, allowed in (("aggregation", aggregation, AGGREGATIONS),
                                        ("dense-params", dense_params, DENSE_PARAMS),
@@ -89,6 +90,7 @@ class HideNseek(FederatedStrategy):
         self.theta0_digest = theta0_digest(theta0)
         self.mask_digest = reference_digest(self.mask)
         self.architecture, self.model_seed, self.score, self.density = architecture, model_seed, score, density
+        self.mask_granularity = mask_granularity
         self.aggregation, self.dense_params, self.mask_transfer = aggregation, dense_params, mask_transfer
         self.rule = sign_rule(aggregation)  # the upload's shape, its check and the aggregation
         if not (np.isfinite(score_step) and score_step >= 0) or (score_step and not self.rule.score_downlink):
@@ -174,7 +176,7 @@ class HideNseek(FederatedStrategy):
         else:
             tensors[MASK_DIGEST] = np.frombuffer(self.mask_digest, dtype=np.uint8)
         return encode(tensors, manifest=Manifest(self.architecture, self.model_seed, self.density, 0,
-                                                 hidenseek_setup_kind(self.score)))
+                                                 hidenseek_setup_kind(self.score, self.mask_granularity)))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 from fedprune.data import run_dataset
 from fedprune.models import build_model
+from fedprune.models.device import resolve_device
 from fedprune.pruning.budgets import BudgetError, ModelCost, check_smallest, one_weight_mask, parse_budget_tiers
 from fedprune.pruning.candidates import candidate_masks
 from fedprune.pruning.schedules import data_free_mask
@@ -53,7 +54,8 @@ def _flower_fedavg(settings: RunSettings) -> FederatedStrategy:
 def _static_mask(score: str) -> Callable[[RunSettings], FederatedStrategy]:
     def build(settings: RunSettings) -> FederatedStrategy:
         model, _ = seeded_model(settings)
-        mask = data_free_mask(model, score, settings.density, settings.seed)
+        mask = data_free_mask(model, score, settings.density, settings.seed, granularity=settings.mask_granularity,
+                              device=resolve_device(settings.device))
         return StaticMaskFedAvg(mask=mask, architecture=settings.model, model_seed=settings.seed, score=score,
                                 clients_per_round=settings.clients_per_round,
                                 min_train_nodes=settings.min_train_nodes, seed=settings.seed)
@@ -63,14 +65,15 @@ def _static_mask(score: str) -> Callable[[RunSettings], FederatedStrategy]:
 def _hidenseek(settings: RunSettings) -> FederatedStrategy:
     model, _ = seeded_model(settings)
     theta0 = _theta0(model)
-    mask = data_free_mask(model, settings.score, settings.density, settings.seed)
+    mask = data_free_mask(model, settings.score, settings.density, settings.seed,
+                          granularity=settings.mask_granularity, device=resolve_device(settings.device))
     return HideNseek(theta0=theta0, mask=mask, architecture=settings.model, model_seed=settings.seed,
                      score=settings.score, density=settings.density, clients_per_round=settings.clients_per_round,
                      min_train_nodes=settings.min_train_nodes, seed=settings.seed, aggregation=settings.aggregation,
                      dense_params=settings.dense_params, mask_transfer=settings.mask_transfer,
                      personal_eval_every=settings.personal_eval_every, server_lr=settings.server_lr,
                      server_momentum=settings.server_momentum, score_step=settings.resolved_score_step(),
-                     score_grid=settings.score_grid)
+                     score_grid=settings.score_grid, mask_granularity=settings.mask_granularity)
 
 
 def _fedtiny(settings: RunSettings) -> FederatedStrategy:

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from fedprune.server.run_config import FLOAT_RANGES, ConfigError, RunSettings, model_facts
 
 from fedprune.cli import EXIT_USAGE, main
@@ -132,8 +133,31 @@ def test_cpus_per_client_is_not_capped_on_a_cluster(tmp_path, no_launch, monkeyp
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     code = main(["simulate", "--dataset", "digits", "--partition", "iid", "--num-clients", "10", "--cpus-per-client",
                  "8", "--ray-address", "10.0.0.5:6379", "--out", str(tmp_path / "o")])
-    assert code == 1 and no_launch == [{"num_cpus_per_client": 8, "ray_address": "10.0.0.5:6379",
-                                        "progress": no_launch[0]["progress"]}]
+    assert code == 1 and no_launch == [{"num_cpus_per_client": 8, "num_gpus_per_client": 0.0,
+                                        "ray_address": "10.0.0.5:6379", "progress": no_launch[0]["progress"]}]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asserts what a host without a GPU answers")
+def test_gpu_options_on_a_host_without_a_gpu_stop_with_one_line(tmp_path, capsys, no_launch):
+    refused(["--dataset", "digits", "--gpus-per-client", "0.5"], "gpus-per-client", tmp_path, capsys, no_launch,
+            "no CUDA GPU on this machine")
+    refused(["--dataset", "digits", "--device", "cuda"], "device", tmp_path, capsys, no_launch, "no CUDA GPU")
+
+
+def test_gpu_options_that_make_no_sense_anywhere_are_refused(tmp_path, capsys, no_launch):
+    refused(["--dataset", "digits", "--gpus-per-client", "-1"], "gpus-per-client", tmp_path, capsys, no_launch)
+    refused(["--dataset", "digits", "--device", "tpu"], "device", tmp_path, capsys, no_launch)
+    refused(["--dataset", "digits", "--mask-granularity", "tile64"], "mask-granularity", tmp_path, capsys, no_launch)
+    refused(["--dataset", "digits", "--strategy", "fedtiny", "--density", "0.3", "--mask-granularity", "tile32",
+             "--model", "digits-cnn-bn", "--candidates", "1"], "mask-granularity", tmp_path, capsys, no_launch,
+            "fedtiny keeps single weights")
+
+
+def test_gpus_per_client_reaches_the_launcher_for_a_cluster(tmp_path, no_launch):
+    code = main(["simulate", "--dataset", "digits", "--partition", "iid", "--num-clients", "10", "--gpus-per-client",
+                 "0.25", "--device", "auto", "--mask-granularity", "tile32", "--strategy", "static-synflow",
+                 "--density", "0.1", "--ray-address", "10.0.0.5:6379", "--out", str(tmp_path / "o")])
+    assert code == 1 and no_launch[0]["num_gpus_per_client"] == 0.25
 
 
 @pytest.mark.parametrize("address", ["foo", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":6379", "::1:6379",

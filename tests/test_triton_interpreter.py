@@ -42,3 +42,39 @@ def test_blocksparse_kernel_matches_reference_under_interpreter():
                             cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok 5"
+
+
+LAYER_SCRIPT = r"""
+import torch
+from fedprune.kernels.blocksparse_layer import BlockSparseLinear
+from fedprune.kernels.masked import MaskedLinear
+
+g = torch.Generator().manual_seed(1)
+for batch, n, k in [(7, 64, 96), (3, 70, 72)]:
+    weight, bias = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    mask = torch.zeros(n, k, dtype=torch.bool)
+    mask[:32, 32:64] = torch.rand(32, 32, generator=g) < 0.5  # one occupied tile, the rest empty
+    mask[-6:, :8] = True  # a partial edge tile
+    x = torch.randn(batch, 2, k, generator=g)  # a leading batch shape, as nn.Linear takes
+    layers = BlockSparseLinear(weight, mask, bias), MaskedLinear(weight, mask, bias)
+    inputs = [x.clone().requires_grad_(True) for _ in layers]
+    outputs = [layer(inp) for layer, inp in zip(layers, inputs)]
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-4), (outputs[0] - outputs[1]).abs().max()
+    for out in outputs:
+        (out ** 2).sum().backward()
+    sparse, masked = layers
+    assert torch.allclose(inputs[0].grad, inputs[1].grad, atol=1e-3)
+    assert torch.allclose(sparse.weight.grad, masked.weight.grad * masked.mask, atol=1e-3)
+    assert not sparse.weight.grad[~mask].any()  # pruned weights get no gradient
+    assert torch.allclose(sparse.bias.grad, masked.bias.grad, atol=1e-3)
+    assert torch.equal(sparse.dense_weight(), masked.dense_weight())
+print("ok")
+"""
+
+
+def test_blocksparse_layer_trains_like_the_dense_masked_layer_under_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", LAYER_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"
