@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fedprune.models.device import device_of
 from torch import nn
 from torch.nn import functional as F
 
@@ -15,10 +16,11 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1
         return float("nan"), float("nan")
     was_training = model.training
     model.eval()
+    device = device_of(model)  # batches go where the model is (``models.device.on_device``)
     loss_sum, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(x[start:start + batch_size])
-        yb = torch.from_numpy(y[start:start + batch_size])
+        xb = torch.from_numpy(x[start:start + batch_size]).to(device)
+        yb = torch.from_numpy(y[start:start + batch_size]).to(device)
         logits = model(xb)
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
