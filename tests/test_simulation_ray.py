@@ -133,6 +133,18 @@ def test_hidenseek_ray_simulation_3_rounds_on_digits(tmp_path):
     assert "federated_evaluation" in document["rounds"][2]
 
 
+def test_tile32_hidenseek_ray_simulation_nodes_rebuild_the_tile_mask(tmp_path):
+    """--mask-granularity tile32 end to end on Ray: every node rebuilds the server's tile mask from θ0 (a node
+    whose rebuild differed would answer with an error: a failed client), and the run completes."""
+    settings = RunSettings(strategy="hidenseek", dataset="digits", model="digits-cnn", partition="iid",
+                           num_clients=6, clients_per_round=3, rounds=2, density=0.3, score="synflow",
+                           mask_granularity="tile32", personal_eval_every=0, out=str(tmp_path / "tiles"))
+    document = run_simulation(settings, progress=lambda _: None)
+    validate_results(document)
+    assert document["status"] == "completed" and document["config"]["mask-granularity"] == "tile32"
+    assert all(r["clients_failed"] == 0 and r["aggregated"] for r in document["rounds"])
+
+
 def _descendants(root: int) -> set[int]:
     """Every live process below ``root`` (from /proc), however deep (Ray daemons start their own sessions)."""
     children: dict[int, list[int]] = {}
