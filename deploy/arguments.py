@@ -14,6 +14,7 @@ from fedprune.deploy.launch import (
     FLOWER_IDLE_POLL,
     NODE_CONFIG_KEYS,
 )
+from fedprune.models.device import DEVICES
 
 from fedprune.run_options import add_run_options
 
@@ -86,6 +87,9 @@ def _supernode(steps: argparse._SubParsersAction) -> None:
                       help="torch threads per ClientApp (0: this host's cores / --nodes-on-host)")
     node.add_argument("--nodes-on-host", type=int, default=1,
                       help="SuperNodes sharing this host's cores (sets the default --num-threads)")
+    node.add_argument("--device", choices=DEVICES, default=None,
+                      help="where this node's ClientApps train: auto (CUDA when this host has it) | cpu | cuda "
+                           "(default: the run's --device)")
     node.add_argument("--cache-dir", default="~/.cache/fedprune",
                       help="node-local cache of this node's data partition (checked by digest on every use)")
     node.add_argument("--idle-poll", type=float, default=FLOWER_IDLE_POLL,

@@ -31,6 +31,7 @@ from fedprune.deploy.launch import (
 )
 from fedprune.deploy.loopback import DeploymentError, run_loopback
 from fedprune.deploy.node_supervisor import run_node
+from fedprune.models.device import DeviceError, resolve_device
 from fedprune.protos.contract import NodeKey
 from fedprune.server.results import RESULTS_NAME, human_bytes
 from fedprune.server.run_config import ConfigError
@@ -167,6 +168,12 @@ def node_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
                                    NodeKey.NUM_PARTITIONS: args.num_partitions, NodeKey.NUM_THREADS: threads}
     if args.cache_dir:
         node_config[NodeKey.CACHE_DIR] = str(Path(args.cache_dir).expanduser().resolve())
+    if args.device is not None:
+        try:
+            resolve_device(args.device)  # cuda on a host without one stops here, not at the first message
+        except DeviceError as exc:
+            raise ConfigError("device", str(exc)) from None
+        node_config[NodeKey.DEVICE] = args.device
     if args.data_path:
         node_config[NodeKey.DATA_PATH] = str(Path(args.data_path).expanduser().resolve())
     if args.model_dir:

@@ -39,6 +39,7 @@ NODE_CONFIG_KEYS = {
     NodeKey.MODEL_DIR: "optional directory where the node keeps its latest trained model for edge inference",
     NodeKey.NUM_THREADS: "torch threads a ClientApp uses (default: the host's cores / SuperNodes on it)",
     NodeKey.CACHE_DIR: "node-local cache of the node's data partition (checked by digest on every use)",
+    NodeKey.DEVICE: "auto | cpu | cuda: where the node's ClientApps train (default: the run's device option)",
 }
 
 

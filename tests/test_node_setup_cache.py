@@ -116,3 +116,31 @@ def test_a_rebuilt_mask_is_computed_once_per_node_and_a_tampered_copy_is_not_use
     doc = run_federation(grid, more, progress=lambda line: None)
     assert doc["rounds"][-1]["clients_failed"] == 0
     assert len(calls) == 4  # the tampered copy failed its digest: rebuilt for that node only
+
+
+def test_a_nodes_device_node_config_wins_over_the_runs_and_is_checked():
+    from fedprune.client.app import _settings
+    from fedprune.client.settings import ClientConfigError
+
+    class NodeContext:
+        def __init__(self, run_config: dict, node_config: dict) -> None:
+            self.run_config, self.node_config = run_config, node_config
+
+    assert _settings(NodeContext({"device": "auto"}, {})).device == "auto"
+    assert _settings(NodeContext({"device": "auto"}, {NodeKey.DEVICE: "cpu"})).device == "cpu"
+    with pytest.raises(ClientConfigError, match="device"):
+        _settings(NodeContext({}, {NodeKey.DEVICE: "tpu"}))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asserts what a host without a GPU answers")
+def test_deploy_supernode_device_option_reaches_the_node_config_and_cuda_is_refused_here(capsys):
+    from fedprune.cli import main
+
+    base = ["deploy", "supernode", "--superlink", "h:9092", "--partition-id", "0", "--num-partitions", "2",
+            "--insecure", "--print"]
+    assert main([*base, "--device", "cpu"]) == 0
+    assert 'device="cpu"' in capsys.readouterr().out  # in the SuperNode's --node-config
+    assert main([*base, "--device", "cuda"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING: --insecure")]
+    assert len(errors) == 1 and errors[0].startswith("fedprune deploy: error: --device: ")
+    assert "no CUDA GPU" in errors[0]
