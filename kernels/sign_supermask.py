@@ -120,12 +120,14 @@ def apply_sign_supermask_sparse(model: nn.Module, mask: dict[str, np.ndarray], m
     """Like ``apply_sign_supermask``, but Linear layers the dispatcher prices as CSR become
     ``SignCSRLinear`` (kept-size compute and memory); the rest use the parametrization."""
     modules = dict(model.named_modules())
+    device = next(model.parameters()).device  # the dispatcher's choice is for the device the model is on
     latent, rest = {}, {}
     for name, layer_mask in mask.items():
         module_name = name.rsplit(".", 1)[0]
         module = modules[module_name]
         if isinstance(module, nn.Linear) and choose_backend(
-                torch.from_numpy(np.asarray(layer_mask, dtype=bool)), batch=batch, training=True) == Backend.CSR:
+                torch.from_numpy(np.asarray(layer_mask, dtype=bool)), batch=batch, training=True,
+                device=device) == Backend.CSR:
             bias = module.bias.detach() if module.bias is not None else None
             layer = SignCSRLinear(layer_mask, magnitudes[name], scores[name], bias)
             parent_name, _, attr = module_name.rpartition(".")
