@@ -198,6 +198,14 @@ def report(args: argparse.Namespace) -> int:
         delta = "—" if row == "fedtiny" or not pairs else _interval(pairs)
         print(f"| {row} | {cells} | {delta} | {_costs(next((r for r in records[row].values() if r), None))} |")
         table[row] = {"last_mean": means, "paired_vs_fedtiny": pairs}
+    for seed, record in records["fedtiny"].items():
+        selection = (record or {}).get("bn_selection")
+        if selection:
+            margins = sorted((m, e) for m, e in zip(selection["loss_margins"], selection["loss_margin_stderr"],
+                                                    strict=True) if m > 0)
+            runner_up = f"next best {margins[0][0]:.4f} ± {margins[0][1]:.4f} behind" if margins else "alone"
+            print(f"seed {seed}: BN selection picked candidate {selection['selected']} (loss "
+                  f"{min(selection['losses']):.4f}, {runner_up}; beyond noise: {selection['beyond_noise']})")
     (base / "report.json").write_text(json.dumps(table, indent=1))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for row, by_seed in rows.items():
