@@ -125,8 +125,15 @@ def one(row: str, seed: int, density: float, rounds: int, directory: str) -> int
 def run(args: argparse.Namespace) -> int:
     """Start every (row, seed) that is not completed, ``--jobs`` at a time, each in its own process."""
     out, rows, store = Path(args.out), args.rows.split(",") if args.rows else list(ROWS), Path(args.store)
-    todo = [(row, int(seed)) for seed in args.seeds.split(",") for row in rows
-            if not record_path(store, args.density, int(seed), row).is_file()]
+    todo = []
+    for seed, row in ((int(seed), row) for seed in args.seeds.split(",") for row in rows):
+        if record_path(store, args.density, seed, row).is_file():
+            continue
+        if status(run_dir(out, args.density, seed, row)) == "completed":  # finished while no driver kept it
+            keep_record(run_dir(out, args.density, seed, row), record_path(store, args.density, seed, row), row,
+                        seed, args.density)
+            continue
+        todo.append((row, seed))
     print(f"{len(todo)} runs to go ({args.jobs} at a time); logs beside each results.json; records in {store}",
           flush=True)
     started, running, finished = time.monotonic(), [], 0
