@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as functional
+from fedprune.kernels.dispatch import tile_occupancy
 from fedprune.pruning.scores import Scores, global_topk_mask
 
 TILE = 32
@@ -60,11 +61,12 @@ def tile_topk_mask(scores: Scores, density: float, tile: int = TILE) -> dict[str
 
 
 def kept_tile_fraction(mask: dict[str, np.ndarray], tile: int = TILE) -> float:
-    """Share of all tiles with any kept weight (what the block-sparse kernel computes)."""
+    """Share of all tiles with any kept weight over the layers (what the block-sparse kernel computes)."""
     kept = total = 0
     for weights in mask.values():
-        counts = tile_scores({"w": torch.from_numpy(weights.astype(np.float64))}, tile)["w"]
-        kept, total = kept + int((counts > 0).sum()), total + counts.numel()
+        tiles = math.prod(tile_grid(weights.shape, tile))
+        kept += round(tile_occupancy(gemm_view(torch.from_numpy(weights)), tile) * tiles)
+        total += tiles
     return kept / total
 
 
