@@ -1,9 +1,11 @@
 """Which data-free mask trains best: each mask trained centrally, same θ0, same batches, no federation.
 
-Usage: python benchmarks/fedtiny_mask_central.py DENSITY SEED [SEED ...] [--steps 1875]
+Usage: python benchmarks/fedtiny_mask_central.py DENSITY SEED [SEED ...] [--steps 1875] [--masks a,b]
 Fashion-MNIST (all 60,000 training images), fl-cnn-bn built from SEED, masks at DENSITY:
-SynFlow's mask, global magnitude's mask, and FedTiny's default candidate 0 (SynFlow's layer-wise counts,
-the largest |θ0| within each layer: ``strategies.candidates`` with ranking ``magnitude``). Each is trained
+SynFlow's mask (``synflow``), global magnitude's mask (``magnitude``), FedTiny's candidate 0 with ranking
+``magnitude`` (SynFlow's layer-wise counts, the largest |θ0| within each layer: ``synflow-counts+magnitude``)
+and with ranking ``block-magnitude`` (the largest |θ0| inside the channels SynFlow keeps:
+``synflow-block+magnitude``); ``--masks`` runs a subset. Each is trained
 for one epoch (1,875 steps of batch 32, SGD lr 0.05 momentum 0.9, the FedTiny table's client optimizer),
 pruned weights held at 0, one thread. Prints test accuracy after 300 steps and at the end, and each
 mask's layer-wise densities. Screens the candidate family cheaply; the federated table decides.
@@ -65,6 +67,7 @@ def main() -> int:
     parser.add_argument("density", type=float)
     parser.add_argument("seeds", type=int, nargs="+")
     parser.add_argument("--steps", type=int, default=1875)
+    parser.add_argument("--masks", default="synflow,magnitude,synflow-counts+magnitude,synflow-block+magnitude")
     args = parser.parse_args()
     torch.set_num_threads(1)
     splits = load_dataset("fashion-mnist")
@@ -75,7 +78,11 @@ def main() -> int:
     for seed in args.seeds:
         masks = {score: data_free_mask(fresh(seed), score, args.density, seed) for score in ("synflow", "magnitude")}
         masks["synflow-counts+magnitude"] = candidate_masks(fresh(seed), "synflow", args.density, 1, seed)[0]
+        masks["synflow-block+magnitude"] = candidate_masks(fresh(seed), "synflow", args.density, 1, seed,
+                                                           ranking="block-magnitude")[0]
         for name, mask in masks.items():
+            if name not in args.masks.split(","):
+                continue
             early, final = train_masked(splits, mask, seed, args.steps)
             layers = " ".join(f"{m.mean():.3f}" for m in mask.values())
             print(f"density {args.density} seed {seed} {name:25s} acc@300 {early:.4f} acc@{args.steps} {final:.4f} "

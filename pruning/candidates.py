@@ -11,6 +11,15 @@ layer-wise counts); the ``ranking`` decides which ones:
   magnitude inside reach 0.8717 at density 0.01 vs SynFlow's mask 0.8643, and
   0.8778 at 0.05 vs 0.8723 (global magnitude: 0.8800). Candidates are then
   nested layer by layer: a layer given more weights keeps a superset.
+* ``block-magnitude``: the largest |θ0| inside the block of channels the score's
+  mask keeps in that layer (its kept output rows × kept input columns; for a
+  convolution, every kernel tap of those channel pairs), and a perturbed layer
+  keeps at most that block. The block is what a compact layer computes
+  (``kernels.training_cost``), so no candidate costs a client more memory or
+  FLOPs than the score's own mask: at density 0.01 on the FL CNN-BN SynFlow keeps
+  conv2's weights in 10 of 64 output channels, so its mask trains at 18% of dense
+  FLOPs, while ``magnitude`` spreads them over all 64 and costs 87%
+  (``benchmarks/fedtiny_candidate_costs.py``).
 * ``score``: candidate 0 is the score's own global mask; a perturbed layer keeps
   first the weights the score kept (best score first when shrinking), then the
   largest-magnitude weights of θ0 (when growing).
@@ -41,7 +50,7 @@ from fedprune.pruning.schedules import data_free_mask
 from fedprune.pruning.scores import scorer_for
 from torch import nn
 
-RANKINGS = ("magnitude", "score")  # how a candidate picks the weights within a layer (module docstring)
+RANKINGS = ("magnitude", "block-magnitude", "score")  # how a candidate picks a layer's weights (module docstring)
 BN_STATS = ("running_mean", "running_var")
 
 
@@ -101,6 +110,20 @@ def _largest(magnitude: np.ndarray, keep: int) -> np.ndarray:
     return out.reshape(magnitude.shape)
 
 
+def channel_block(mask: np.ndarray) -> np.ndarray:
+    """Positions in the block of channels ``mask`` touches: kept output rows × kept input columns (for a
+    convolution every kernel tap of those channel pairs), the block a compact layer computes."""
+    grid = mask.reshape(mask.shape[0], mask.shape[1], -1).any(-1)
+    block = np.outer(grid.any(1), grid.any(0)).reshape(grid.shape + (1,) * (mask.ndim - 2))
+    return np.broadcast_to(block, mask.shape).copy()
+
+
+def _largest_within(magnitude: np.ndarray, within: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` largest entries of one layer among the positions ``within`` allows (``keep`` must not
+    exceed them; ties: lowest flat position first)."""
+    return _largest(np.where(within, magnitude, -1.0), keep)
+
+
 def candidate_masks(model: nn.Module, score: str, density: float, count: int, seed: int,
                     spread: float = 0.5, ranking: str = "magnitude") -> list[dict[str, np.ndarray]]:
     """``count`` masks of exactly the same total kept count from ``model``'s θ0 (see module docstring)."""
@@ -118,6 +141,11 @@ def candidate_masks(model: nn.Module, score: str, density: float, count: int, se
     if ranking == "magnitude":
         allocations = [base_counts] + [perturbed_counts(base_counts, sizes, rng, spread) for _ in range(count - 1)]
         return [{n: _largest(magnitude[n], counts[n]) for n in names} for counts in allocations]
+    if ranking == "block-magnitude":
+        blocks = {n: channel_block(base[n]) for n in names}
+        capacity = {n: int(blocks[n].sum()) for n in names}
+        allocations = [base_counts] + [perturbed_counts(base_counts, capacity, rng, spread) for _ in range(count - 1)]
+        return [{n: _largest_within(magnitude[n], blocks[n], counts[n]) for n in names} for counts in allocations]
     if count == 1:
         return [base]
     raw = scorer_for(model, score)(model, seed, base)  # rank within a layer by the score under the base mask

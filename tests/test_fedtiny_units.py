@@ -18,6 +18,7 @@ from fedprune.client.topk_gradients import (
 from fedprune.data import LabeledArrays
 from fedprune.kernels.convert import sparsify
 from fedprune.kernels.dispatch import Backend
+from fedprune.kernels.training_cost import masked_training_cost
 from fedprune.models import build_model, prunable_names
 from fedprune.protos import fedprune_wire_pb2 as pb
 from fedprune.protos.codec import Manifest, decode, encode
@@ -32,6 +33,7 @@ from fedprune.pruning.budgets import (
 )
 from fedprune.pruning.candidates import (
     candidate_masks,
+    channel_block,
     loss_margins,
     perturbed_counts,
     pool_statistics,
@@ -95,6 +97,49 @@ def test_magnitude_ranking_keeps_the_scores_layer_counts_and_the_largest_weights
                     assert not (kept & ~other[name]).any()
     with pytest.raises(ValueError, match="ranking"):
         candidate_masks(model, "magnitude", density, 2, seed=3, ranking="synflow")
+
+
+def test_channel_block_is_kept_rows_by_kept_columns_and_every_tap_of_a_conv():
+    linear = np.zeros((4, 5), dtype=bool)
+    linear[1, 3] = linear[2, 0] = True
+    expected = np.zeros((4, 5), dtype=bool)
+    expected[np.ix_([1, 2], [0, 3])] = True
+    assert np.array_equal(channel_block(linear), expected)
+    conv = np.zeros((3, 2, 2, 2), dtype=bool)
+    conv[0, 1, 1, 0] = True
+    block = channel_block(conv)
+    assert block[0, 1].all() and block.sum() == 4  # one channel pair, all four kernel taps
+
+
+def test_block_magnitude_candidates_stay_in_the_scores_channels_and_cost_no_more():
+    """Every candidate keeps the largest |θ0| inside the channel block of the score's mask, with the exact
+    total; so a client never trains more FLOPs than on the score's mask (FL CNN-BN, SynFlow, density 0.01)."""
+    density = 0.01
+    model = build_model("fl-cnn-bn", (1, 28, 28), seed=2)
+    base = data_free_mask(build_model("fl-cnn-bn", (1, 28, 28), seed=2), "synflow", density, 2)
+    masks = candidate_masks(model, "synflow", density, 5, seed=2, spread=0.5, ranking="block-magnitude")
+    params = dict(model.named_parameters())
+    total = sum(int(m.sum()) for m in base.values())
+    assert [int(m.sum()) for m in masks[0].values()] == [int(m.sum()) for m in base.values()]
+    assert len({tuple(int(m.sum()) for m in mask.values()) for mask in masks}) > 1  # allocations perturbed
+    base_cost = masked_training_cost(model, (1, 28, 28), base, batch=32)
+    for mask in masks:
+        assert sum(int(m.sum()) for m in mask.values()) == total
+        for name, kept in mask.items():
+            block = channel_block(base[name])
+            assert not (kept & ~block).any()
+            weight = params[name].detach().abs().numpy()
+            if 0 < kept.sum() < block.sum():
+                assert weight[kept].min() >= weight[block & ~kept].max()
+            for other in masks:  # nested: more kept in a layer means a superset
+                if other[name].sum() >= kept.sum():
+                    assert not (kept & ~other[name]).any()
+        cost = masked_training_cost(model, (1, 28, 28), mask, batch=32)
+        assert cost.flops_per_sample <= base_cost.flops_per_sample
+        assert cost.backends["features.4.weight"] == base_cost.backends["features.4.weight"] == "compact"
+    spread_out = candidate_masks(build_model("fl-cnn-bn", (1, 28, 28), seed=2), "synflow", density, 1, seed=2)[0]
+    assert masked_training_cost(model, (1, 28, 28), spread_out, batch=32).flops_per_sample > 1.3 * \
+        base_cost.flops_per_sample  # what the block saves: magnitude ranking spreads conv2 over every channel
 
 
 def test_perturbed_counts_sum_exactly_within_layer_bounds():
