@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 from fedprune.client.app import app as client_app
 from fedprune.client.masked_training import STATE_KEY as MASK_STATE
+from fedprune.kernels.training_cost import masked_training_cost
 from fedprune.models import build_model
 from fedprune.protos.codec import WireFormatError, decode
 from fedprune.protos.contract import CANDIDATE, candidate_key
 from fedprune.protos.flower_records import PAYLOAD_KEY, PAYLOAD_RECORD, payload_of
 from fedprune.pruning import progressive
 from fedprune.pruning.budgets import BudgetError
+from fedprune.pruning.candidates import channel_block
+from fedprune.pruning.schedules import data_free_mask
 from fedprune.server.checkpoint import read_checkpoint
 from fedprune.server.runner import run_federation
 from fedprune.strategies import build_strategy
@@ -90,6 +93,24 @@ def test_selection_installs_the_lowest_loss_candidate_with_pooled_statistics(tin
             assert not np.allclose(got, value)  # re-estimated by clients and pooled on the server
         elif not name.endswith("num_batches_tracked"):
             assert np.array_equal(got, value)  # BN weights/biases and conv biases untouched
+
+
+def test_block_magnitude_candidates_train_within_the_scores_channels(tiny):
+    """``--candidate-ranking block-magnitude`` end to end: the installed mask lies inside the channel block of
+    the score's own mask, so round 1's clients cost no more FLOPs than that mask; progressive pruning may grow
+    the output layer into columns of dead hidden units (their ReLU(bias) is not 0), but never a convolution
+    into a channel SynFlow cut (no gradient reaches it), so conv2 stays compact."""
+    settings = dataclasses.replace(tiny, candidate_ranking="block-magnitude", score="synflow")
+    strategy, _, model = _selection(settings)
+    base = data_free_mask(build_model(settings.model, (1, 8, 8), seed=settings.seed), settings.score,
+                          settings.density, settings.seed)
+    assert all(not (strategy.mask[k] & ~channel_block(base[k])).any() for k in base)
+    doc, _ = _run(settings)
+    ceiling = masked_training_cost(model, (1, 8, 8), base, batch=settings.batch_size).flops_per_sample
+    assert doc["status"] == "completed"
+    assert all(c["est_flops_per_sample"] <= ceiling for c in doc["rounds"][0]["client_costs"])
+    costs = [c for entry in doc["rounds"] for c in entry["client_costs"]]
+    assert len(costs) == 9 and all(c["backends"]["features.3.weight"] == "compact" for c in costs)
 
 
 def _break_candidate(index):
