@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/fedtiny_horizon.py run OUT --density 0.01 --seeds 0,1,2 [--rows a,b] [--jobs 2] [--rounds 100]
-  python benchmarks/fedtiny_horizon.py report OUT --density 0.01 [--last 10]
+  python benchmarks/fedtiny_horizon.py report OUT --density 0.01 [--last 10] [--baseline fedtiny]
 
 The acceptance setting of issue 22: Fashion-MNIST, FL CNN-BN, Dirichlet 0.5, 100 clients, 10 per round,
 1 local epoch, SGD lr 0.05 momentum 0.9, batch 32, 100 rounds, adjustments every 5 rounds until round 60.
@@ -191,7 +191,8 @@ def _costs(record: dict | None) -> str:
 
 
 def report(args: argparse.Namespace) -> int:
-    """Per-row last-N mean accuracy per seed and the paired difference to FedTiny with a 95% interval."""
+    """Per-row last-N mean accuracy per seed and the paired difference to ``--baseline`` (FedTiny unless told)
+    with a 95% interval; each FedTiny row's BN selection per seed."""
     base, store = Path(args.out) / f"{args.density:g}", Path(args.store)
     base.mkdir(parents=True, exist_ok=True)
     seeds = sorted(int(p.name[4:]) for p in (store / f"{args.density:g}").glob("seed*"))
@@ -200,23 +201,24 @@ def report(args: argparse.Namespace) -> int:
     for row in ROWS:
         rows[row] = {seed: (rec or {}).get("accuracy") for seed, rec in records[row].items()}
     print(f"density {args.density:g}, mean accuracy over the last {args.last} rounds")
-    print("| row | " + " | ".join(f"seed {s}" for s in seeds) + " | Δ vs fedtiny, points (paired) | client cost |")
+    baseline = args.baseline
+    print("| row | " + " | ".join(f"seed {s}" for s in seeds) + f" | Δ vs {baseline}, points (paired) | client cost |")
     print("|---|" + "---|" * (len(seeds) + 2))
     for row, by_seed in rows.items():
         means = {s: statistics.fmean(a[-args.last:]) for s, a in by_seed.items() if a}
-        pairs = [means[s] - statistics.fmean(rows["fedtiny"][s][-args.last:]) for s in means
-                 if rows["fedtiny"].get(s)]
+        pairs = [means[s] - statistics.fmean(rows[baseline][s][-args.last:]) for s in means
+                 if rows[baseline].get(s)]
         cells = " | ".join(f"{means[s]:.4f}" if s in means else "—" for s in seeds)
-        delta = "—" if row == "fedtiny" or not pairs else _interval(pairs)
+        delta = "—" if row == baseline or not pairs else _interval(pairs)
         print(f"| {row} | {cells} | {delta} | {_costs(next((r for r in records[row].values() if r), None))} |")
-        table[row] = {"last_mean": means, "paired_vs_fedtiny": pairs}
-    for seed, record in records["fedtiny"].items():
+        table[row] = {"last_mean": means, f"paired_vs_{baseline}": pairs}
+    for row, seed, record in ((r, s, rec) for r in ROWS for s, rec in records[r].items()):
         selection = (record or {}).get("bn_selection")
-        if selection:
+        if selection and len(selection["losses"]) > 1:
             margins = sorted((m, e) for m, e in zip(selection["loss_margins"], selection["loss_margin_stderr"],
                                                     strict=True) if m > 0)
             runner_up = f"next best {margins[0][0]:.4f} ± {margins[0][1]:.4f} behind" if margins else "alone"
-            print(f"seed {seed}: BN selection picked candidate {selection['selected']} (loss "
+            print(f"{row} seed {seed}: BN selection picked candidate {selection['selected']} (loss "
                   f"{min(selection['losses']):.4f}, {runner_up}; beyond noise: {selection['beyond_noise']})")
     (base / "report.json").write_text(json.dumps(table, indent=1))
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -249,6 +251,8 @@ def main() -> int:
     sub.choices["run"].add_argument("--jobs", type=int, default=2)
     sub.choices["run"].add_argument("--rounds", type=int, default=100)
     sub.choices["report"].add_argument("--last", type=int, default=10)
+    sub.choices["report"].add_argument("--baseline", default="fedtiny", choices=list(ROWS),
+                                       help="the row every other row is paired against")
     args = parser.parse_args()
     return run(args) if args.command == "run" else report(args)
 
