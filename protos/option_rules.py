@@ -29,6 +29,7 @@ FLOAT_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "moved_share": (0.0, 1.0, False, True),
     "score_step": (0.0, None, True, False),
     "candidate_spread": (0.0, None, True, False),
+    "bn_selection_z": (0.0, None, True, False),
     "adjust_alpha": (0.0, 1.0, False, True),
     "round_timeout": (0.0, None, False, False),
 }

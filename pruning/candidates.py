@@ -38,7 +38,8 @@ whose signal at initialization is weak — installed it (BENCHMARKS.md, FedTiny)
 
 Choosing among them (``strategies.bn_selection`` runs the exchanges): clients' re-estimated BatchNorm
 statistics are pooled per candidate (``pool_statistics``), and the candidate with the lowest sample-weighted
-validation loss under them wins (``select_candidate``; ``loss_margins`` says whether it won beyond noise).
+validation loss under them wins (``select_candidate``; ``loss_margins`` says whether it won beyond noise) —
+with ``select_with_evidence`` only if it beats candidate 0 by more than z standard errors.
 """
 
 from __future__ import annotations
@@ -187,6 +188,21 @@ def select_candidate(losses: list[list[float]], weights: list[float]) -> tuple[i
     table = np.asarray(losses, dtype=np.float64)  # clients x candidates
     mean = (table * np.asarray(weights, dtype=np.float64)[:, None]).sum(0) / float(sum(weights))
     return int(np.argmin(mean)), [float(v) for v in mean]
+
+
+def select_with_evidence(losses: list[list[float]], weights: list[float], z: float) -> tuple[int, int]:
+    """(installed, lowest): ``lowest`` is ``select_candidate``'s choice; it is installed only if ``z`` is 0, it is
+    candidate 0, or candidate 0's paired loss margin behind it exceeds ``z`` standard errors — else candidate 0.
+
+    Why: at a random θ0 every candidate's loss sits near ln(classes) and the lowest is often the lowest by
+    noise; candidate 0 has the score's own layer allocation, and a perturbation of it should replace it only
+    where the clients' data say so (ties of the margin with z·SE keep candidate 0).
+    """
+    lowest, _ = select_candidate(losses, weights)
+    if z <= 0 or lowest == 0:
+        return lowest, lowest
+    margin, stderr = loss_margins(losses, weights, lowest)[0]
+    return (lowest if margin > z * stderr else 0), lowest
 
 
 def loss_margins(losses: list[list[float]], weights: list[float], chosen: int) -> list[tuple[float, float]]:

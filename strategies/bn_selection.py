@@ -33,7 +33,13 @@ from fedprune.protos.contract import (
     theta0_digest,
 )
 from fedprune.protos.flower_records import content_with_payload, payload_of
-from fedprune.pruning.candidates import bn_stat_names, loss_margins, pool_statistics, select_candidate
+from fedprune.pruning.candidates import (
+    bn_stat_names,
+    loss_margins,
+    pool_statistics,
+    select_candidate,
+    select_with_evidence,
+)
 from fedprune.strategies.base import FederatedStrategy, ReplyRejected, Screened, reply_metrics
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
@@ -60,16 +66,19 @@ class BnSelection:
         What every payload's manifest names.
     eval_batch_size : int
         Batch size clients evaluate candidates with.
+    evidence_z : float
+        A candidate other than 0 is installed only if it beats candidate 0's loss by more than this many
+        standard errors (``pruning.candidates.select_with_evidence``); 0: the lowest loss wins.
     """
 
     def __init__(self, *, theta0: dict[str, np.ndarray], candidates: list[dict[str, np.ndarray]], architecture: str,
-                 model_seed: int, density: float, eval_batch_size: int = 1000) -> None:
+                 model_seed: int, density: float, eval_batch_size: int = 1000, evidence_z: float = 0.0) -> None:
         self.theta0 = {k: np.asarray(v) for k, v in theta0.items()}
         self.theta0_digest = theta0_digest(self.theta0)
         self.candidates = [{k: np.asarray(v, dtype=bool) for k, v in c.items()} for c in candidates]
         self.bn_names = bn_stat_names(self.theta0)
         self.architecture, self.model_seed, self.density = architecture, model_seed, density
-        self.eval_batch_size = eval_batch_size
+        self.eval_batch_size, self.evidence_z = eval_batch_size, evidence_z
         self.rejected: list[tuple[int, str]] = []  # (node, reason) of replies its exchanges dropped
 
     def select(self, host: FederatedStrategy, arrays: ArrayRecord, grid: Grid,
@@ -103,24 +112,29 @@ class BnSelection:
         return ArrayRecord({k: Array(np.asarray(state[k], order="C")) for k in arrays.keys()}), selection
 
     def _choose(self, rows: list[MetricRecord], weights: list[float]) -> dict[str, Any]:
-        """The candidate with the lowest sample-weighted loss, every candidate's loss and accuracy, and how far
-        the runner-up is behind (paired margins and their standard errors)."""
+        """The candidate to install (the lowest sample-weighted loss, or candidate 0 where that lead is within
+        ``evidence_z`` standard errors), every candidate's loss and accuracy, and how far each is behind the
+        lowest (paired margins and their standard errors)."""
         count = len(self.candidates)
         loss_table = [[float(r[candidate_loss_key(i)]) for i in range(count)] for r in rows]
-        chosen, losses = select_candidate(loss_table, weights)
+        _, losses = select_candidate(loss_table, weights)
+        chosen, lowest = select_with_evidence(loss_table, weights, self.evidence_z)
         _, accuracies = select_candidate([[float(r[candidate_accuracy_key(i)]) for i in range(count)] for r in rows],
                                          weights)
-        margins = loss_margins(loss_table, weights, chosen)
-        runner_up = min((m for i, m in enumerate(margins) if i != chosen), default=None)
+        margins = loss_margins(loss_table, weights, lowest)
+        runner_up = min((m for i, m in enumerate(margins) if i != lowest), default=None)
         distinct = runner_up is not None and runner_up[0] > 2 * runner_up[1]
-        log(INFO, "FedTiny BN selection: candidate %d (losses %s); runner-up %s", chosen,
+        kept = chosen != lowest  # the lowest loss did not beat candidate 0 by evidence_z standard errors
+        log(INFO, "FedTiny BN selection: candidate %d (losses %s)%s; runner-up %s", chosen,
             [round(v, 4) for v in losses],
+            f"; candidate {lowest}'s lower loss is within {self.evidence_z:g} standard errors of candidate 0's, "
+            "so candidate 0 stays" if kept else "",
             "none" if runner_up is None else f"{runner_up[0]:+.4f} ± {runner_up[1]:.4f} (one standard error): "
             + ("beyond noise" if distinct else "within two standard errors, the clients' data did not separate "
                "the candidates"))
-        return {"selected": chosen, "losses": losses, "accuracies": accuracies,
-                "loss_margins": [m for m, _ in margins], "loss_margin_stderr": [se for _, se in margins],
-                "beyond_noise": distinct}
+        return {"selected": chosen, "lowest_loss": lowest, "evidence_z": self.evidence_z, "losses": losses,
+                "accuracies": accuracies, "loss_margins": [m for m, _ in margins],
+                "loss_margin_stderr": [se for _, se in margins], "beyond_noise": distinct}
 
     # -- the exchanges and their screening ------------------------------------------------------------------
 

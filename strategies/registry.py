@@ -87,7 +87,7 @@ def _fedtiny(settings: RunSettings) -> FederatedStrategy:
                    seed=settings.seed, adjust_every=settings.adjust_every, adjust_until=settings.adjust_until,
                    adjust_alpha=settings.adjust_alpha, adjust_layers=settings.adjust_layers,
                    gradient_tap=settings.gradient_tap, eval_batch_size=settings.eval_batch_size,
-                   batch_size=settings.batch_size)
+                   batch_size=settings.batch_size, bn_selection_z=settings.bn_selection_z)
 
 
 def check_budget_tiers(settings: RunSettings, model: nn.Module | None = None,

@@ -113,6 +113,18 @@ def test_block_magnitude_candidates_train_within_the_scores_channels(tiny):
     assert len(costs) == 9 and all(c["backends"]["features.3.weight"] == "compact" for c in costs)
 
 
+def test_a_lower_loss_replaces_candidate_0_only_with_evidence_and_the_report_says_which_was_lowest(tiny):
+    """Candidate 0's statistics broken: every client sees it far behind, so with z = 2 the lowest replaces it;
+    with an absurd z the same lead is not evidence enough and candidate 0 stays."""
+    for z, replaced in ((2.0, True), (1e9, False)):
+        doc, _ = _run(dataclasses.replace(tiny, bn_selection_z=z), tamper=_break_candidate(0))
+        selection = doc["rounds"][0]["bn_selection"]
+        assert selection["lowest_loss"] == int(np.argmin(selection["losses"])) != 0
+        assert selection["evidence_z"] == z
+        assert selection["selected"] == (selection["lowest_loss"] if replaced else 0)
+        assert doc["strategy_report"]["selected_candidate"] == selection["selected"]
+
+
 def _break_candidate(index):
     def tamper(node, reply):
         if _kind(reply) != "bn-stats":

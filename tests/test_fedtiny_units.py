@@ -38,6 +38,7 @@ from fedprune.pruning.candidates import (
     perturbed_counts,
     pool_statistics,
     select_candidate,
+    select_with_evidence,
 )
 from fedprune.pruning.progressive import (
     adjustment_rounds,
@@ -140,6 +141,18 @@ def test_block_magnitude_candidates_stay_in_the_scores_channels_and_cost_no_more
     spread_out = candidate_masks(build_model("fl-cnn-bn", (1, 28, 28), seed=2), "synflow", density, 1, seed=2)[0]
     assert masked_training_cost(model, (1, 28, 28), spread_out, batch=32).flops_per_sample > 1.3 * \
         base_cost.flops_per_sample  # what the block saves: magnitude ranking spreads conv2 over every channel
+
+
+def test_a_lower_loss_replaces_candidate_0_only_beyond_z_standard_errors():
+    weights = [1.0, 1.0, 1.0, 1.0]
+    noisy = [[2.30, 2.31, 2.29], [2.31, 2.29, 2.31], [2.30, 2.30, 2.29], [2.30, 2.31, 2.30]]  # 2 lowest by noise
+    clear = [[2.30, 2.31, 2.20], [2.31, 2.29, 2.22], [2.30, 2.30, 2.21], [2.30, 2.31, 2.19]]  # 2 lowest everywhere
+    assert select_candidate(noisy, weights)[0] == 2
+    assert select_with_evidence(noisy, weights, 2.0) == (0, 2)  # margin 0.0025 ± 0.0048: candidate 0 stays
+    assert select_with_evidence(noisy, weights, 0.0) == (2, 2)  # z = 0: the lowest loss wins, as before
+    assert select_with_evidence(clear, weights, 2.0) == (2, 2)  # margin 0.095 ± 0.0029: replaced
+    assert select_with_evidence([[2.0, 2.3], [2.1, 2.2]], [1.0, 1.0], 2.0) == (0, 0)  # candidate 0 lowest
+    assert select_with_evidence([[2.3, 2.2]], [1.0], 2.0) == (1, 1)  # one client: no spread, any lead counts
 
 
 def test_perturbed_counts_sum_exactly_within_layer_bounds():
