@@ -223,8 +223,13 @@ def report(args: argparse.Namespace) -> int:
             margins = sorted((m, e) for m, e in zip(selection["loss_margins"], selection["loss_margin_stderr"],
                                                     strict=True) if m > 0)
             runner_up = f"next best {margins[0][0]:.4f} ± {margins[0][1]:.4f} behind" if margins else "alone"
-            print(f"{row} seed {seed}: BN selection picked candidate {selection['selected']} (loss "
-                  f"{min(selection['losses']):.4f}, {runner_up}; beyond noise: {selection['beyond_noise']})")
+            lowest = selection.get("lowest_loss", selection["selected"])  # margins are measured from it
+            lead, stderr = selection["loss_margins"][0], selection["loss_margin_stderr"][0]
+            gate = ("candidate 0 has the lowest loss" if lowest == 0 else
+                    f"candidate 0 behind candidate {lowest} by {lead:.4f} ± {stderr:.4f}"
+                    + (f", {lead / stderr:.1f} standard errors" if stderr else ""))
+            print(f"{row} seed {seed}: BN selection installed candidate {selection['selected']} (lowest loss "
+                  f"{min(selection['losses']):.4f}, {runner_up}; beyond noise: {selection['beyond_noise']}; {gate})")
     (base / "report.json").write_text(json.dumps(table, indent=1))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for row, by_seed in rows.items():
