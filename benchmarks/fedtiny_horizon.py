@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "benchmarks" / "results" / "fedtiny_horizon"
 COMMON = dict(dataset="fashion-mnist", model="fl-cnn-bn", partition="dirichlet", alpha=0.5, num_clients=100,
               clients_per_round=10, local_epochs=1, batch_size=32, lr=0.05, momentum=0.9)
-FEDTINY = dict(strategy="fedtiny", adjust_every=5, adjust_until=60)
+# each row names its candidate ranking, so a row means the same whatever FedTiny's default is
+FEDTINY = dict(strategy="fedtiny", adjust_every=5, adjust_until=60, candidate_ranking="magnitude")
 ROWS = {
     "fedtiny": FEDTINY,
     "fedtiny-no-pp": {**FEDTINY, "adjust_every": 0},

@@ -77,7 +77,8 @@ def main() -> int:
 
     for seed in args.seeds:
         masks = {score: data_free_mask(fresh(seed), score, args.density, seed) for score in ("synflow", "magnitude")}
-        masks["synflow-counts+magnitude"] = candidate_masks(fresh(seed), "synflow", args.density, 1, seed)[0]
+        masks["synflow-counts+magnitude"] = candidate_masks(fresh(seed), "synflow", args.density, 1, seed,
+                                                            ranking="magnitude")[0]
         masks["synflow-block+magnitude"] = candidate_masks(fresh(seed), "synflow", args.density, 1, seed,
                                                            ranking="block-magnitude")[0]
         for name, mask in masks.items():

@@ -69,7 +69,8 @@ def main() -> int:
     partitions = [int(p) for p in sys.argv[2:]] or [0, 1, 2, 3, 4]
     torch.set_num_threads(1)
     splits = load_dataset("fashion-mnist")
-    mask = candidate_masks(build_model("fl-cnn-bn", splits.input_shape, 10, seed=0), "synflow", density, 1, 0)[0]
+    mask = candidate_masks(build_model("fl-cnn-bn", splits.input_shape, 10, seed=0), "synflow", density, 1, 0,
+                           ranking="magnitude")[0]
     model = masked_model(splits, mask)
     ks = {n: max(1, cosine_k(3, 24, 0.05, int(m.sum()))) for n, m in mask.items()}
     capacities = {n: tap_buffer_capacity(k, mask[n].size) for n, k in ks.items()}

@@ -79,7 +79,7 @@ def test_magnitude_ranking_keeps_the_scores_layer_counts_and_the_largest_weights
     """Default ranking: the score sets each layer's count, θ0 magnitude picks the weights; candidates nest."""
     model = build_model("digits-cnn-bn", SHAPE, seed=3)
     base = data_free_mask(build_model("digits-cnn-bn", SHAPE, seed=3), "synflow", density, 3)
-    masks = candidate_masks(model, "synflow", density, 4, seed=3, spread=0.5)
+    masks = candidate_masks(model, "synflow", density, 4, seed=3, spread=0.5, ranking="magnitude")
     by_score = candidate_masks(build_model("digits-cnn-bn", SHAPE, seed=3), "synflow", density, 4, seed=3,
                                spread=0.5, ranking="score")
     params = dict(model.named_parameters())
@@ -138,7 +138,8 @@ def test_block_magnitude_candidates_stay_in_the_scores_channels_and_cost_no_more
         cost = masked_training_cost(model, (1, 28, 28), mask, batch=32)
         assert cost.flops_per_sample <= base_cost.flops_per_sample
         assert cost.backends["features.4.weight"] == base_cost.backends["features.4.weight"] == "compact"
-    spread_out = candidate_masks(build_model("fl-cnn-bn", (1, 28, 28), seed=2), "synflow", density, 1, seed=2)[0]
+    spread_out = candidate_masks(build_model("fl-cnn-bn", (1, 28, 28), seed=2), "synflow", density, 1, seed=2,
+                                 ranking="magnitude")[0]
     assert masked_training_cost(model, (1, 28, 28), spread_out, batch=32).flops_per_sample > 1.3 * \
         base_cost.flops_per_sample  # what the block saves: magnitude ranking spreads conv2 over every channel
 
