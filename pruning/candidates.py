@@ -15,8 +15,8 @@ layer-wise counts); the ``ranking`` decides which ones:
   mask keeps in that layer (its kept output rows × kept input columns; for a
   convolution, every kernel tap of those channel pairs), and a perturbed layer
   keeps at most that block. The block is what a compact layer computes
-  (``kernels.training_cost``), so no candidate costs a client more memory or
-  FLOPs than the score's own mask: at density 0.01 on the FL CNN-BN SynFlow keeps
+  (``kernels.training_cost``), so no candidate costs a client more FLOPs than
+  the score's own mask (memory moves with the allocation, ±0.5% of dense): at density 0.01 on the FL CNN-BN SynFlow keeps
   conv2's weights in 10 of 64 output channels, so its mask trains at 18% of dense
   FLOPs, while ``magnitude`` spreads them over all 64 and costs 87%
   (``benchmarks/fedtiny_candidate_costs.py``). Federated over 100 rounds at 0.01
