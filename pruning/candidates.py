@@ -16,9 +16,10 @@ layer-wise counts); the ``ranking`` decides which ones:
   convolution, every kernel tap of those channel pairs), and a perturbed layer
   keeps at most that block. The block is what a compact layer computes
   (``kernels.training_cost``), so no candidate costs a client more FLOPs than
-  the score's own mask (memory moves with the allocation, ±0.5% of dense): at density 0.01 on the FL CNN-BN SynFlow keeps
-  conv2's weights in 10 of 64 output channels, so its mask trains at 18% of dense
-  FLOPs, while ``magnitude`` spreads them over all 64 and costs 87%
+  the score's own mask (memory moves with the allocation, ±0.5% of dense): at
+  density 0.01 on the FL CNN-BN SynFlow keeps conv2's weights in 10 of 64 output
+  channels, so its mask trains at 18% of dense FLOPs, while ``magnitude`` spreads
+  them over all 64 and costs 87%
   (``benchmarks/fedtiny_candidate_costs.py``). Federated over 100 rounds at 0.01
   it ends within noise of ``magnitude`` (−0.50 / +0.18 / +0.28 points at seeds
   0/1/2, ``benchmarks/fedtiny_horizon.py``), so it is the default.

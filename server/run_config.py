@@ -117,8 +117,8 @@ class RunSettings:
     candidate_ranking: str = option("block-magnitude",
                                     "fedtiny: which weights a candidate keeps within a layer once --score set the "
                                     "layer's count: block-magnitude (largest |θ0| inside the channels the score "
-                                    "keeps: costs clients no more FLOPs than the score's mask) | magnitude (largest |θ0| "
-                                    "anywhere in the layer) | score (the score's own choice)")
+                                    "keeps: costs clients no more FLOPs than the score's mask) | magnitude (largest "
+                                    "|θ0| anywhere in the layer) | score (the score's own choice)")
     adjust_every: int = option(3,
                                "fedtiny: every ΔT-th round also reports top-K pairs and adjusts the mask after it (0 = "
                                "off)")
