@@ -107,7 +107,7 @@ class RunSettings:
                              "as fine at zero, coarser far from it)")
     personal_eval_every: int = option(5, "hidenseek: rounds between personalized evaluations (0 = never)")
     candidates: int = option(5, "fedtiny: candidate masks for adaptive BN selection (1 = no BN selection)")
-    bn_selection_z: float = option(0.0,
+    bn_selection_z: float = option(2.0,
                                    "fedtiny: install a candidate other than 0 only if its validation loss beats "
                                    "candidate 0's by more than Z standard errors (paired over clients); 0 = the "
                                    "lowest loss wins")
