@@ -20,7 +20,10 @@ def test_fedtiny_ray_simulation_3_rounds_with_bn_selection_and_one_adjustment(tm
     assert all(r["clients_failed"] == 0 and r["aggregated"] for r in rounds)
     selection = rounds[0]["bn_selection"]
     assert selection["evaluation_replies"] == 4 and len(selection["losses"]) == 3
-    assert selection["selected"] == min(range(3), key=selection["losses"].__getitem__)
+    lowest = min(range(3), key=selection["losses"].__getitem__)
+    assert selection["lowest_loss"] == lowest and selection["evidence_z"] == 2.0  # the default gate
+    lead, stderr = selection["loss_margins"][0], selection["loss_margin_stderr"][0]  # candidate 0 behind lowest
+    assert selection["selected"] == (lowest if lowest == 0 or lead > 2 * stderr else 0)
     report = document["strategy_report"]
     assert report["selected_candidate"] == selection["selected"] and report["budgeted_nodes"] == 5
     (adjustment,) = [r["adjustment"] for r in rounds if "adjustment" in r]
