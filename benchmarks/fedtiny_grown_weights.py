@@ -73,6 +73,7 @@ def main() -> int:
         for label, every in (("pp", 3), ("no-pp", 0)):
             settings = RunSettings(strategy="fedtiny", model="fl-cnn-bn", density=density, seed=seed,
                                    rounds=rounds, adjust_every=every, personal_eval_every=0,
+                                   candidate_ranking="magnitude", bn_selection_z=0.0,  # as BENCHMARKS ran it
                                    out=str(root / label / "run"))
             try:
                 settings.validate()

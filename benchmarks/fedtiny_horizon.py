@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "benchmarks" / "results" / "fedtiny_horizon"
 COMMON = dict(dataset="fashion-mnist", model="fl-cnn-bn", partition="dirichlet", alpha=0.5, num_clients=100,
               clients_per_round=10, local_epochs=1, batch_size=32, lr=0.05, momentum=0.9)
-# each row names its candidate ranking, so a row means the same whatever FedTiny's default is
-FEDTINY = dict(strategy="fedtiny", adjust_every=5, adjust_until=60, candidate_ranking="magnitude")
+# each row names its candidate ranking and selection gate, so a row means the same whatever FedTiny's defaults are
+FEDTINY = dict(strategy="fedtiny", adjust_every=5, adjust_until=60, candidate_ranking="magnitude", bn_selection_z=0.0)
 ROWS = {
     "fedtiny": FEDTINY,
     "fedtiny-no-pp": {**FEDTINY, "adjust_every": 0},
