@@ -8,7 +8,8 @@ The acceptance setting of issue 22: Fashion-MNIST, FL CNN-BN, Dirichlet 0.5, 100
 1 local epoch, SGD lr 0.05 momentum 0.9, batch 32, 100 rounds, adjustments every 5 rounds until round 60.
 Rows (``ROWS``): FedTiny, FedTiny without progressive pruning, FedTiny without BN selection, static SynFlow,
 static magnitude; the three FedTiny rows with ``--candidate-ranking block-magnitude`` (``fedtiny-block*``), and
-two of them with ``--bn-selection-z 2`` (``fedtiny-block-z2*``).
+two of them with ``--bn-selection-z 2`` (``fedtiny-block-z2*``), and candidate 0 without progressive pruning
+(``fedtiny-block-no-bn-no-pp``).
 Each (row, seed) runs on the in-process grid (the real ClientApp and Flower's
 serialization, no Ray) in its own process, writing ``OUT/<density>/seed<N>/<row>/results.json`` and a
 checkpoint every round. ``run`` is resumable: a completed run is skipped, a stopped one continues from its
@@ -60,6 +61,9 @@ ROWS = {
     "fedtiny-block-z2": {**FEDTINY, "candidate_ranking": "block-magnitude", "bn_selection_z": 2.0},
     "fedtiny-block-z2-no-pp": {**FEDTINY, "candidate_ranking": "block-magnitude", "bn_selection_z": 2.0,
                                "adjust_every": 0},
+    # candidate 0 without progressive pruning: "without BN selection" for a default without progressive pruning
+    "fedtiny-block-no-bn-no-pp": {**FEDTINY, "candidate_ranking": "block-magnitude", "candidates": 1,
+                                  "adjust_every": 0},
 }
 # two-sided 95% critical values of Student's t for 1..10 degrees of freedom
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
