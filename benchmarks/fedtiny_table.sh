@@ -60,11 +60,13 @@ for d in 0.05 0.01; do
   rows[fedtiny-alpha0.2-$d]="--strategy fedtiny --density $d --adjust-alpha 0.2 --candidate-ranking score"
   rows[fedtiny-no-bn-alpha0.2-$d]="--strategy fedtiny --density $d --adjust-alpha 0.2 --candidates 1 --candidate-ranking score"
 done
-# Every FedTiny row here ran before the defaults became block-magnitude candidates (9f30856) and the z = 2
-# selection gate (aa976f8): pin what they ran with, so each command still reproduces its BENCHMARKS figures.
+# Every FedTiny row here ran before the defaults became block-magnitude candidates (9f30856), the z = 2
+# selection gate (aa976f8) and progressive pruning off: pin what they ran with, so each command still
+# reproduces its BENCHMARKS figures.
 for name in "${!rows[@]}"; do
   if [[ "${rows[$name]}" == *"--strategy fedtiny"* ]]; then
     [[ "${rows[$name]}" == *--candidate-ranking* ]] || rows[$name]+=" --candidate-ranking magnitude"
+    [[ "${rows[$name]}" == *--adjust-every* ]] || rows[$name]+=" --adjust-every 3"
     rows[$name]+=" --bn-selection-z 0"
   fi
 done

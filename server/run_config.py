@@ -119,9 +119,10 @@ class RunSettings:
                                     "layer's count: block-magnitude (largest |θ0| inside the channels the score "
                                     "keeps: costs clients no more FLOPs than the score's mask) | magnitude (largest "
                                     "|θ0| anywhere in the layer) | score (the score's own choice)")
-    adjust_every: int = option(3,
-                               "fedtiny: every ΔT-th round also reports top-K pairs and adjusts the mask after it (0 = "
-                               "off)")
+    adjust_every: int = option(0,
+                               "fedtiny: progressive pruning: every ΔT-th round also reports top-K pairs and adjusts "
+                               "the mask after it (0 = off, the default: it cost accuracy at 30 and 100 rounds, "
+                               "BENCHMARKS.md)")
     adjust_until: int = option(24, "fedtiny: last round whose training reports top-K pairs for an adjustment, T_end")
     adjust_alpha: float = option(0.05, "fedtiny: α in K_t = α/2·(1+cos(πt/T_end)) × the layer's active count")
     adjust_layers: str = option("output-first", "fedtiny: output-first (one layer per adjustment, output→input) | all")

@@ -55,7 +55,7 @@ class FedTiny(FederatedStrategy):
 
     def __init__(self, *, theta0: dict[str, np.ndarray], candidates: list[dict[str, np.ndarray]], cost: ModelCost,
                  architecture: str, model_seed: int, score: str, clients_per_round: int, min_train_nodes: int = 1,
-                 seed: int = 0, adjust_every: int = 3, adjust_until: int = 24, adjust_alpha: float = 0.2,
+                 seed: int = 0, adjust_every: int = 0, adjust_until: int = 24, adjust_alpha: float = 0.05,
                  adjust_layers: str = "output-first", gradient_tap: str = "auto",
                  eval_batch_size: int = 1000, batch_size: int = 32, bn_selection_z: float = 2.0) -> None:
         self.progressive = ProgressivePruning(list(candidates[0]), every=adjust_every, until=adjust_until,

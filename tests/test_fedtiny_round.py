@@ -306,6 +306,16 @@ def test_ablations_skip_their_exchanges(tiny):
     assert isinstance(build_strategy(tiny), FedTiny)
 
 
+def test_default_fedtiny_selects_a_mask_and_does_not_prune_progressively(digits_settings):
+    """The defaults carry BN selection but not progressive pruning (it cost accuracy at 30 and 100 rounds)."""
+    settings = dataclasses.replace(digits_settings, strategy="fedtiny", model="digits-cnn-bn", density=0.1, rounds=3)
+    doc, _ = _run(settings)
+    assert doc["status"] == "completed" and doc["config"]["adjust-every"] == 0
+    assert "bn_selection" in doc["rounds"][0] and len(doc["rounds"][0]["bn_selection"]["losses"]) == 5
+    assert all("adjustment" not in r for r in doc["rounds"]) and doc["strategy_report"]["adjustments"] == []
+    assert all(not c["reports_pairs"] for r in doc["rounds"] for c in r["client_costs"])
+
+
 def test_static_mask_trains_a_batchnorm_model(digits_settings):
     settings = dataclasses.replace(digits_settings, strategy="static-magnitude", model="digits-cnn-bn", density=0.2)
     doc, _ = _run(settings)
