@@ -2,7 +2,9 @@
 
 Usage:
   python benchmarks/fedtiny_horizon.py run OUT --density 0.01 --seeds 0,1,2 [--rows a,b] [--jobs 2] [--rounds 100]
-  python benchmarks/fedtiny_horizon.py report OUT --density 0.01 [--last 10] [--baseline fedtiny]
+  python benchmarks/fedtiny_horizon.py report OUT --density 0.01 [--last 10] [--baseline fedtiny] [--rows a,b]
+
+``--rows acceptance``: the five rows of issue 22 for today's FedTiny defaults (``ACCEPTANCE``).
 
 The acceptance setting of issue 22: Fashion-MNIST, FL CNN-BN, Dirichlet 0.5, 100 clients, 10 per round,
 1 local epoch, SGD lr 0.05 momentum 0.9, batch 32, 100 rounds, adjustments every 5 rounds until round 60.
@@ -65,8 +67,24 @@ ROWS = {
     "fedtiny-block-no-bn-no-pp": {**FEDTINY, "candidate_ranking": "block-magnitude", "candidates": 1,
                                   "adjust_every": 0},
 }
+# issue 22's five rows for today's FedTiny defaults (block-magnitude candidates, z = 2 gate, no progressive
+# pruning): FedTiny, FedTiny with progressive pruning (the part its defaults dropped), FedTiny without BN
+# selection, the two static masks; ``--rows acceptance`` names them in this order
+ACCEPTANCE = ["fedtiny-block-z2-no-pp", "fedtiny-block-z2", "fedtiny-block-no-bn-no-pp", "static-synflow",
+              "static-magnitude"]
 # two-sided 95% critical values of Student's t for 1..10 degrees of freedom
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def row_names(rows: str) -> list[str]:
+    """``--rows``: comma-separated row names, ``acceptance`` for ``ACCEPTANCE``, empty for every row."""
+    if not rows:
+        return list(ROWS)
+    names = [n for part in rows.split(",") for n in (ACCEPTANCE if part == "acceptance" else [part])]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"--rows: unknown {', '.join(unknown)}; rows are acceptance, {', '.join(ROWS)}")
+    return names
 
 
 def run_dir(out: Path, density: float, seed: int, row: str) -> Path:
@@ -139,7 +157,7 @@ def one(row: str, seed: int, density: float, rounds: int, directory: str) -> int
 
 def run(args: argparse.Namespace) -> int:
     """Start every (row, seed) that is not completed, ``--jobs`` at a time, each in its own process."""
-    out, rows, store = Path(args.out), args.rows.split(",") if args.rows else list(ROWS), Path(args.store)
+    out, rows, store = Path(args.out), row_names(args.rows), Path(args.store)
     todo = []
     for seed, row in ((int(seed), row) for seed in args.seeds.split(",") for row in rows):
         if record_path(store, args.density, seed, row).is_file():
@@ -185,6 +203,51 @@ def _record(store: Path, density: float, seed: int, row: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _installed(store: Path, density: float, seed: int, settings: dict) -> int | None:
+    """The candidate a z-gated BN selection with ``settings`` installs at this seed, read from any record with the
+    same candidates (selection runs before round 1's training, so it is the same whatever the row trains after);
+    None if no such record. The gate is ``pruning.candidates.select_with_evidence`` on the recorded margins."""
+    for row, other in ROWS.items():
+        same = all(other.get(k) == settings.get(k) for k in ("strategy", "candidate_ranking", "candidates"))
+        record = _record(store, density, seed, row) if same else None
+        if record and record.get("bn_selection"):
+            selection = record["bn_selection"]
+            lowest = selection.get("lowest_loss", selection["selected"])
+            margin, stderr = selection["loss_margins"][0], selection["loss_margin_stderr"][0]
+            return lowest if lowest == 0 or margin > settings.get("bn_selection_z", 0.0) * stderr else 0
+    return None
+
+
+def equivalent_record(store: Path, density: float, seed: int, row: str) -> tuple[dict, str] | None:
+    """For a row with no record at this seed, the record of a row that trains the same weights, and why.
+
+    A run on candidate 0 trains the same weights with or without BN selection (its exchanges change only the
+    evaluation-time running statistics of rounds 1-5; checked: identical test accuracy from round 6), so where
+    the z gate installs candidate 0 the gated row is its ``--candidates 1`` row and the reverse; where the gate
+    installs the lowest loss the gated row is its z = 0 row."""
+    settings = ROWS[row]
+    if settings.get("strategy") != "fedtiny":
+        return None
+    if settings.get("candidates", 5) == 1:
+        gated = {k: v for k, v in settings.items() if k != "candidates"}
+        for name, other in ROWS.items():
+            if other.get("bn_selection_z", 0.0) > 0 and other == {**gated, "bn_selection_z": other["bn_selection_z"]}:
+                record = _record(store, density, seed, name)
+                if record and _installed(store, density, seed, other) == 0:
+                    return record, f"{name} (its gate installed candidate 0)"
+        return None
+    z = settings.get("bn_selection_z", 0.0)
+    installed = _installed(store, density, seed, settings) if z > 0 else None
+    if installed is None:
+        return None
+    target = {**settings, "bn_selection_z": 0.0, **({"candidates": 1} if installed == 0 else {})}
+    name = next((n for n, other in ROWS.items() if other == target), None)
+    record = _record(store, density, seed, name) if name else None
+    why = ("the gate installs candidate 0" if installed == 0 else
+           f"the gate installs the lowest loss, candidate {installed}")
+    return (record, f"{name} ({why})") if record else None
+
+
 def _interval(diffs: list[float]) -> str:
     mean = statistics.fmean(diffs) * 100
     if len(diffs) < 2:
@@ -206,9 +269,16 @@ def report(args: argparse.Namespace) -> int:
     base, store = Path(args.out) / f"{args.density:g}", Path(args.store)
     base.mkdir(parents=True, exist_ok=True)
     seeds = sorted(int(p.name[4:]) for p in (store / f"{args.density:g}").glob("seed*"))
+    shown = row_names(args.rows)
     records = {row: {seed: _record(store, args.density, seed, row) for seed in seeds} for row in ROWS}
+    borrowed = {}  # (row, seed) -> why: cells read from an equivalent row's run (marked *)
+    for row in shown:
+        for seed in seeds:
+            found = None if records[row][seed] else equivalent_record(store, args.density, seed, row)
+            if found:
+                records[row][seed], borrowed[(row, seed)] = found
     table, rows = {}, {}
-    for row in ROWS:
+    for row in shown:
         rows[row] = {seed: (rec or {}).get("accuracy") for seed, rec in records[row].items()}
     print(f"density {args.density:g}, mean accuracy over the last {args.last} rounds")
     baseline = args.baseline
@@ -216,13 +286,16 @@ def report(args: argparse.Namespace) -> int:
     print("|---|" + "---|" * (len(seeds) + 2))
     for row, by_seed in rows.items():
         means = {s: statistics.fmean(a[-args.last:]) for s, a in by_seed.items() if a}
-        pairs = [means[s] - statistics.fmean(rows[baseline][s][-args.last:]) for s in means
-                 if rows[baseline].get(s)]
-        cells = " | ".join(f"{means[s]:.4f}" if s in means else "—" for s in seeds)
+        base_runs = {s: rec["accuracy"] for s, rec in records[baseline].items() if rec}
+        pairs = [means[s] - statistics.fmean(base_runs[s][-args.last:]) for s in means if s in base_runs]
+        cells = " | ".join(f"{means[s]:.4f}" + ("*" if (row, s) in borrowed else "") if s in means else "—"
+                           for s in seeds)
         delta = "—" if row == baseline or not pairs else _interval(pairs)
         print(f"| {row} | {cells} | {delta} | {_costs(next((r for r in records[row].values() if r), None))} |")
         table[row] = {"last_mean": means, f"paired_vs_{baseline}": pairs}
-    for row, seed, record in ((r, s, rec) for r in ROWS for s, rec in records[r].items()):
+    for (row, seed), why in borrowed.items():
+        print(f"* {row} seed {seed}: the run of {why}")
+    for row, seed, record in ((r, s, rec) for r in shown for s, rec in records[r].items()):
         selection = (record or {}).get("bn_selection")
         if selection and len(selection["losses"]) > 1:
             margins = sorted((m, e) for m, e in zip(selection["loss_margins"], selection["loss_margin_stderr"],
@@ -262,7 +335,9 @@ def main() -> int:
         command.add_argument("--density", type=float, required=True)
         command.add_argument("--store", default=str(STORE), help="where finished runs' records are kept")
     sub.choices["run"].add_argument("--seeds", default="0,1,2")
-    sub.choices["run"].add_argument("--rows", default="", help=f"comma-separated subset of {', '.join(ROWS)}")
+    for name in ("run", "report"):
+        sub.choices[name].add_argument("--rows", default="",
+                                       help=f"comma-separated subset of acceptance, {', '.join(ROWS)}")
     sub.choices["run"].add_argument("--jobs", type=int, default=2)
     sub.choices["run"].add_argument("--rounds", type=int, default=100)
     sub.choices["report"].add_argument("--last", type=int, default=10)
