@@ -295,7 +295,7 @@ def report(args: argparse.Namespace) -> int:
         table[row] = {"last_mean": means, f"paired_vs_{baseline}": pairs}
     for (row, seed), why in borrowed.items():
         print(f"* {row} seed {seed}: the run of {why}")
-    for row, seed, record in ((r, s, rec) for r in shown for s, rec in records[r].items()):
+    for row, seed, record in ((r, s, rec) for r in shown for s, rec in records[r].items() if (r, s) not in borrowed):
         selection = (record or {}).get("bn_selection")
         if selection and len(selection["losses"]) > 1:
             margins = sorted((m, e) for m, e in zip(selection["loss_margins"], selection["loss_margin_stderr"],
