@@ -44,6 +44,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from fedprune.pruning.candidates import gated_candidate  # noqa: E402
+
 STORE = ROOT / "benchmarks" / "results" / "fedtiny_horizon"
 COMMON = dict(dataset="fashion-mnist", model="fl-cnn-bn", partition="dirichlet", alpha=0.5, num_clients=100,
               clients_per_round=10, local_epochs=1, batch_size=32, lr=0.05, momentum=0.9)
@@ -206,7 +209,7 @@ def _record(store: Path, density: float, seed: int, row: str) -> dict | None:
 def _installed(store: Path, density: float, seed: int, settings: dict) -> int | None:
     """The candidate a z-gated BN selection with ``settings`` installs at this seed, read from any record with the
     same candidates (selection runs before round 1's training, so it is the same whatever the row trains after);
-    None if no such record. The gate is ``pruning.candidates.select_with_evidence`` on the recorded margins."""
+    None if no such record."""
     for row, other in ROWS.items():
         same = all(other.get(k) == settings.get(k) for k in ("strategy", "candidate_ranking", "candidates"))
         record = _record(store, density, seed, row) if same else None
@@ -214,7 +217,7 @@ def _installed(store: Path, density: float, seed: int, settings: dict) -> int | 
             selection = record["bn_selection"]
             lowest = selection.get("lowest_loss", selection["selected"])
             margin, stderr = selection["loss_margins"][0], selection["loss_margin_stderr"][0]
-            return lowest if lowest == 0 or margin > settings.get("bn_selection_z", 0.0) * stderr else 0
+            return gated_candidate(lowest, margin, stderr, settings.get("bn_selection_z", 0.0))
     return None
 
 

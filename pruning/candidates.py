@@ -205,7 +205,15 @@ def select_with_evidence(losses: list[list[float]], weights: list[float], z: flo
     if z <= 0 or lowest == 0:
         return lowest, lowest
     margin, stderr = loss_margins(losses, weights, lowest)[0]
-    return (lowest if margin > z * stderr else 0), lowest
+    return gated_candidate(lowest, margin, stderr, z), lowest
+
+
+def gated_candidate(lowest: int, margin: float, stderr: float, z: float) -> int:
+    """The candidate ``select_with_evidence`` installs, from the lowest-loss candidate and candidate 0's paired
+    loss margin behind it with its standard error (what a run's report records, so a reader of the report
+    applies the same rule): ``lowest`` if ``z`` is 0, it is candidate 0, or the margin exceeds ``z`` standard
+    errors; else candidate 0."""
+    return lowest if z <= 0 or lowest == 0 or margin > z * stderr else 0
 
 
 def loss_margins(losses: list[list[float]], weights: list[float], chosen: int) -> list[tuple[float, float]]:

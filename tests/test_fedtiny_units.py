@@ -34,6 +34,7 @@ from fedprune.pruning.budgets import (
 from fedprune.pruning.candidates import (
     candidate_masks,
     channel_block,
+    gated_candidate,
     loss_margins,
     perturbed_counts,
     pool_statistics,
@@ -153,6 +154,8 @@ def test_a_lower_loss_replaces_candidate_0_only_beyond_z_standard_errors():
     assert select_with_evidence(noisy, weights, 0.0) == (2, 2)  # z = 0: the lowest loss wins, as before
     assert select_with_evidence(clear, weights, 2.0) == (2, 2)  # margin 0.095 ± 0.0029: replaced
     assert select_with_evidence([[2.0, 2.3], [2.1, 2.2]], [1.0, 1.0], 2.0) == (0, 0)  # candidate 0 lowest
+    assert [gated_candidate(2, 0.0025, 0.0048, 2.0), gated_candidate(2, 0.0025, 0.0048, 0.0),
+            gated_candidate(2, 0.095, 0.0029, 2.0), gated_candidate(2, 0.01, 0.005, 2.0)] == [0, 2, 2, 0]  # tie keeps 0
     assert select_with_evidence([[2.3, 2.2]], [1.0], 2.0) == (1, 1)  # one client: no spread, any lead counts
 
 
